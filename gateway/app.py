@@ -1,0 +1,58 @@
+"""create_app: the whole gateway in one place. The request path reads top to bottom in `chain`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.db import Database
+from gateway.services import Services
+from gateway.settings import Settings
+
+
+class _StartServices:
+    """Start the shared services on first use when no lifespan reached us (mounted inside another app)."""
+
+    def __init__(self, app: ASGIApp, services: Services) -> None:
+        self.app = app
+        self.services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self.services.started:
+            await self.services.start()
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, *, db: Database | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+    services = Services(settings, db)
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        if services.started and await services.db.is_current():
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "not ready", "reason": "database unreachable or migrations pending"}, 503)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await services.start()
+        try:
+            yield
+        finally:
+            await services.stop()
+
+    app = Starlette(
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz)],
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.add_middleware(_StartServices, services=services)
+    return app

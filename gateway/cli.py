@@ -1,0 +1,60 @@
+"""`spendgate`: serve, migrate, and the operator commands (credits, limits, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from gateway.settings import Settings
+
+
+def _database_url(settings: Settings) -> str:
+    from gateway.db import embedded_database_url
+
+    return settings.database_url or embedded_database_url(settings.data_dir)
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.db import migrate
+
+    migrate(_database_url(settings))
+    print("migrations applied")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.db import migrate
+
+    url = _database_url(settings)
+    migrate(url)  # under an advisory lock: instances starting together are safe
+    settings = Settings(**{**settings.__dict__, "database_url": url})
+    host = args.host or settings.host
+    port = args.port or settings.port
+    print(f"spendgate serving on http://{host}:{port}", file=sys.stderr, flush=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", lifespan="on")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spendgate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="migrate and start the gateway")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args, Settings.from_env()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

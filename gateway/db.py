@@ -1,0 +1,118 @@
+"""The database: an asyncpg pool on the hot path, migrations through Alembic, embedded Postgres by default.
+
+Production sets `DATABASE_URL`. Without it, `embedded_database_url` starts a private Postgres server from the
+`pgserver` package (it ships the server binaries) under `$SPENDGATE_DATA_DIR/pg`, so that `make run` needs
+nothing installed. The embedded server listens on a Unix socket only and stops when the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+log = logging.getLogger("spendgate.db")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# Same constant in migrations/env.py: several instances starting together migrate one at a time.
+MIGRATION_LOCK_KEY = 0x5350454E44  # "SPEND"
+
+
+def embedded_database_url(data_dir: Path) -> str:
+    """Start (or reuse) the embedded Postgres under data_dir/pg and return its URL."""
+    import pgserver  # imported lazily: production never needs it
+
+    pgdata = (data_dir / "pg").resolve()
+    pgdata.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    return str(server.get_uri())
+
+
+def alembic_config(database_url: str) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["database_url"] = database_url
+    return cfg
+
+
+def migrate(database_url: str, revision: str = "heads") -> None:
+    """Apply migrations (blocking; call from a thread inside an event loop)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def migration_heads() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    return set(ScriptDirectory.from_config(alembic_config("")).get_heads())
+
+
+def sqlalchemy_url(database_url: str) -> str:
+    """asyncpg URL -> SQLAlchemy URL with the asyncpg driver (the only driver we ship)."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if database_url.startswith(prefix):
+            return "postgresql+asyncpg://" + database_url[len(prefix) :]
+    raise ValueError("DATABASE_URL must start with postgresql://")
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=_json_dumps, decoder=_json_loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=_json_dumps, decoder=_json_loads, schema="pg_catalog")
+
+
+def _json_dumps(value: Any) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _json_loads(value: str) -> Any:
+    import json
+
+    return json.loads(value)
+
+
+class Database:
+    """The process's connection pool. `pool` is an asyncpg.Pool; jsonb columns decode to Python objects."""
+
+    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
+        self.pool = pool
+        self.url = url
+
+    @classmethod
+    async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 20) -> Database:
+        pool = await asyncpg.create_pool(
+            url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
+        )
+        assert pool is not None
+        return cls(pool, url)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def is_current(self) -> bool:
+        """Reachable, and every migration head is applied."""
+        try:
+            rows = await asyncio.wait_for(self.pool.fetch("SELECT version_num FROM alembic_version"), 2)
+        except (asyncpg.PostgresError, OSError, asyncio.TimeoutError):
+            return False
+        return {r["version_num"] for r in rows} == migration_heads()
+
+
+def run_script(sql: str) -> None:
+    """Run a multi-statement SQL script inside an Alembic migration (functions, triggers, views).
+
+    SQLAlchemy's asyncpg adapter prepares every statement, and a prepared statement holds one command;
+    asyncpg's own `execute` without arguments runs a whole script, so migrations call this instead of op.execute.
+    """
+    from alembic import op
+    from sqlalchemy.util import await_only
+
+    driver_connection = op.get_bind().connection.driver_connection
+    await_only(driver_connection.execute(sql))

@@ -1,0 +1,207 @@
+"""Tenants' gateways and their settings, cached per instance and invalidated through LISTEN/NOTIFY.
+
+A gateway id that does not exist is unknown (404), except `default`, created on first use with default
+settings. Any change to the `gateways` table (and to other config tables that call notify_config_change)
+sends NOTIFY spendgate_config; every instance listening drops its cache, so a change applies everywhere
+within a second. The listener reconnects if the connection drops and clears the cache when it does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import asyncpg
+
+from gateway.db import Database
+
+log = logging.getLogger("spendgate.gateways")
+
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+RETENTION_STRATEGIES = ("STOP_INSERTING", "DELETE_OLDEST")
+
+
+class SettingsError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The settings of SPEC §9, with their defaults (authentication off, logging on, ZDR off)."""
+
+    authentication: bool = False
+    zdr: bool = False
+    collect_logs: bool = True
+    log_payloads: bool = True
+    byok_only: bool = False
+    allow_custom_cost: bool = False
+    require_identity: bool = False
+    log_retention: dict[str, Any] | None = None  # {"max_rows": int, "strategy": STOP_INSERTING|DELETE_OLDEST}
+    alert_webhook: str | None = None
+    block_unpriced: bool = False
+    default_max_output_tokens: int = 4096
+    inject_max_tokens: bool = False
+    cache_ttl: int | None = None
+    rate_limit: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, base: GatewaySettings | None = None) -> GatewaySettings:
+        """Validate a (partial) settings object; unknown names and wrong types raise SettingsError."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            if name not in known:
+                raise SettingsError(name, f"unknown setting {name!r}")
+            values[name] = _validate(name, value)
+        return replace(base or cls(), **values)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_BOOLS = {"authentication", "zdr", "collect_logs", "log_payloads", "byok_only", "allow_custom_cost",
+          "require_identity", "block_unpriced", "inject_max_tokens"}
+
+
+def _validate(name: str, value: Any) -> Any:
+    if name in _BOOLS:
+        if not isinstance(value, bool):
+            raise SettingsError(name, f"{name} must be true or false")
+        return value
+    if name == "default_max_output_tokens":
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
+            raise SettingsError(name, f"{name} must be an integer between 1 and 1000000")
+        return value
+    if name == "cache_ttl":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise SettingsError(name, f"{name} must be a non-negative integer of seconds or null")
+        return value
+    if name == "alert_webhook":
+        if value is not None and (not isinstance(value, str) or not value.startswith(("http://", "https://"))):
+            raise SettingsError(name, f"{name} must be an http(s) URL or null")
+        return value
+    if name == "log_retention":
+        if value is None:
+            return None
+        if not isinstance(value, dict) or set(value) - {"max_rows", "strategy"}:
+            raise SettingsError(name, 'log_retention must be {"max_rows": N, "strategy": "STOP_INSERTING|DELETE_OLDEST"}')
+        rows = value.get("max_rows")
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise SettingsError(name, "log_retention.max_rows must be a positive integer")
+        strategy = value.get("strategy", "STOP_INSERTING")
+        if strategy not in RETENTION_STRATEGIES:
+            raise SettingsError(name, "log_retention.strategy must be STOP_INSERTING or DELETE_OLDEST")
+        return {"max_rows": rows, "strategy": strategy}
+    if name == "rate_limit":
+        if value is not None and not isinstance(value, dict):
+            raise SettingsError(name, "rate_limit must be an object or null")
+        return value
+    raise SettingsError(name, f"unknown setting {name!r}")  # pragma: no cover - guarded by from_json
+
+
+@dataclass(frozen=True)
+class Gateway:
+    account_id: str
+    id: str
+    settings: GatewaySettings = field(default_factory=GatewaySettings)
+
+
+class UnknownAccount(LookupError):
+    pass
+
+
+class UnknownGateway(LookupError):
+    pass
+
+
+class GatewayStore:
+    """Read gateways on the hot path from a per-instance cache that NOTIFY invalidates."""
+
+    CHANNEL = "spendgate_config"
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._cache: dict[tuple[str, str], Gateway] = {}
+        self._accounts: set[str] = set()
+        self._listener: asyncio.Task[None] | None = None
+        self._on_change: list[Callable[[str], None]] = []
+
+    def on_change(self, callback: Callable[[str], None]) -> None:
+        """Other caches (keys, prices, rules) register here to be dropped on the same notification."""
+        self._on_change.append(callback)
+
+    def invalidate(self, table: str = "*") -> None:
+        self._cache.clear()
+        self._accounts.clear()
+        for callback in self._on_change:
+            callback(table)
+
+    async def get(self, account_id: str, gateway_id: str) -> Gateway:
+        key = (account_id, gateway_id)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        if not ID_RE.match(account_id):
+            raise UnknownAccount(account_id)
+        if not ID_RE.match(gateway_id):
+            raise UnknownGateway(gateway_id)
+        row = await self.db.pool.fetchrow(
+            """
+            WITH acct AS (SELECT id FROM accounts WHERE id = $1),
+            created AS (
+                INSERT INTO gateways (account_id, id)
+                SELECT id, $2 FROM acct WHERE $2 = 'default'
+                ON CONFLICT DO NOTHING
+                RETURNING settings
+            )
+            SELECT (SELECT id FROM acct) AS account,
+                   COALESCE((SELECT settings FROM gateways WHERE account_id = $1 AND id = $2),
+                            (SELECT settings FROM created)) AS settings
+            """,
+            account_id,
+            gateway_id,
+        )
+        if row is None or row["account"] is None:
+            raise UnknownAccount(account_id)
+        if row["settings"] is None:
+            raise UnknownGateway(gateway_id)
+        gateway = Gateway(account_id, gateway_id, GatewaySettings.from_json(row["settings"]))
+        self._cache[key] = gateway
+        return gateway
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="spendgate-config-listener")
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            try:
+                await self._listener
+            except asyncio.CancelledError:
+                pass
+
+    async def _listen(self) -> None:
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.db.url)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c: lost.set())
+                await conn.add_listener(self.CHANNEL, lambda _c, _pid, _ch, payload: self.invalidate(payload))
+                self.invalidate()  # anything may have changed while we were not listening
+                await lost.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep listening through database restarts
+                log.warning("config listener lost its connection: %s", exc)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    await conn.close()
+            self.invalidate()
+            await asyncio.sleep(1)

@@ -1,0 +1,90 @@
+"""The shared resources of one gateway process: settings, database pool, caches, the upstream client.
+
+Started by the app's lifespan, or lazily on the first request when the app is mounted inside another ASGI
+app whose lifespan does not reach it (Starlette's Mount does not forward lifespan events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gateway.db import Database, embedded_database_url, migrate
+from gateway.gateways import GatewayStore
+from gateway.settings import Settings
+
+log = logging.getLogger("spendgate")
+
+
+class Services:
+    def __init__(self, settings: Settings, db: Database | None = None, *, run_migrations: bool = True) -> None:
+        self.settings = settings
+        self._db = db
+        self._owns_db = db is None
+        self._run_migrations = run_migrations
+        self._gateways: GatewayStore | None = None
+        self._started = False
+        self._lock = asyncio.Lock()
+        # Parts register start/stop hooks (log writer, sweeper, listeners) instead of app.py knowing them all.
+        self._on_start: list[Callable[[], Awaitable[None]]] = []
+        self._on_stop: list[Callable[[], Awaitable[None]]] = []
+        self.extras: dict[str, Any] = {}
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            raise RuntimeError("services not started")
+        return self._db
+
+    @property
+    def gateways(self) -> GatewayStore:
+        if self._gateways is None:
+            raise RuntimeError("services not started")
+        return self._gateways
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def on_start(self, hook: Callable[[], Awaitable[None]]) -> None:
+        self._on_start.append(hook)
+
+    def on_stop(self, hook: Callable[[], Awaitable[None]]) -> None:
+        self._on_stop.append(hook)
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self._started:
+                return
+            if self._db is None:
+                url = self.settings.database_url
+                if url is None:
+                    url = await asyncio.to_thread(embedded_database_url, self.settings.data_dir)
+                if self._run_migrations:
+                    await asyncio.to_thread(migrate, url)
+                self._db = await Database.connect(
+                    url, min_size=self.settings.db_pool_min, max_size=self.settings.db_pool_max
+                )
+            self._gateways = GatewayStore(self._db)
+            await self._gateways.start()
+            for hook in self._on_start:
+                await hook()
+            self._started = True
+
+    async def stop(self) -> None:
+        async with self._lock:
+            if not self._started:
+                return
+            for hook in reversed(self._on_stop):
+                try:
+                    await hook()
+                except Exception:
+                    log.exception("error while stopping")
+            if self._gateways is not None:
+                await self._gateways.stop()
+            if self._owns_db and self._db is not None:
+                await self._db.close()
+                self._db = None
+            self._started = False

@@ -1,0 +1,111 @@
+"""Configuration from the environment (and a `.env` file). The variable names are public interface (SPEC §10)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROVIDERS = ("openai", "anthropic", "google-ai-studio", "grok", "groq")
+
+DEFAULT_UPSTREAMS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "google-ai-studio": "https://generativelanguage.googleapis.com",
+    "grok": "https://api.x.ai",
+    "groq": "https://api.groq.com/openai/v1",
+}
+
+
+def env_name(provider: str) -> str:
+    """`google-ai-studio` -> `GOOGLE_AI_STUDIO`, the suffix of SPENDGATE_UPSTREAM_<P> and SPENDGATE_KEY_<P>."""
+    return provider.upper().replace("-", "_")
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """A minimal .env reader: KEY=VALUE lines, optional quotes, # comments. Real environment wins."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """Where a provider lives and the gateway's own keys for it (unified billing), standard and ZDR."""
+
+    name: str
+    upstream: str
+    key: str | None = None
+    zdr_upstream: str | None = None
+    zdr_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    data_dir: Path = Path(".spendgate")
+    host: str = "127.0.0.1"
+    port: int = 8787
+    workers: int = 1
+    admin_token: str | None = None
+    providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
+    access_team: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: tuple[str, ...] = ()
+    jwks_url: str | None = None
+    jwt_groups_claim: str = "groups"
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    max_body_bytes: int = 32 * 1024 * 1024
+    db_pool_min: int = 2
+    db_pool_max: int = 20
+    hold_ttl_seconds: int = 900
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
+        env: dict[str, str] = read_dotenv(dotenv) if dotenv is not None else {}
+        env.update(os.environ if environ is None else environ)
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value if value not in (None, "") else None
+
+        providers = {}
+        for p in PROVIDERS:
+            suffix = env_name(p)
+            key = get(f"SPENDGATE_KEY_{suffix}")
+            providers[p] = ProviderConfig(
+                name=p,
+                upstream=(get(f"SPENDGATE_UPSTREAM_{suffix}") or DEFAULT_UPSTREAMS[p]).rstrip("/"),
+                key=key,
+                zdr_upstream=(get(f"SPENDGATE_UPSTREAM_{suffix}_ZDR") or "").rstrip("/") or None,
+                zdr_key=get(f"SPENDGATE_KEY_{suffix}_ZDR") or key,
+            )
+        audience = get("SPENDGATE_JWT_AUDIENCE") or ""
+        proxies = get("SPENDGATE_TRUSTED_PROXIES")
+        return cls(
+            database_url=get("DATABASE_URL"),
+            data_dir=Path(get("SPENDGATE_DATA_DIR") or ".spendgate"),
+            host=get("SPENDGATE_HOST") or "127.0.0.1",
+            port=int(get("SPENDGATE_PORT") or 8787),
+            workers=int(get("SPENDGATE_WORKERS") or 1),
+            admin_token=get("SPENDGATE_ADMIN_TOKEN"),
+            providers=providers,
+            access_team=get("SPENDGATE_ACCESS_TEAM"),
+            jwt_issuer=get("SPENDGATE_JWT_ISSUER"),
+            jwt_audience=tuple(a.strip() for a in audience.split(",") if a.strip()),
+            jwks_url=get("SPENDGATE_JWKS_URL"),
+            jwt_groups_claim=get("SPENDGATE_JWT_GROUPS_CLAIM") or "groups",
+            trusted_proxies=tuple(p.strip() for p in (proxies or "127.0.0.1,::1").split(",") if p.strip()),
+            db_pool_max=int(get("SPENDGATE_DB_POOL_MAX") or 20),
+        )
