@@ -27,10 +27,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from gateway.app import create_app
-    from gateway.db import migrate
 
+    # The app's startup migrates under an advisory lock, so instances starting together are safe.
     url = _database_url(settings)
-    migrate(url)  # under an advisory lock: instances starting together are safe
     settings = Settings(**{**settings.__dict__, "database_url": url})
     host = args.host or settings.host
     port = args.port or settings.port
