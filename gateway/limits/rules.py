@@ -1,0 +1,148 @@
+"""Spend rules (SPEC §5): validation from the admin API's JSON, and which buckets a request falls in.
+
+A rule's scope names dimensions: `provider`, `model` (`{provider}/{model}`), `metadata.<key>` and the identity
+keys `cf.user_id`, `cf.user.email`, `cf.user.groups`, `cf.service_token`. Each is `{"split": true}` (every
+distinct value has its own bucket) or `{"equals": v}` (the rule applies only when the value equals v). A request
+without a value for a split dimension falls in that dimension's `null` bucket. `cf.user.groups` is a list: with
+`equals` the rule applies when the list contains the value; with `split` the request counts in one bucket per
+group, so a member of two groups spends from both groups' budgets.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+from gateway.limits.windows import WINDOW_TYPES, WINDOWS, Window
+from gateway.money import InvalidAmount, parse_usd, to_nano
+
+MAX_RULES_PER_GATEWAY = 20
+IDENTITY_DIMENSIONS = ("cf.user_id", "cf.user.email", "cf.user.groups", "cf.service_token")
+ActionKind = Literal["block", "fallback", "monitor"]
+
+
+class RuleError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Dimension:
+    name: str
+    split: bool
+    equals: str | int | float | bool | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    name: str
+    budget_nano: int
+    window: Window
+    dimensions: tuple[Dimension, ...]
+    action: ActionKind
+    fallback_model: str | None = None
+    alert_at: tuple[Decimal, ...] = ()
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def bucket_keys(self, attributes: dict[str, Any]) -> list[str]:
+        """`attributes` maps dimension names (`provider`, `model`, `metadata.<key>`, `cf.*`) to the request's values.
+
+        The bucket keys this request falls in (canonical JSON of the split values); [] if the rule skips it."""
+        choices: list[list[tuple[str, Any]]] = []
+        for dim in self.dimensions:
+            value = attributes.get(dim.name)
+            if not dim.split:
+                if isinstance(value, list | tuple):
+                    if dim.equals not in value:
+                        return []
+                elif value != dim.equals:
+                    return []
+                continue
+            if isinstance(value, list | tuple):
+                values = sorted({str(v) for v in value}) or [None]
+                choices.append([(dim.name, v) for v in values])
+            else:
+                choices.append([(dim.name, value)])
+        return [json.dumps(dict(combo), sort_keys=True, separators=(",", ":"))
+                for combo in itertools.product(*choices)]
+
+
+def parse_rule(rule_id: str, data: Any) -> Rule:
+    """Validate one rule object; RuleError names the offending field."""
+    if not isinstance(data, dict):
+        raise RuleError("rule", "a rule must be a JSON object")
+    known = {"name", "budget_usd", "window", "window_type", "scope", "action", "alert_at"}
+    for key in data:
+        if key not in known:
+            raise RuleError(key, f"unknown field {key!r}")
+    name = data.get("name")
+    if not isinstance(name, str) or not 1 <= len(name) <= 100:
+        raise RuleError("name", "name must be a string of 1 to 100 characters")
+    try:
+        budget = parse_usd(data.get("budget_usd"), field="budget_usd")
+    except InvalidAmount as exc:
+        raise RuleError("budget_usd", str(exc)) from None
+    window = data.get("window")
+    if window not in WINDOWS:
+        raise RuleError("window", "window must be daily, weekly or monthly")
+    window_type = data.get("window_type", "fixed")
+    if window_type not in WINDOW_TYPES:
+        raise RuleError("window_type", "window_type must be fixed or rolling")
+    dimensions = _parse_scope(data.get("scope", {}))
+    action, fallback = _parse_action(data.get("action", "block"))
+    alert_at = _parse_alerts(data.get("alert_at", []))
+    return Rule(rule_id, name, to_nano(budget), Window(window, window_type), dimensions, action, fallback,
+                alert_at, dict(data))
+
+
+def _parse_scope(scope: Any) -> tuple[Dimension, ...]:
+    if not isinstance(scope, dict):
+        raise RuleError("scope", "scope must be an object of dimension -> {split|equals}")
+    dims = []
+    for name in sorted(scope):
+        spec = scope[name]
+        where = f"scope.{name}"
+        if not (name in ("provider", "model") or name in IDENTITY_DIMENSIONS
+                or (name.startswith("metadata.") and len(name) > len("metadata."))):
+            raise RuleError(where, f"unknown dimension {name!r}")
+        if not isinstance(spec, dict) or len(spec) != 1 or not ({"split", "equals"} & set(spec)):
+            raise RuleError(where, 'a dimension is {"split": true} or {"equals": value}')
+        if "split" in spec:
+            if spec["split"] is not True:
+                raise RuleError(where, "split must be true")
+            dims.append(Dimension(name, True))
+        else:
+            value = spec["equals"]
+            if not isinstance(value, str | int | float | bool):
+                raise RuleError(where, "equals takes a string, number or boolean")
+            dims.append(Dimension(name, False, value))
+    return tuple(dims)
+
+
+def _parse_action(action: Any) -> tuple[ActionKind, str | None]:
+    if action in ("block", "monitor"):
+        return action, None
+    if isinstance(action, dict) and set(action) == {"fallback_model"}:
+        model = action["fallback_model"]
+        if isinstance(model, str) and "/" in model.strip("/"):
+            return "fallback", model
+    raise RuleError("action", 'action must be "block", "monitor" or {"fallback_model": "provider/model"}')
+
+
+def _parse_alerts(alerts: Any) -> tuple[Decimal, ...]:
+    if not isinstance(alerts, list) or len(alerts) > 10:
+        raise RuleError("alert_at", "alert_at must be a list of at most 10 fractions")
+    out = []
+    for a in alerts:
+        if isinstance(a, bool) or not isinstance(a, int | float | str):
+            raise RuleError("alert_at", "alert_at fractions must be numbers in (0, 1]")
+        value = Decimal(repr(a)) if isinstance(a, float) else Decimal(str(a))
+        if not 0 < value <= 1:
+            raise RuleError("alert_at", "alert_at fractions must be in (0, 1]")
+        out.append(value)
+    return tuple(sorted(set(out)))
