@@ -100,7 +100,7 @@ class Database:
         """Reachable, and every migration head is applied."""
         try:
             rows = await asyncio.wait_for(self.pool.fetch("SELECT version_num FROM alembic_version"), 2)
-        except (asyncpg.PostgresError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, asyncpg.PostgresError, OSError):
             return False
         return {r["version_num"] for r in rows} == migration_heads()
 

@@ -90,7 +90,9 @@ def _validate(name: str, value: Any) -> Any:
         if value is None:
             return None
         if not isinstance(value, dict) or set(value) - {"max_rows", "strategy"}:
-            raise SettingsError(name, 'log_retention must be {"max_rows": N, "strategy": "STOP_INSERTING|DELETE_OLDEST"}')
+            raise SettingsError(
+                name, 'log_retention must be {"max_rows": N, "strategy": "STOP_INSERTING|DELETE_OLDEST"}'
+            )
         rows = value.get("max_rows")
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
             raise SettingsError(name, "log_retention.max_rows must be a positive integer")
@@ -192,7 +194,7 @@ class GatewayStore:
             try:
                 conn = await asyncpg.connect(self.db.url)
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(self.CHANNEL, lambda _c, _pid, _ch, payload: self.invalidate(payload))
                 self.invalidate()  # anything may have changed while we were not listening
                 await lost.wait()
