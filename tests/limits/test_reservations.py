@@ -111,7 +111,8 @@ async def test_rolling_window_ages_spend_out_slice_by_slice(db: Database) -> Non
     t1 = datetime(2026, 11, 26, 0, 5, tzinfo=UTC)
     assert not (await limits.reserve(bucket_lines([rule], {}, t1), 1, now=t1)).ok
     # 24 h later the slice still touches the window; one slice later it has aged out
-    assert not (await limits.reserve(bucket_lines([rule], {}, t0 + timedelta(days=1)), 1, now=t0 + timedelta(days=1))).ok
+    a_day_later = t0 + timedelta(days=1)
+    assert not (await limits.reserve(bucket_lines([rule], {}, a_day_later), 1, now=a_day_later)).ok
     later = t0 + timedelta(days=1, minutes=30)
     assert (await limits.reserve(bucket_lines([rule], {}, later), USD, now=later)).ok
 
