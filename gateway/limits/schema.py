@@ -5,6 +5,7 @@
   A rolling bucket has a head row at `window_start = -infinity` that holds `pending` (and is the row locked to
   serialise reservations) and one row per slice holding `spent`.
 - `reservations`: what a request reserved, in which buckets, until it is settled exactly once.
+- `policies`: group -> allowed model patterns, per gateway.
 - `alerts`: one row per (bucket, window, fraction) crossed; `delivered_at` NULL means the webhook outbox still
   owes it.
 """
@@ -75,5 +76,19 @@ alerts = sa.Table(
     sa.Column("delivered_at", sa.DateTime(timezone=True)),
     sa.UniqueConstraint("rule_id", "key", "window_start", "fraction"),
     sa.Index("ix_alerts_outbox", "next_attempt_at", postgresql_where=sa.text("delivered_at IS NULL")),
+    schema="limits",
+)
+
+policies = sa.Table(
+    "policies",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=sa.text("gen_random_uuid()")),
+    sa.Column("account_id", sa.Text, nullable=False),
+    sa.Column("gateway_id", sa.Text, nullable=False),
+    sa.Column("group", sa.Text, nullable=False),
+    sa.Column("models", sa.ARRAY(sa.Text), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.ForeignKeyConstraint(["account_id", "gateway_id"], ["gateways.account_id", "gateways.id"], ondelete="CASCADE"),
+    sa.Index(None, "account_id", "gateway_id"),
     schema="limits",
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from alembic import op
 
 from gateway.db import run_script
-from gateway.limits.schema import alerts, buckets, reservations, rules
+from gateway.limits.schema import alerts, buckets, policies, reservations, rules
 from gateway.limits.sql import RESERVE, SETTLE
 
 revision = "0005_limits"
@@ -21,11 +21,13 @@ depends_on = None
 
 def upgrade() -> None:
     run_script("CREATE SCHEMA IF NOT EXISTS limits")
-    for table in (rules, buckets, reservations, alerts):
+    for table in (rules, policies, buckets, reservations, alerts):
         table.create(op.get_bind())
     run_script(
         """
         CREATE TRIGGER rules_notify AFTER INSERT OR UPDATE OR DELETE ON limits.rules
+            FOR EACH STATEMENT EXECUTE FUNCTION notify_config_change();
+        CREATE TRIGGER policies_notify AFTER INSERT OR UPDATE OR DELETE ON limits.policies
             FOR EACH STATEMENT EXECUTE FUNCTION notify_config_change();
         """
     )
