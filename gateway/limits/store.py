@@ -6,7 +6,9 @@ The cache is dropped on every `spendgate_config` notification (the rules and pol
 
 from __future__ import annotations
 
+import json
 import uuid
+from datetime import datetime
 from typing import Any
 
 from gateway.db import Database
@@ -105,3 +107,32 @@ class LimitStore:
         )
         self.invalidate()
         return status.endswith(" 1")
+
+
+async def bucket_status(db: Database, rule: Rule, now: datetime) -> list[dict[str, Any]]:
+    """The rule's buckets in the current window: spent, pending and remaining (nano-USD), for the admin API."""
+    window = rule.window
+    rule_uuid = uuid.UUID(rule.id)
+    if window.type == "fixed":
+        rows = await db.pool.fetch(
+            "SELECT key, spent, pending FROM limits.buckets WHERE rule_id = $1 AND window_start = $2 ORDER BY key",
+            rule_uuid, window.start(now),
+        )
+        start = window.start(now)
+        return [_bucket(rule, r["key"], start, r["spent"], r["pending"]) for r in rows]
+    since = window.counted_since(now)
+    rows = await db.pool.fetch(
+        """
+        SELECT key,
+               coalesce(sum(spent) FILTER (WHERE window_start >= $2), 0)::bigint AS spent,
+               coalesce(sum(pending) FILTER (WHERE window_start = '-infinity'), 0)::bigint AS pending
+          FROM limits.buckets WHERE rule_id = $1 GROUP BY key ORDER BY key
+        """,
+        rule_uuid, since,
+    )
+    return [_bucket(rule, r["key"], since, r["spent"], r["pending"]) for r in rows if r["spent"] or r["pending"]]
+
+
+def _bucket(rule: Rule, key: str, start: datetime, spent: int, pending: int) -> dict[str, Any]:
+    return {"key": json.loads(key), "window_start": start, "spent_nano": spent, "pending_nano": pending,
+            "remaining_nano": rule.budget_nano - spent - pending}

@@ -112,3 +112,20 @@ async def test_alert_delivered_once_with_retries(db: Database, webhook: tuple[st
     alert = received[0]
     assert alert["rule"] == {"id": rule.id, "name": "daily"}
     assert (alert["fraction"], alert["spent_usd"], alert["limit_usd"]) == ("0.5", "5.00", "10.00")
+
+
+async def test_bucket_status_shows_spent_pending_remaining(db: Database) -> None:
+    from gateway.limits.store import bucket_status
+
+    account, gateway = await new_gateway(db)
+    store = LimitStore(db)
+    limits = Limits(db)
+    for window_type in ("fixed", "rolling"):
+        spec = {**SPEC, "window_type": window_type, "scope": {"metadata.user": {"split": True}}}
+        rule = await store.create_rule(account, gateway, spec)
+        done = await limits.reserve(bucket_lines([rule], {"metadata.user": "a"}, NOW), 2 * USD, now=NOW)
+        await limits.settle(done.reservation_id, USD, now=NOW)
+        await limits.reserve(bucket_lines([rule], {"metadata.user": "a"}, NOW), 3 * USD, now=NOW)
+        status = await bucket_status(db, rule, NOW)
+        assert [(b["key"], b["spent_nano"], b["pending_nano"], b["remaining_nano"]) for b in status] == [
+            ({"metadata.user": "a"}, USD, 3 * USD, 6 * USD)], window_type
