@@ -1,0 +1,205 @@
+"""SpendLimits: reserve the worst case before the call, settle the actual cost after it, exactly once.
+
+For every request with a known target (provider and model), the layer asks its `CostPlanner` for the plan
+(billing mode, tenant, worst-case cost; see gateway/limits/estimate.py), checks identity policies (403), and in
+one round trip reserves the estimate in every matching bucket and, on unified billing, as a credit hold. Then:
+
+- all granted: call inward; `cf-aig-budget-remaining` goes on the response; after the response body has fully
+  passed — or the client went away, or the inner app raised — the reservation is settled with the actual cost
+  (from the Exchange), once, in a `finally`;
+- a `block` rule would overflow: 429 with the SPEC body and `Retry-After`;
+- only `fallback_model` rules would overflow: the planner re-targets the request to the fallback model
+  (`exchange.step` + 1) and the layer reserves against the fallback's own rules, up to `MAX_FALLBACKS` steps;
+- the credit balance (or the account's own spending limit) cannot cover it: 402.
+
+The actual cost of a call that reached the provider but reported no usage (an upstream that died mid-stream)
+is the full reservation: the provider may have billed us, so we never under-bill. A call that never produced a
+2xx answer costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import json_error
+from gateway.exchange import Exchange
+from gateway.limits.policies import allowed
+from gateway.limits.reservations import BucketState, HoldRequest, Limits, Outcome, bucket_lines
+from gateway.limits.store import LimitStore
+from gateway.money import from_nano, usd_str
+
+log = logging.getLogger("spendgate.limits")
+
+MAX_FALLBACKS = 3
+
+
+@dataclass
+class Plan:
+    """What the planner knows about a request before it is sent."""
+
+    provider: str
+    model: str  # provider/model
+    billing_mode: str  # byok | unified
+    tenant: str
+    estimate_nano: int | None  # None: the model has no known price
+    attributes: dict[str, Any] = field(default_factory=dict)  # dimension name -> value, for bucket keys
+
+
+class CostPlanner(Protocol):
+    async def plan(self, scope: Scope, receive: Receive, exchange: Exchange) -> Plan | None:
+        """The plan, or None when this request is not a model call (the layer then passes it through)."""
+
+    async def retarget(self, scope: Scope, exchange: Exchange, model: str) -> bool:
+        """Point the request at another `provider/model`; False when this endpoint cannot serve it."""
+
+    def actual_nano(self, exchange: Exchange, plan: Plan) -> int:
+        """The actual cost after the call (0 when it never reached the provider)."""
+
+
+class SpendLimits:
+    def __init__(self, app: ASGIApp, *, limits: Limits, store: LimitStore, planner: CostPlanner,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.app = app
+        self.limits = limits
+        self.store = store
+        self.planner = planner
+        self.clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        exchange = Exchange.of(scope)
+        plan = await self.planner.plan(scope, receive, exchange)
+        if plan is None or exchange.account_id is None or exchange.gateway_id is None:
+            await self.app(scope, receive, send)
+            return
+        account, gateway = exchange.account_id, exchange.gateway_id
+        groups = list(exchange.identity.groups) if exchange.identity else []
+        if not allowed(await self.store.policies(account, gateway), groups, plan.model):
+            exchange.error = "Access denied by policy"
+            await json_error(403, "Access denied by policy")(scope, receive, send)
+            return
+
+        outcome: Outcome | None = None
+        for _ in range(MAX_FALLBACKS + 1):
+            outcome = await self._reserve(exchange, plan)
+            if outcome is None or outcome.ok or outcome.credit_refusal is not None:
+                break
+            fallback = self._fallback_of(outcome.exceeded)
+            if fallback is None or not await self.planner.retarget(scope, exchange, fallback):
+                break
+            exchange.step += 1
+            replanned = await self.planner.plan(scope, receive, exchange)
+            if replanned is None:
+                break
+            plan = replanned
+        if outcome is not None and not outcome.ok:
+            await self._refuse(scope, receive, send, exchange, outcome)
+            return
+        if outcome is None:
+            await self.app(scope, receive, send)
+            return
+
+        remaining = outcome.remaining_after_nano()
+        if remaining is not None:
+            exchange.budget_remaining_usd = from_nano(max(remaining, 0))
+        try:
+            await self.app(scope, receive, self._with_budget_header(send, remaining))
+        finally:
+            await self._settle(outcome, exchange, plan)
+
+    async def _reserve(self, exchange: Exchange, plan: Plan) -> Outcome | None:
+        """None: nothing to reserve (no rule matched and no credit to hold, or the cost is unknown)."""
+        assert exchange.account_id is not None and exchange.gateway_id is not None
+        if plan.estimate_nano is None:
+            return None  # unpriced: rules skip it (the router refuses it on unified billing / block_unpriced)
+        now = self.clock()
+        rules = await self.store.rules(exchange.account_id, exchange.gateway_id)
+        lines = bucket_lines(rules, plan.attributes, now)
+        hold = None
+        if plan.billing_mode == "unified":
+            hold = HoldRequest(plan.tenant, plan.estimate_nano, exchange.request_id)
+        if not lines and hold is None:
+            return None
+        outcome = await self.limits.reserve(lines, plan.estimate_nano, hold=hold, now=now)
+        exchange.reservation = outcome
+        return outcome
+
+    @staticmethod
+    def _fallback_of(exceeded: list[BucketState]) -> str | None:
+        """Fall back only when every overflowing bucket's rule says so (and they agree on the model)."""
+        models = {s.line.rule.fallback_model for s in exceeded}
+        if not exceeded or any(s.line.rule.action != "fallback" for s in exceeded) or len(models) != 1:
+            return None
+        return models.pop()
+
+    def _with_budget_header(self, send: Send, remaining: int | None) -> Send:
+        if remaining is None:
+            return send
+
+        async def sender(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["cf-aig-budget-remaining"] = usd_str(max(remaining, 0))
+            await send(message)
+
+        return sender
+
+    async def _settle(self, outcome: Outcome, exchange: Exchange, plan: Plan) -> None:
+        actual = self.planner.actual_nano(exchange, plan)
+        try:
+            result = await self.limits.settle(outcome.reservation_id, actual, now=self.clock())
+        except Exception:
+            # The reservation stays open; the sweeper releases it at expiry. Never fail the (finished) call.
+            log.exception("settlement failed; the sweeper will expire reservation %s", outcome.reservation_id)
+            return
+        if not result.get("ok"):
+            log.warning("reservation %s not settled: %s", outcome.reservation_id, result.get("reason"))
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange,
+                      outcome: Outcome) -> None:
+        if outcome.credit_refusal is not None:
+            refusal = outcome.credit_refusal
+            message = refusal.get("message") or "Insufficient credit for this request's worst-case cost"
+            exchange.error = message
+            await json_error(402, message, **{k: v for k, v in refusal.items() if k not in ("ok", "message")})(
+                scope, receive, send)
+            return
+        now = self.clock()
+        tightest = min(outcome.exceeded, key=lambda s: s.remaining_nano)
+        rule = tightest.line.rule
+        resets = rule.window.end(now) if rule.window.type == "fixed" else await self._rolling_reset(
+            tightest, outcome.estimate_nano, now)
+        retry_after = max(1, math.ceil((resets - now).total_seconds()))
+        exchange.error = "Spending limit exceeded"
+        await json_error(
+            429, "Spending limit exceeded", headers={"Retry-After": str(retry_after)},
+            rule=rule.raw.get("name", rule.name), rule_id=rule.id, bucket=_bucket_json(tightest.line.key),
+            spent_usd=usd_str(tightest.spent_nano + tightest.pending_nano), limit_usd=usd_str(rule.budget_nano),
+            resets_at=resets.isoformat(),
+        )(scope, receive, send)
+
+    async def _rolling_reset(self, state: BucketState, estimate: int, now: datetime) -> datetime:
+        rows = await self.limits.db.pool.fetch(
+            "SELECT window_start, spent FROM limits.buckets WHERE rule_id = $1::uuid AND key = $2 "
+            "AND window_start >= $3 ORDER BY window_start",
+            state.line.rule.id, state.line.key, state.line.rolling_since,
+        )
+        # spend that must age out before this request's estimate fits in the budget
+        needed = state.spent_nano + state.pending_nano + estimate - state.line.rule.budget_nano
+        slices = [(r["window_start"], r["spent"]) for r in rows]
+        return state.line.rule.window.retry_after(now, slices, max(needed, 1))
+
+
+def _bucket_json(key: str) -> Any:
+    return json.loads(key)
+
