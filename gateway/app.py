@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.admin.app import admin_app
+from gateway.admin.token import ensure_admin_token
 from gateway.db import Database
 from gateway.services import Services
 from gateway.settings import Settings
@@ -29,9 +31,14 @@ class _StartServices:
         await self.app(scope, receive, send)
 
 
+async def _announce_admin_token(services: Services) -> None:
+    await ensure_admin_token(services.db, services.settings.admin_token)
+
+
 def create_app(settings: Settings | None = None, *, db: Database | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     services = Services(settings, db)
+    services.on_start(lambda: _announce_admin_token(services))
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -50,7 +57,11 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
             await services.stop()
 
     app = Starlette(
-        routes=[Route("/healthz", healthz), Route("/readyz", readyz)],
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Mount("/admin", app=admin_app(services)),
+        ],
         lifespan=lifespan,
     )
     app.state.services = services

@@ -46,13 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    from gateway.admin.cli import add_commands
+
+    add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
-    return int(args.func(args, Settings.from_env()))
+    settings = Settings.from_env()
+    if args.command not in ("serve", "migrate") and settings.database_url is None:
+        settings = Settings(**{**settings.__dict__, "database_url": _database_url(settings)})
+    return int(args.func(args, settings))
 
 
 if __name__ == "__main__":

@@ -13,14 +13,23 @@ from typing import Any
 
 from gateway.db import Database, embedded_database_url, migrate
 from gateway.gateways import GatewayStore
+from gateway.ledger import AutoTopUps, Ledger
+from gateway.limits.reservations import Limits
 from gateway.settings import Settings
 
 log = logging.getLogger("spendgate")
 
 
 class Services:
-    def __init__(self, settings: Settings, db: Database | None = None, *, run_migrations: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, db: Database | None = None, *, run_migrations: bool = True,
+        background: bool = True,
+    ) -> None:
         self.settings = settings
+        self._background = background
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ledger: Ledger | None = None
+        self.auto_topups: AutoTopUps | None = None
         self._db = db
         self._owns_db = db is None
         self._run_migrations = run_migrations
@@ -43,6 +52,12 @@ class Services:
         if self._gateways is None:
             raise RuntimeError("services not started")
         return self._gateways
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            raise RuntimeError("services not started")
+        return self._ledger
 
     @property
     def started(self) -> bool:
@@ -69,6 +84,11 @@ class Services:
                 )
             self._gateways = GatewayStore(self._db)
             await self._gateways.start()
+            self._ledger = Ledger(self._db)
+            self.auto_topups = AutoTopUps(self._ledger)
+            if self._background:
+                self.auto_topups.start()
+                self._tasks.append(asyncio.create_task(self._sweep(), name="spendgate-sweeper"))
             for hook in self._on_start:
                 await hook()
             self._started = True
@@ -77,6 +97,12 @@ class Services:
         async with self._lock:
             if not self._started:
                 return
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks.clear()
+            if self.auto_topups is not None:
+                await self.auto_topups.stop()
             for hook in reversed(self._on_stop):
                 try:
                     await hook()
@@ -88,3 +114,15 @@ class Services:
                 await self._db.close()
                 self._db = None
             self._started = False
+
+    async def _sweep(self, interval: float = 5.0) -> None:
+        """Release what dead instances left behind: overdue reservations (their holds with them), then any
+        overdue hold. Every instance runs it; SKIP LOCKED and the settle-once guards make that safe."""
+        limits = Limits(self.db)
+        while True:
+            try:
+                await limits.expire_overdue()
+                await self.ledger.expire_due()
+            except Exception:
+                log.exception("sweeper")
+            await asyncio.sleep(interval)

@@ -1,0 +1,222 @@
+"""Admin endpoints: accounts, credits, top-ups, auto top-up, statement, the account spending limit."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from starlette.requests import Request
+
+from gateway.admin.api import (
+    AdminError,
+    AdminRouter,
+    Created,
+    Page,
+    encode_cursor,
+    json_body,
+    not_found,
+    page_params,
+    str_field,
+    usd_field,
+)
+from gateway.gateways import ID_RE
+from gateway.ledger import AutoTopUp, Ledger, LedgerError, SpendingLimit
+from gateway.money import usd_str
+
+router = AdminRouter("accounts and credits")
+
+USD_STRING = {"type": "string", "pattern": r"^\d+(\.\d{1,9})?$", "examples": ["50.00"]}
+
+
+async def ensure_account(db: Any, account: str) -> None:
+    if not await db.pool.fetchval("SELECT 1 FROM accounts WHERE id = $1", account):
+        raise not_found(f"account {account!r}")
+
+
+def parse_time(request: Request, name: str) -> datetime | None:
+    raw = request.query_params.get(name)
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise AdminError(422, f"{name} must be an ISO 8601 time, e.g. 2026-11-01T00:00:00Z", name) from None
+    if value.tzinfo is None:
+        raise AdminError(422, f"{name} must include a time zone (Z or +00:00)", name)
+    return value
+
+
+def ledger_error(exc: LedgerError) -> AdminError:
+    status = {"unknown_account": 404, "id_conflict": 409, "insufficient_credit": 409}.get(exc.reason, 422)
+    return AdminError(status, str(exc))
+
+
+@router.route("GET", "/accounts", "List accounts", paginated=True)
+async def list_accounts(request: Request, services: Any) -> Page:
+    cursor, limit = page_params(request)
+    rows = await services.db.pool.fetch(
+        "SELECT id, created_at FROM accounts WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2",
+        cursor, limit + 1,
+    )
+    items = [{"id": r["id"], "created_at": r["created_at"].isoformat()} for r in rows[:limit]]
+    return Page(items, encode_cursor(items[-1]["id"]) if len(rows) > limit else None)
+
+
+@router.route("POST", "/accounts", "Create an account (and its credit ledger)",
+              body={"type": "object", "required": ["id"], "properties": {"id": {"type": "string",
+                                                                                  "pattern": ID_RE.pattern}}})
+async def create_account(request: Request, services: Any) -> Created:
+    data = await json_body(request)
+    account = str_field(data, "id", max_length=63)
+    assert account is not None
+    if not ID_RE.match(account):
+        raise AdminError(422, "id must be 1-63 characters: lowercase letters, digits, '-' or '_'", "id")
+    async with services.db.pool.acquire() as conn, conn.transaction():
+        try:
+            row = await conn.fetchrow("INSERT INTO accounts (id) VALUES ($1) RETURNING id, created_at", account)
+        except asyncpg.UniqueViolationError:
+            raise AdminError(409, f"account {account!r} already exists", "id") from None
+        await services.ledger.open_tenant(account, conn)
+    return Created({"id": row["id"], "created_at": row["created_at"].isoformat()})
+
+
+@router.route("GET", "/accounts/{account}", "Get an account")
+async def get_account(request: Request, services: Any, account: str) -> dict[str, Any]:
+    row = await services.db.pool.fetchrow("SELECT id, created_at FROM accounts WHERE id = $1", account)
+    if row is None:
+        raise not_found(f"account {account!r}")
+    return {"id": row["id"], "created_at": row["created_at"].isoformat()}
+
+
+async def credits_view(ledger: Ledger, account: str) -> dict[str, Any]:
+    try:
+        bal = await ledger.balance(account)
+    except LedgerError as exc:
+        raise ledger_error(exc) from None
+    return {
+        "balance_usd": usd_str(bal.posted_nano),
+        "pending_usd": usd_str(bal.pending_nano),
+        "available_usd": usd_str(bal.available_nano),
+        "auto_topup": None if bal.auto_topup is None else {
+            "threshold_usd": usd_str(bal.auto_topup.threshold_nano),
+            "amount_usd": usd_str(bal.auto_topup.amount_nano),
+        },
+    }
+
+
+@router.route("GET", "/accounts/{account}/credits", "Balance, pending holds and auto top-up settings")
+async def get_credits(request: Request, services: Any, account: str) -> dict[str, Any]:
+    await ensure_account(services.db, account)
+    return await credits_view(services.ledger, account)
+
+
+@router.route("POST", "/accounts/{account}/credits/topups", "Load credits (idempotent by idempotency_key)",
+              body={"type": "object", "required": ["amount_usd", "idempotency_key"],
+                    "properties": {"amount_usd": USD_STRING, "idempotency_key": {"type": "string", "maxLength": 200}}})
+async def create_topup(request: Request, services: Any, account: str) -> Created:
+    await ensure_account(services.db, account)
+    data = await json_body(request)
+    amount = usd_field(data, "amount_usd")
+    key = str_field(data, "idempotency_key")
+    assert amount is not None and key is not None
+    try:
+        tid, replayed = await services.ledger.top_up(account, amount, key)
+    except LedgerError as exc:
+        raise ledger_error(exc) from None
+    result = {"id": str(tid), "amount_usd": usd_str(amount), "idempotency_key": key, "replayed": replayed,
+              "credits": await credits_view(services.ledger, account)}
+    return Created(result, 200 if replayed else 201)
+
+
+AUTO_TOPUP_BODY = {"type": "object", "required": ["threshold_usd", "amount_usd"],
+                   "properties": {"threshold_usd": USD_STRING, "amount_usd": USD_STRING}}
+
+
+@router.route("PUT", "/accounts/{account}/credits/auto-topup", "Set auto top-up", body=AUTO_TOPUP_BODY)
+async def put_auto_topup(request: Request, services: Any, account: str) -> dict[str, Any]:
+    await ensure_account(services.db, account)
+    data = await json_body(request)
+    threshold = usd_field(data, "threshold_usd", allow_zero=True)
+    amount = usd_field(data, "amount_usd")
+    assert threshold is not None and amount is not None
+    await services.ledger.set_auto_topup(account, AutoTopUp(threshold, amount))
+    return await credits_view(services.ledger, account)
+
+
+@router.route("DELETE", "/accounts/{account}/credits/auto-topup", "Turn auto top-up off")
+async def delete_auto_topup(request: Request, services: Any, account: str) -> dict[str, Any]:
+    await ensure_account(services.db, account)
+    await services.ledger.set_auto_topup(account, None)
+    return await credits_view(services.ledger, account)
+
+
+@router.route("GET", "/accounts/{account}/credits/statement", "Posted transfers of the account over a period",
+              query={"from": "ISO 8601 start (inclusive)", "to": "ISO 8601 end (exclusive)"}, paginated=True)
+async def get_statement(request: Request, services: Any, account: str) -> Page:
+    await ensure_account(services.db, account)
+    start, end = parse_time(request, "from"), parse_time(request, "to")
+    cursor, limit = page_params(request)
+    after = None
+    if cursor is not None:
+        try:
+            after = (datetime.fromisoformat(cursor[0]), uuid.UUID(cursor[1]))
+        except (TypeError, ValueError, IndexError):
+            raise AdminError(422, "invalid cursor", "cursor") from None
+    rows = await services.ledger.statement(account, start=start, end=end, after=after, limit=limit + 1)
+    items = [{"id": str(r.id), "created_at": r.created_at.isoformat(), "code": r.code,
+              "amount_usd": usd_str(r.amount_nano) if r.amount_nano >= 0 else "-" + usd_str(-r.amount_nano),
+              "request_id": r.request_id} for r in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor([last.created_at.isoformat(), str(last.id)])
+    return Page(items, next_cursor)
+
+
+LIMIT_BODY = {"type": "object", "required": ["amount_usd", "duration"],
+              "properties": {"amount_usd": USD_STRING, "duration": {"enum": ["daily", "weekly", "monthly"]},
+                             "strategy": {"enum": ["fixed", "sliding"], "default": "fixed"}}}
+
+
+async def limit_view(ledger: Ledger, account: str) -> dict[str, Any] | None:
+    bal = await ledger.balance(account)
+    limit = bal.spending_limit
+    if limit is None:
+        return None
+    spent = await ledger.spending_limit_usage(account) or 0
+    return {
+        "amount_usd": usd_str(limit.amount_nano),
+        "duration": limit.duration,
+        "strategy": limit.strategy,
+        "spent_usd": usd_str(spent),
+        "pending_usd": usd_str(bal.pending_nano),
+        "remaining_usd": usd_str(max(0, limit.amount_nano - spent - bal.pending_nano)),
+    }
+
+
+@router.route("GET", "/accounts/{account}/billing/spending-limit", "The unified-billing spending limit (or null)")
+async def get_spending_limit(request: Request, services: Any, account: str) -> dict[str, Any] | None:
+    await ensure_account(services.db, account)
+    return await limit_view(services.ledger, account)
+
+
+@router.route("PUT", "/accounts/{account}/billing/spending-limit", "Set the unified-billing spending limit",
+              body=LIMIT_BODY)
+async def put_spending_limit(request: Request, services: Any, account: str) -> dict[str, Any] | None:
+    await ensure_account(services.db, account)
+    data = await json_body(request)
+    amount = usd_field(data, "amount_usd")
+    duration = str_field(data, "duration", choices=("daily", "weekly", "monthly"))
+    strategy = str_field(data, "strategy", choices=("fixed", "sliding"), required=False) or "fixed"
+    assert amount is not None
+    await services.ledger.set_spending_limit(account, SpendingLimit(amount, duration, strategy))  # type: ignore[arg-type]
+    return await limit_view(services.ledger, account)
+
+
+@router.route("DELETE", "/accounts/{account}/billing/spending-limit", "Remove the spending limit")
+async def delete_spending_limit(request: Request, services: Any, account: str) -> None:
+    await ensure_account(services.db, account)
+    await services.ledger.set_spending_limit(account, None)
+    return None
