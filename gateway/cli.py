@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for name in ("spendgate", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
     settings = Settings.from_env()
     if args.command not in ("serve", "migrate") and settings.database_url is None:
