@@ -35,9 +35,10 @@ async def _announce_admin_token(services: Services) -> None:
     await ensure_admin_token(services.db, services.settings.admin_token)
 
 
-def create_app(settings: Settings | None = None, *, db: Database | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, *, db: Database | None = None, background: bool = True) -> Starlette:
+    """The gateway. `background=False` runs no sweeper or auto top-up worker in this process (tests, tools)."""
     settings = settings or Settings.from_env()
-    services = Services(settings, db)
+    services = Services(settings, db, background=background)
     services.on_start(lambda: _announce_admin_token(services))
 
     async def healthz(request: Request) -> JSONResponse:

@@ -134,7 +134,8 @@ BEGIN
     IF NOT FOUND THEN
         SELECT credits_posted - debits_posted - debits_pending AS available, debits_pending AS pending,
                spend_limit INTO a FROM ledger.accounts WHERE id = c.id;
-        IF a.available < p_amount THEN
+        -- without a limit only the credit guard can refuse; with one, the row is locked and the read is exact
+        IF c.spend_limit IS NULL OR a.available < p_amount THEN
             RETURN jsonb_build_object('ok', false, 'reason', 'insufficient_credit', 'available', a.available);
         END IF;
         RETURN jsonb_build_object('ok', false, 'reason', 'spending_limit', 'available', a.available,

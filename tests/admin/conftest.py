@@ -15,7 +15,7 @@ ADMIN_TOKEN = "test-admin-token"
 
 @pytest.fixture(scope="session")
 async def gateway_app(db: Database) -> AsyncIterator[object]:
-    app = create_app(Settings(database_url=db.url, admin_token=ADMIN_TOKEN), db=db)
+    app = create_app(Settings(database_url=db.url, admin_token=ADMIN_TOKEN), db=db, background=False)
     async with app.router.lifespan_context(app):
         yield app
 

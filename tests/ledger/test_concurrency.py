@@ -97,8 +97,9 @@ async def test_100_debits_crossing_the_threshold_post_exactly_one_auto_topup(db:
         await ledger.settle(hid, USD)
 
     await asyncio.gather(*(debit() for _ in range(100)))
+    # three workers race (a running app's own worker may join them): exactly one top-up is posted
     posted = await asyncio.gather(*(w.run_once() for w in workers))
-    assert sum(posted) == 1
+    assert sum(posted) <= 1
     rows = await db.pool.fetch("SELECT state FROM ledger.auto_topups WHERE tenant = $1", t)
     assert [r["state"] for r in rows] == ["posted"]
     assert (await ledger.balance(t)).posted_nano == (120 - 100 + 200) * USD
