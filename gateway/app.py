@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.admin.app import admin_app
 from gateway.admin.token import ensure_admin_token
 from gateway.db import Database
+from gateway.providers.router import ProviderRouter
 from gateway.services import Services
 from gateway.settings import Settings
 
@@ -29,6 +30,29 @@ class _StartServices:
         if scope["type"] == "http" and not self.services.started:
             await self.services.start()
         await self.app(scope, receive, send)
+
+
+class _Chain:
+    """The request path, built once the shared services exist. Outermost first, as in DESIGN.md:
+
+    RequestLog ─► GatewayAuth ─► AccessIdentity ─► Attribution ─► ZeroDataRetention ─► SpendLimits ─► ProviderRouter
+    """
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._app: ASGIApp | None = None
+
+    def build(self) -> ASGIApp:
+        s = self.services
+        app: ASGIApp = ProviderRouter(settings=s.settings, gateways=s.gateways, providers=s.providers, client=s.http)
+        return app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.services.started:
+            await self.services.start()
+        if self._app is None:
+            self._app = self.build()
+        await self._app(scope, receive, send)
 
 
 async def _announce_admin_token(services: Services) -> None:
@@ -62,6 +86,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Mount("/admin", app=admin_app(services)),
+            Mount("/v1", app=_Chain(services)),
         ],
         lifespan=lifespan,
     )

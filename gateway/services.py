@@ -15,6 +15,7 @@ from gateway.db import Database, embedded_database_url, migrate
 from gateway.gateways import GatewayStore
 from gateway.ledger import AutoTopUps, Ledger
 from gateway.limits.reservations import Limits
+from gateway.providers.store import ProviderStore
 from gateway.settings import Settings
 
 log = logging.getLogger("spendgate")
@@ -30,6 +31,8 @@ class Services:
         self._tasks: list[asyncio.Task[None]] = []
         self._ledger: Ledger | None = None
         self.auto_topups: AutoTopUps | None = None
+        self._providers: ProviderStore | None = None
+        self._http: Any = None
         self._db = db
         self._owns_db = db is None
         self._run_migrations = run_migrations
@@ -60,6 +63,19 @@ class Services:
         return self._ledger
 
     @property
+    def providers(self) -> ProviderStore:
+        if self._providers is None:
+            raise RuntimeError("services not started")
+        return self._providers
+
+    @property
+    def http(self) -> Any:
+        """The one shared upstream client (httpx API over the aiohttp transport)."""
+        if self._http is None:
+            raise RuntimeError("services not started")
+        return self._http
+
+    @property
     def started(self) -> bool:
         return self._started
 
@@ -85,6 +101,10 @@ class Services:
             self._gateways = GatewayStore(self._db)
             await self._gateways.start()
             self._ledger = Ledger(self._db)
+            self._providers = ProviderStore(self._db, self._gateways)
+            from gateway.providers.router import make_client
+
+            self._http = make_client()
             self.auto_topups = AutoTopUps(self._ledger)
             if self._background:
                 self.auto_topups.start()
@@ -108,6 +128,9 @@ class Services:
                     await hook()
                 except Exception:
                     log.exception("error while stopping")
+            if self._http is not None:
+                await self._http.aclose()
+                self._http = None
             if self._gateways is not None:
                 await self._gateways.stop()
             if self._owns_db and self._db is not None:

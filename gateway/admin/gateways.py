@@ -1,0 +1,296 @@
+"""Admin endpoints: gateways and their settings, stored provider keys, custom providers, price overrides."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+from starlette.requests import Request
+
+from gateway.admin.accounts import ensure_account
+from gateway.admin.api import AdminError, AdminRouter, Created, Page, json_body, not_found, str_field
+from gateway.gateways import ID_RE, GatewaySettings, SettingsError
+from gateway.settings import PROVIDERS
+
+router = AdminRouter("gateways and providers")
+
+SETTINGS_SCHEMA = {"type": "object", "description": "any of the gateway settings of SPEC §9",
+                   "properties": {name: {} for name in GatewaySettings().to_json()}}
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
+
+
+async def ensure_gateway(db: Any, account: str, gateway: str) -> dict[str, Any]:
+    row = await db.pool.fetchrow(
+        "SELECT id, settings, created_at, updated_at FROM gateways WHERE account_id = $1 AND id = $2",
+        account, gateway,
+    )
+    if row is None:
+        await ensure_account(db, account)
+        raise not_found(f"gateway {gateway!r}")
+    return dict(row)
+
+
+def gateway_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], **GatewaySettings.from_json(row["settings"]).to_json(),
+            "created_at": row["created_at"].isoformat(), "updated_at": row["updated_at"].isoformat()}
+
+
+def validate_settings(data: dict[str, Any], base: GatewaySettings | None = None) -> GatewaySettings:
+    try:
+        return GatewaySettings.from_json(data, base=base)
+    except SettingsError as exc:
+        raise AdminError(422, str(exc), exc.field) from None
+
+
+@router.route("GET", "/accounts/{account}/gateways", "List gateways")
+async def list_gateways(request: Request, services: Any, account: str) -> Page:
+    await ensure_account(services.db, account)
+    rows = await services.db.pool.fetch(
+        "SELECT id, settings, created_at, updated_at FROM gateways WHERE account_id = $1 ORDER BY id", account
+    )
+    return Page([gateway_view(dict(r)) for r in rows])
+
+
+@router.route("POST", "/accounts/{account}/gateways", "Create a gateway",
+              body={**SETTINGS_SCHEMA, "required": ["id"],
+                    "properties": {"id": {"type": "string", "pattern": ID_RE.pattern},
+                                   **SETTINGS_SCHEMA["properties"]}})
+async def create_gateway(request: Request, services: Any, account: str) -> Created:
+    await ensure_account(services.db, account)
+    data = await json_body(request)
+    gateway_id = str_field(data, "id", max_length=63)
+    if not ID_RE.match(gateway_id or ""):
+        raise AdminError(422, "id must be 1-63 characters: lowercase letters, digits, '-' or '_'", "id")
+    settings = validate_settings({k: v for k, v in data.items() if k != "id"})
+    try:
+        row = await services.db.pool.fetchrow(
+            "INSERT INTO gateways (account_id, id, settings) VALUES ($1, $2, $3) "
+            "RETURNING id, settings, created_at, updated_at",
+            account, gateway_id, settings.to_json(),
+        )
+    except asyncpg.UniqueViolationError:
+        raise AdminError(409, f"gateway {gateway_id!r} already exists", "id") from None
+    return Created(gateway_view(dict(row)))
+
+
+@router.route("GET", "/accounts/{account}/gateways/{gateway}", "Get a gateway and its settings")
+async def get_gateway(request: Request, services: Any, account: str, gateway: str) -> dict[str, Any]:
+    return gateway_view(await ensure_gateway(services.db, account, gateway))
+
+
+@router.route("PATCH", "/accounts/{account}/gateways/{gateway}", "Change settings", body=SETTINGS_SCHEMA)
+async def patch_gateway(request: Request, services: Any, account: str, gateway: str) -> dict[str, Any]:
+    current = await ensure_gateway(services.db, account, gateway)
+    data = await json_body(request)
+    settings = validate_settings(data, GatewaySettings.from_json(current["settings"]))
+    row = await services.db.pool.fetchrow(
+        "UPDATE gateways SET settings = $3, updated_at = now() WHERE account_id = $1 AND id = $2 "
+        "RETURNING id, settings, created_at, updated_at",
+        account, gateway, settings.to_json(),
+    )
+    services.gateways.invalidate("gateways")  # this instance at once; the others through NOTIFY
+    return gateway_view(dict(row))
+
+
+@router.route("DELETE", "/accounts/{account}/gateways/{gateway}", "Delete a gateway (and its configuration)")
+async def delete_gateway(request: Request, services: Any, account: str, gateway: str) -> dict[str, Any]:
+    await ensure_gateway(services.db, account, gateway)
+    await services.db.pool.execute("DELETE FROM gateways WHERE account_id = $1 AND id = $2", account, gateway)
+    services.gateways.invalidate("gateways")
+    return {"id": gateway, "deleted": True}
+
+
+# -- stored provider keys --------------------------------------------------------------------------------------
+
+
+def key_view(row: Any) -> dict[str, Any]:
+    return {"id": str(row["id"]), "provider": row["provider"], "alias": row["alias"],
+            "key_last4": row["secret"][-4:], "created_at": row["created_at"].isoformat()}
+
+
+def provider_field(data: dict[str, Any]) -> str:
+    provider = str_field(data, "provider", max_length=60)
+    assert provider is not None
+    if provider not in PROVIDERS and not (provider.startswith("custom-") and SLUG_RE.match(provider[7:])):
+        raise AdminError(422, f"provider must be one of {', '.join(PROVIDERS)} or custom-{{slug}}", "provider")
+    return provider
+
+
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/provider-keys", "Stored keys (never the key itself)")
+async def list_keys(request: Request, services: Any, account: str, gateway: str) -> Page:
+    await ensure_gateway(services.db, account, gateway)
+    rows = await services.db.pool.fetch(
+        "SELECT * FROM provider_keys WHERE account_id = $1 AND gateway_id = $2 ORDER BY provider, alias",
+        account, gateway,
+    )
+    return Page([key_view(r) for r in rows])
+
+
+@router.route("POST", "/accounts/{account}/gateways/{gateway}/provider-keys", "Store a provider key",
+              body={"type": "object", "required": ["provider", "key"],
+                    "properties": {"provider": {"type": "string"}, "alias": {"type": "string", "default": "default"},
+                                   "key": {"type": "string", "writeOnly": True}}})
+async def create_key(request: Request, services: Any, account: str, gateway: str) -> Created:
+    await ensure_gateway(services.db, account, gateway)
+    data = await json_body(request)
+    provider = provider_field(data)
+    alias = str_field(data, "alias", required=False, max_length=64) or "default"
+    secret = str_field(data, "key", max_length=4096)
+    assert secret is not None
+    if len(secret) < 8:
+        raise AdminError(422, "key is too short to be a provider key", "key")
+    try:
+        row = await services.db.pool.fetchrow(
+            "INSERT INTO provider_keys (account_id, gateway_id, provider, alias, secret) VALUES ($1, $2, $3, $4, $5) "
+            "RETURNING *",
+            account, gateway, provider, alias, secret,
+        )
+    except asyncpg.UniqueViolationError:
+        raise AdminError(409, f"a {provider} key with alias {alias!r} already exists: delete it first",
+                         "alias") from None
+    services.providers.invalidate()
+    return Created(key_view(row))
+
+
+@router.route("DELETE", "/accounts/{account}/gateways/{gateway}/provider-keys/{key_id}", "Delete a stored key")
+async def delete_key(request: Request, services: Any, account: str, gateway: str, key_id: str) -> dict[str, Any]:
+    await ensure_gateway(services.db, account, gateway)
+    try:
+        deleted = await services.db.pool.fetchval(
+            "DELETE FROM provider_keys WHERE account_id = $1 AND gateway_id = $2 AND id = $3::uuid RETURNING id",
+            account, gateway, key_id,
+        )
+    except asyncpg.DataError:
+        deleted = None
+    if deleted is None:
+        raise not_found(f"provider key {key_id!r}")
+    services.providers.invalidate()
+    return {"id": key_id, "deleted": True}
+
+
+# -- custom providers ------------------------------------------------------------------------------------------
+
+
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/custom-providers", "Custom OpenAI-compatible providers")
+async def list_custom(request: Request, services: Any, account: str, gateway: str) -> Page:
+    await ensure_gateway(services.db, account, gateway)
+    rows = await services.db.pool.fetch(
+        "SELECT slug, base_url, created_at FROM custom_providers WHERE account_id = $1 AND gateway_id = $2 "
+        "ORDER BY slug", account, gateway,
+    )
+    return Page([{"slug": r["slug"], "base_url": r["base_url"], "created_at": r["created_at"].isoformat()}
+                 for r in rows])
+
+
+@router.route("POST", "/accounts/{account}/gateways/{gateway}/custom-providers",
+              "Register an OpenAI-compatible server, served at /v1/{a}/{g}/custom-{slug}/...",
+              body={"type": "object", "required": ["slug", "base_url"],
+                    "properties": {"slug": {"type": "string", "pattern": SLUG_RE.pattern},
+                                   "base_url": {"type": "string", "format": "uri"}}})
+async def create_custom(request: Request, services: Any, account: str, gateway: str) -> Created:
+    await ensure_gateway(services.db, account, gateway)
+    data = await json_body(request)
+    slug = str_field(data, "slug", max_length=41)
+    if not SLUG_RE.match(slug or ""):
+        raise AdminError(422, "slug must be lowercase letters, digits and '-'", "slug")
+    base_url = str_field(data, "base_url", max_length=2000)
+    parts = urlsplit(base_url or "")
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise AdminError(422, "base_url must be an http(s) URL", "base_url")
+    try:
+        row = await services.db.pool.fetchrow(
+            "INSERT INTO custom_providers (account_id, gateway_id, slug, base_url) VALUES ($1, $2, $3, $4) "
+            "RETURNING slug, base_url, created_at",
+            account, gateway, slug, (base_url or "").rstrip("/"),
+        )
+    except asyncpg.UniqueViolationError:
+        raise AdminError(409, f"custom provider {slug!r} already exists", "slug") from None
+    services.providers.invalidate()
+    return Created({"slug": row["slug"], "base_url": row["base_url"], "created_at": row["created_at"].isoformat()})
+
+
+@router.route("DELETE", "/accounts/{account}/gateways/{gateway}/custom-providers/{slug}", "Remove a custom provider")
+async def delete_custom(request: Request, services: Any, account: str, gateway: str, slug: str) -> dict[str, Any]:
+    await ensure_gateway(services.db, account, gateway)
+    deleted = await services.db.pool.fetchval(
+        "DELETE FROM custom_providers WHERE account_id = $1 AND gateway_id = $2 AND slug = $3 RETURNING slug",
+        account, gateway, slug,
+    )
+    if deleted is None:
+        raise not_found(f"custom provider {slug!r}")
+    services.providers.invalidate()
+    return {"slug": slug, "deleted": True}
+
+
+# -- price overrides -------------------------------------------------------------------------------------------
+
+PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cache_read_per_mtok", "cache_write_per_mtok")
+PRICES_SCHEMA = {
+    "type": "object", "required": ["prices"],
+    "properties": {"prices": {"type": "array", "items": {
+        "type": "object", "required": ["provider", "model", "input_per_mtok", "output_per_mtok"],
+        "properties": {"provider": {"type": "string"}, "model": {"type": "string"},
+                       **{f: {"type": "string", "description": "USD per million tokens"} for f in PRICE_FIELDS}}}}},
+}
+
+
+def _price(value: Any, field: str) -> Decimal | None:
+    if value is None:
+        return None
+    if isinstance(value, bool | float) or not isinstance(value, str | int):
+        raise AdminError(422, f"{field} must be a decimal string (USD per million tokens)", field)
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise AdminError(422, f"{field} must be a decimal string (USD per million tokens)", field) from None
+    if not amount.is_finite() or amount < 0:
+        raise AdminError(422, f"{field} must be zero or more", field)
+    return amount
+
+
+def price_view(row: Any) -> dict[str, Any]:
+    return {"provider": row["provider"], "model": row["model"],
+            **{f: (None if row[f] is None else format(row[f], "f")) for f in PRICE_FIELDS}}
+
+
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/prices", "Per-model price overrides")
+async def list_prices(request: Request, services: Any, account: str, gateway: str) -> Page:
+    await ensure_gateway(services.db, account, gateway)
+    rows = await services.db.pool.fetch(
+        "SELECT * FROM price_overrides WHERE account_id = $1 AND gateway_id = $2 ORDER BY provider, model",
+        account, gateway,
+    )
+    return Page([price_view(r) for r in rows])
+
+
+@router.route("PUT", "/accounts/{account}/gateways/{gateway}/prices",
+              "Replace the price overrides (USD per million tokens; provider '*' matches any)", body=PRICES_SCHEMA)
+async def put_prices(request: Request, services: Any, account: str, gateway: str) -> Page:
+    await ensure_gateway(services.db, account, gateway)
+    data = await json_body(request)
+    items = data.get("prices")
+    if not isinstance(items, list) or len(items) > 1000:
+        raise AdminError(422, "prices must be a list (at most 1000 entries)", "prices")
+    rows = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise AdminError(422, "each price must be an object", f"prices[{i}]")
+        provider = item.get("provider")
+        if provider != "*":
+            provider = provider_field(item)
+        model = str_field(item, "model", max_length=200)
+        values = [_price(item.get(f), f"prices[{i}].{f}") for f in PRICE_FIELDS]
+        if values[0] is None or values[1] is None:
+            raise AdminError(422, "input_per_mtok and output_per_mtok are required", f"prices[{i}]")
+        rows.append((account, gateway, provider, model, *values))
+    async with services.db.pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM price_overrides WHERE account_id = $1 AND gateway_id = $2", account, gateway)
+        await conn.executemany(
+            "INSERT INTO price_overrides (account_id, gateway_id, provider, model, input_per_mtok, output_per_mtok, "
+            "cache_read_per_mtok, cache_write_per_mtok) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", rows,
+        )
+    services.providers.invalidate()
+    return await list_prices(request, services, account, gateway)

@@ -1,0 +1,91 @@
+"""The Anthropic Messages wire format.
+
+Usage: `input_tokens` excludes cache reads and writes, so prompt tokens = input + cache_read + cache_write
+(what pricing expects). Streams report input and cache tokens in `message_start` and the output count in
+`message_delta` (cumulative).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.exchange import Usage
+from gateway.providers.base import as_int
+from gateway.providers.sse import Event
+
+
+def usage_of(u: Any, previous: Usage | None = None) -> Usage | None:
+    if not isinstance(u, dict):
+        return None
+    prev = previous or Usage()
+    read = as_int(u.get("cache_read_input_tokens"))
+    write = as_int(u.get("cache_creation_input_tokens"))
+    base = as_int(u.get("input_tokens"))
+    read = read if read is not None else prev.cache_read_tokens
+    write = write if write is not None else prev.cache_write_tokens
+    if base is not None:
+        total_in: int | None = base + (read or 0) + (write or 0)
+    else:
+        total_in = prev.input_tokens
+    out = as_int(u.get("output_tokens"))
+    return Usage(total_in, out if out is not None else prev.output_tokens, read, write)
+
+
+@dataclass
+class AnthropicStreamUsage:
+    usage: Usage = field(default_factory=Usage)
+    model: str | None = None
+
+    def on_event(self, event: Event) -> bool:
+        if event.event == "message_start":
+            data = event.json()
+            message = data.get("message") if isinstance(data, dict) else None
+            if isinstance(message, dict):
+                self.model = message.get("model") if isinstance(message.get("model"), str) else self.model
+                self.usage = usage_of(message.get("usage"), self.usage) or self.usage
+        elif event.event == "message_delta":
+            data = event.json()
+            if isinstance(data, dict):
+                self.usage = usage_of(data.get("usage"), self.usage) or self.usage
+        return False
+
+
+class AnthropicFormat:
+    name = "anthropic"
+    key_header = "x-api-key"
+
+    def upstream_url(self, base: str, path: str, query: str) -> str:
+        return f"{base}/{path}" + (f"?{query}" if query else "")
+
+    def client_key(self, headers: dict[str, str], query: str) -> str | None:
+        key = headers.get("x-api-key")
+        if key:
+            return key
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        return token.strip() or None if scheme.lower() == "bearer" else None
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"x-api-key": key, "anthropic-version": "2023-06-01"}
+
+    def model_of(self, path: str, body: Any) -> str | None:
+        model = body.get("model") if isinstance(body, dict) else None
+        return model if isinstance(model, str) else None
+
+    def is_stream(self, path: str, query: str, body: Any) -> bool:
+        return isinstance(body, dict) and body.get("stream") is True
+
+    def prepare(self, path: str, body: Any, stream: bool) -> tuple[Any, bool]:
+        return body, False
+
+    def usage_from_json(self, path: str, body: Any) -> Usage:
+        return (usage_of(body.get("usage")) if isinstance(body, dict) else None) or Usage()
+
+    def stream_usage(self, path: str, hide_usage_chunk: bool) -> AnthropicStreamUsage:
+        return AnthropicStreamUsage()
+
+    def max_output_tokens(self, body: Any) -> int | None:
+        return as_int(body.get("max_tokens")) if isinstance(body, dict) else None
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return {"type": "error", "error": {"type": "gateway_error", "message": message}}

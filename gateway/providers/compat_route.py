@@ -1,0 +1,223 @@
+"""The unified endpoint `/compat/chat/completions`: OpenAI chat format in and out, for every provider.
+
+`model` is `{provider}/{model}`. OpenAI-format providers get the body with the bare model name; Anthropic and
+Gemini get a translated body (gateway/providers/compat.py) and their answers — JSON, SSE and errors — come back
+in OpenAI's shapes. Usage is read from the provider's own events by the same adapters as the native routes, so
+the cost of a compat call is computed exactly like a direct one.
+
+Keys: the SDK's `Authorization: Bearer <key>` is the provider key (pass-through); without it, a stored key or
+unified billing applies as on the native routes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.types import Scope, Send
+
+from gateway.exchange import Exchange
+from gateway.gateways import Gateway
+from gateway.providers.compat import (
+    SSE_DONE,
+    AnthropicStream,
+    CompatError,
+    CompatUpstreamError,
+    GeminiStream,
+    error_from_provider,
+    from_anthropic_response,
+    from_gemini_response,
+    openai_error,
+    sse_chunk,
+    to_anthropic_request,
+    to_gemini_request,
+)
+from gateway.providers.forward import UpstreamFailure, response_headers
+from gateway.providers.options import RequestOptions
+from gateway.providers.sse import SSEParser
+from gateway.providers.store import ProviderConfigSnapshot
+from gateway.providers.target import Target, TargetError, resolve
+from gateway.settings import Settings
+
+MAX_COMPAT_RESPONSE = 32 * 1024 * 1024
+
+
+def split_model(value: Any) -> tuple[str, str]:
+    if not isinstance(value, str) or "/" not in value:
+        raise TargetError(400, 'model must be "{provider}/{model}", e.g. "anthropic/claude-sonnet-4-5"')
+    provider, _, model = value.partition("/")
+    if not provider or not model:
+        raise TargetError(400, 'model must be "{provider}/{model}"')
+    return provider, model
+
+
+def compat_target(ex: Exchange, gateway: Gateway, settings: Settings, config: ProviderConfigSnapshot, rest: str,
+                  headers: dict[str, str], body: Any, options: RequestOptions) -> Target:
+    if rest.strip("/") != "chat/completions":
+        raise TargetError(404, "the compat endpoint is /compat/chat/completions")
+    if not isinstance(body, dict):
+        raise TargetError(400, "the body must be a JSON object")
+    provider, model = split_model(body.get("model"))
+    stream = body.get("stream") is True
+    if provider == "anthropic":
+        path, query = "v1/messages", ""
+    elif provider == "google-ai-studio":
+        verb = "streamGenerateContent" if stream else "generateContent"
+        path, query = f"v1beta/models/{model}:{verb}", "alt=sse" if stream else ""
+    else:
+        path, query = "chat/completions", ""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    client_key = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    target = resolve(exchange=ex, gateway=gateway, settings=settings, config=config, provider=provider, path=path,
+                     query=query, headers=headers, body=body, options=options, model=model, compat=True,
+                     client_key=client_key)
+    target.stream = stream
+    return target
+
+
+def upstream_body(target: Target, body: dict[str, Any]) -> tuple[Any, bool]:
+    """(body for the provider, hide the usage chunk)."""
+    assert target.model is not None
+    if target.provider == "anthropic":
+        return to_anthropic_request(body, target.model), False
+    if target.provider == "google-ai-studio":
+        return to_gemini_request(body), False
+    return target.adapter.prepare(target.path, {**body, "model": target.model}, target.stream)
+
+
+async def serve_compat(router: Any, scope: Scope, send: Send, ex: Exchange, target: Target) -> None:
+    body = ex.json_body
+    try:
+        payload, hide = upstream_body(target, body)
+    except CompatError as exc:
+        error = openai_error(400, str(exc), "invalid_request_error")
+        error["error"]["param"] = exc.param
+        await _send_json(send, 400, error)
+        ex.status_code, ex.error = 400, str(exc)
+        return
+    try:
+        response = await router.open(scope, ex, target, payload, None)
+    except UpstreamFailure as exc:
+        await router._refuse(send, ex, exc.status, str(exc), target)
+        return
+    try:
+        if response.status_code >= 400:
+            raw = await _read(response)
+            error = raw if target.adapter.name not in ("anthropic", "google-ai-studio") else None
+            ex.error = f"{target.provider} answered {response.status_code}"
+            if error is not None:
+                await _send_raw(send, response.status_code, error, router.gateway_headers(ex, target))
+            else:
+                await _send_json(send, response.status_code,
+                                 error_from_provider(target.provider, response.status_code, raw),
+                                 router.gateway_headers(ex, target))
+            return
+        if target.stream:
+            await _stream(router, send, ex, target, response, hide)
+        else:
+            await _json(router, send, ex, target, response)
+    finally:
+        await response.aclose()
+
+
+async def _read(response: Any) -> bytes:
+    data = bytearray()
+    async for chunk in response.aiter_raw():
+        data += chunk
+        if len(data) > MAX_COMPAT_RESPONSE:
+            break
+    return bytes(data)
+
+
+async def _json(router: Any, send: Send, ex: Exchange, target: Target, response: Any) -> None:
+    raw = await _read(response)
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        await _send_json(send, 502, openai_error(502, f"{target.provider} sent a body that is not JSON"))
+        ex.status_code = 502
+        return
+    router.record_cost(ex, target, target.adapter.usage_from_json(target.path, data))
+    assert target.model is not None
+    if target.provider == "anthropic":
+        out = from_anthropic_response(data, target.model)
+    elif target.provider == "google-ai-studio":
+        out = from_gemini_response(data, target.model)
+    else:
+        out = data
+    headers = router.gateway_headers(ex, target)
+    if ex.cost_usd is not None:
+        headers.append((b"cf-aig-cost", format(ex.cost_usd.normalize(), "f").encode()))
+    encoded = json.dumps(out).encode()
+    ex.response_size = len(encoded)
+    ex.response_body = encoded
+    await _send_raw(send, response.status_code, encoded, headers)
+
+
+async def _stream(router: Any, send: Send, ex: Exchange, target: Target, response: Any, hide: bool) -> None:
+    assert target.model is not None
+    include_usage = bool((ex.json_body.get("stream_options") or {}).get("include_usage"))
+    translator: AnthropicStream | GeminiStream | None = None
+    if target.provider == "anthropic":
+        translator = AnthropicStream(target.model, include_usage)
+    elif target.provider == "google-ai-studio":
+        translator = GeminiStream(target.model, include_usage)
+    headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+    if translator is None:
+        headers = [h for h in response_headers(response) if h[0] != b"content-length"]
+    await send({"type": "http.response.start", "status": response.status_code,
+                "headers": headers + router.gateway_headers(ex, target)})
+    parser = SSEParser()
+    reader = target.adapter.stream_usage(target.path, hide)
+    size = 0
+
+    async def emit(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+
+    try:
+        async for chunk in response.aiter_raw():
+            out = bytearray()
+            for event in parser.feed(chunk):
+                hidden = reader.on_event(event)
+                if translator is None:
+                    if not hidden:
+                        out += event.raw
+                    continue
+                data = event.json()
+                if not isinstance(data, dict):
+                    continue
+                chunks = (translator.feed(event.event, data) if isinstance(translator, AnthropicStream)
+                          else translator.feed(data))
+                for item in chunks:
+                    out += sse_chunk(item)
+            if out:
+                await emit(bytes(out))
+        if translator is not None:
+            tail = b"".join(sse_chunk(item) for item in translator.finish())
+            await emit(tail + SSE_DONE)
+    except CompatUpstreamError as exc:
+        ex.error = str(exc)
+        await emit(sse_chunk(openai_error(getattr(exc, "status", 502) or 502, str(exc))))
+    except Exception as exc:  # a broken upstream stream: the client's stream just ends
+        import httpx
+
+        if not isinstance(exc, httpx.HTTPError):
+            raise
+        ex.error = f"{target.provider} stream broke: {type(exc).__name__}"
+    finally:
+        ex.response_size = size
+        router.record_cost(ex, target, reader.usage)
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _send_json(send: Send, status: int, payload: dict[str, Any],
+                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    await _send_raw(send, status, json.dumps(payload).encode(), extra)
+
+
+async def _send_raw(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,91 @@
+"""Sending one request upstream with retries, and the headers that may cross.
+
+Retries (`cf-aig-max-attempts`, `-retry-delay`, `-backoff`) cover connection errors, no first byte within
+`cf-aig-request-timeout`, and 429/5xx answers; nothing is retried once a response was chosen for the client
+(the router only starts sending after `send_with_retries` returns). When every attempt failed: unreachable →
+`UpstreamUnreachable` (502), timeout → `UpstreamTimeout` (504); a final 429/5xx answer is returned as is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import httpx
+
+from gateway.providers.options import RequestOptions
+
+HOP_BY_HOP = {
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
+    "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding",
+}
+KEY_HEADERS = {"authorization", "x-api-key", "x-goog-api-key"}
+RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+DEFAULT_FIRST_BYTE_TIMEOUT_S = 300.0
+
+
+class UpstreamFailure(Exception):
+    status = 502
+
+    def __init__(self, provider: str, message: str) -> None:
+        super().__init__(message)
+        self.provider = provider
+
+
+class UpstreamUnreachable(UpstreamFailure):
+    status = 502
+
+
+class UpstreamTimeout(UpstreamFailure):
+    status = 504
+
+
+def upstream_headers(headers: Iterable[tuple[bytes, bytes]], auth: dict[str, str] | None) -> dict[str, str]:
+    """Client headers minus hop-by-hop, cf-aig-*, cf-access-* (and the key headers when we set the key)."""
+    out: dict[str, str] = {}
+    for raw_name, raw_value in headers:
+        name = raw_name.decode("latin-1").lower()
+        if name in HOP_BY_HOP or name.startswith(("cf-aig-", "cf-access-", "x-forwarded-")) or name == "cookie":
+            continue
+        if auth is not None and name in KEY_HEADERS:
+            continue
+        out[name] = raw_value.decode("latin-1")
+    out["accept-encoding"] = "identity"  # usage is read from the body as it passes
+    if auth:
+        out.update(auth)
+    return out
+
+
+def response_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
+    return [
+        (name.lower(), value)
+        for name, value in response.headers.raw
+        if name.lower().decode("latin-1") not in HOP_BY_HOP and name.lower() != b"content-encoding"
+    ]
+
+
+async def send_with_retries(
+    client: httpx.AsyncClient, request: httpx.Request, options: RequestOptions, provider: str,
+) -> tuple[httpx.Response, int]:
+    """(response with its body unread, attempts made)."""
+    timeout = options.timeout_ms / 1000 if options.timeout_ms else DEFAULT_FIRST_BYTE_TIMEOUT_S
+    failure: UpstreamFailure | None = None
+    for attempt in range(1, options.max_attempts + 1):
+        try:
+            async with asyncio.timeout(timeout):
+                response = await client.send(request, stream=True)
+        except TimeoutError:
+            failure = UpstreamTimeout(provider, f"{provider} did not answer within {timeout * 1000:.0f} ms")
+        except httpx.TimeoutException:
+            failure = UpstreamTimeout(provider, f"{provider} timed out")
+        except httpx.TransportError as exc:
+            failure = UpstreamUnreachable(provider, f"{provider} is unreachable: {type(exc).__name__}")
+        else:
+            if response.status_code not in RETRYABLE_STATUS or attempt == options.max_attempts:
+                return response, attempt
+            await response.aclose()
+            failure = None
+        if attempt < options.max_attempts:
+            await asyncio.sleep(options.delay_s(attempt))
+    assert failure is not None
+    raise failure

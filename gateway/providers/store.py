@@ -1,0 +1,59 @@
+"""Per-gateway provider configuration, read on the hot path from a cache that NOTIFY invalidates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.db import Database
+from gateway.gateways import GatewayStore
+from gateway.pricing import PriceOverride
+
+
+@dataclass(frozen=True)
+class ProviderConfigSnapshot:
+    keys: dict[tuple[str, str], str] = field(default_factory=dict)  # (provider, alias) -> secret
+    custom: dict[str, str] = field(default_factory=dict)  # slug -> base URL
+    prices: dict[tuple[str, str], PriceOverride] = field(default_factory=dict)  # (provider, model) -> override
+
+    def price(self, provider: str, model: str | None) -> PriceOverride | None:
+        if model is None:
+            return None
+        return self.prices.get((provider, model)) or self.prices.get(("*", model))
+
+
+class ProviderStore:
+    def __init__(self, db: Database, gateways: GatewayStore | None = None) -> None:
+        self.db = db
+        self._cache: dict[tuple[str, str], ProviderConfigSnapshot] = {}
+        if gateways is not None:
+            gateways.on_change(lambda table: self._cache.clear())
+
+    async def get(self, account: str, gateway: str) -> ProviderConfigSnapshot:
+        key = (account, gateway)
+        snapshot = self._cache.get(key)
+        if snapshot is not None:
+            return snapshot
+        async with self.db.pool.acquire() as conn:
+            keys = await conn.fetch(
+                "SELECT provider, alias, secret FROM provider_keys WHERE account_id = $1 AND gateway_id = $2",
+                account, gateway,
+            )
+            custom = await conn.fetch(
+                "SELECT slug, base_url FROM custom_providers WHERE account_id = $1 AND gateway_id = $2",
+                account, gateway,
+            )
+            prices = await conn.fetch(
+                "SELECT * FROM price_overrides WHERE account_id = $1 AND gateway_id = $2", account, gateway
+            )
+        snapshot = ProviderConfigSnapshot(
+            {(r["provider"], r["alias"]): r["secret"] for r in keys},
+            {r["slug"]: r["base_url"].rstrip("/") for r in custom},
+            {(r["provider"], r["model"]): PriceOverride(r["input_per_mtok"], r["output_per_mtok"],
+                                                        r["cache_read_per_mtok"], r["cache_write_per_mtok"])
+             for r in prices},
+        )
+        self._cache[key] = snapshot
+        return snapshot
+
+    def invalidate(self) -> None:
+        self._cache.clear()

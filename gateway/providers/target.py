@@ -1,0 +1,119 @@
+"""Where a request goes and who pays: the adapter, the upstream base URL, the key and the billing mode.
+
+Keys (SPEC §3), in this order: the client's own provider key (pass-through, `byok`); a key stored for the
+gateway under `cf-aig-byok-alias` (default `default`, `byok`); the gateway's own key from `SPENDGATE_KEY_<P>`
+(`unified`: credits are debited). Unified billing is refused (400) when the gateway is `byok_only`, the request
+says `cf-aig-no-wholesale: true`, the provider has no gateway key, the provider is custom, or the model has no
+known price (credits cannot be debited for an unknown cost). A BYOK request for an unpriced model passes with a
+null cost, unless the gateway sets `block_unpriced`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.exchange import BillingMode, Exchange
+from gateway.gateways import Gateway
+from gateway.pricing import PriceOverride, unit_prices
+from gateway.providers.anthropic import AnthropicFormat
+from gateway.providers.base import Adapter
+from gateway.providers.google import GoogleFormat
+from gateway.providers.openai import OpenAIFormat
+from gateway.providers.options import RequestOptions
+from gateway.providers.store import ProviderConfigSnapshot
+from gateway.settings import ProviderConfig, Settings
+
+ADAPTERS: dict[str, Adapter] = {
+    "openai": OpenAIFormat("openai"),
+    "grok": OpenAIFormat("grok"),
+    "groq": OpenAIFormat("groq"),
+    "anthropic": AnthropicFormat(),
+    "google-ai-studio": GoogleFormat(),
+}
+
+
+class TargetError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Target:
+    provider: str
+    adapter: Adapter
+    base_url: str
+    path: str
+    query: str
+    key: str | None  # None: the client's own key header is forwarded as is
+    billing_mode: BillingMode
+    model: str | None
+    stream: bool
+    options: RequestOptions
+    price: PriceOverride | None
+    compat: bool = False
+
+
+def adapter_for(provider: str) -> Adapter:
+    if provider in ADAPTERS:
+        return ADAPTERS[provider]
+    if provider.startswith("custom-"):
+        return OpenAIFormat(provider)
+    raise TargetError(400, f"unknown provider {provider!r}")
+
+
+def base_url_for(provider: str, settings: Settings, config: ProviderConfigSnapshot, zdr: bool) -> str:
+    if provider.startswith("custom-"):
+        slug = provider.removeprefix("custom-")
+        if slug not in config.custom:
+            raise TargetError(404, f"custom provider {slug!r} is not registered on this gateway")
+        return config.custom[slug]
+    pc: ProviderConfig = settings.providers[provider]
+    if zdr and pc.zdr_upstream:
+        return pc.zdr_upstream
+    return pc.upstream
+
+
+def resolve(
+    *, exchange: Exchange, gateway: Gateway, settings: Settings, config: ProviderConfigSnapshot, provider: str,
+    path: str, query: str, headers: dict[str, str], body: Any, options: RequestOptions, model: str | None = None,
+    compat: bool = False, client_key: str | None = None,
+) -> Target:
+    adapter = adapter_for(provider)
+    model = model or adapter.model_of(path, body)
+    stream = adapter.is_stream(path, query, body)
+    price = config.price(provider, model)
+    if not compat:
+        client_key = adapter.client_key(headers, query)
+    mode: BillingMode = "byok"
+    key: str | None = None
+    if client_key:
+        key = client_key if compat else None
+    elif (provider, options.byok_alias) in config.keys:
+        key = config.keys[(provider, options.byok_alias)]
+    elif options.byok_alias != "default":
+        raise TargetError(400, f"no {provider} key stored under alias {options.byok_alias!r} on this gateway")
+    else:
+        mode = "unified"
+        if gateway.settings.byok_only:
+            raise TargetError(400, f"this gateway accepts only your own keys (byok_only): send a {provider} key")
+        if options.no_wholesale:
+            raise TargetError(400, f"cf-aig-no-wholesale is set and no {provider} key was sent or stored")
+        if provider.startswith("custom-"):
+            raise TargetError(400, f"{provider} is not available on unified billing: send its key")
+        pc = settings.providers[provider]
+        key = (pc.zdr_key if exchange.zdr_applied else None) or pc.key
+        if not key:
+            raise TargetError(400, f"{provider} is not available on unified billing here: send your own key")
+    unpriced = price is None and options.custom_cost is None and unit_prices(provider, model) is None
+    if unpriced and (mode == "unified" or gateway.settings.block_unpriced):
+        raise TargetError(
+            400,
+            f"model {model!r} of {provider} has no known price, so "
+            + ("unified billing cannot charge for it" if mode == "unified" else "this gateway blocks it")
+            + ": add a price with PUT /admin/accounts/{a}/gateways/{g}/prices or use your own key",
+        )
+    base = base_url_for(provider, settings, config, exchange.zdr_applied)
+    return Target(provider, adapter, base, path, query, key, mode, model, stream, options, price, compat)
