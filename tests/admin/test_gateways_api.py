@@ -14,8 +14,9 @@ async def test_gateway_crud_and_settings_validation(admin: httpx.AsyncClient, ac
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "zdr"
     unknown = await admin.patch(f"/accounts/{account}/gateways/prod", json={"colour": "red"})
     assert unknown.status_code == 422 and unknown.json()["error"]["field"] == "colour"
+    retention = {"max_rows": 10, "strategy": "DELETE_OLDEST"}
     patched = await admin.patch(f"/accounts/{account}/gateways/prod",
-                                json={"byok_only": True, "log_retention": {"max_rows": 10, "strategy": "DELETE_OLDEST"}})
+                                json={"byok_only": True, "log_retention": retention})
     assert patched.json()["result"]["byok_only"] is True and patched.json()["result"]["authentication"] is True
     listed = (await admin.get(f"/accounts/{account}/gateways")).json()["result"]
     assert [g["id"] for g in listed] == ["prod"]
