@@ -82,6 +82,7 @@ def resolve(
     compat: bool = False, client_key: str | None = None,
 ) -> Target:
     adapter = adapter_for(provider)
+    base = base_url_for(provider, settings, config, exchange.zdr_applied)
     model = model or adapter.model_of(path, body)
     stream = adapter.is_stream(path, query, body)
     price = config.price(provider, model)
@@ -115,5 +116,4 @@ def resolve(
             + ("unified billing cannot charge for it" if mode == "unified" else "this gateway blocks it")
             + ": add a price with PUT /admin/accounts/{a}/gateways/{g}/prices or use your own key",
         )
-    base = base_url_for(provider, settings, config, exchange.zdr_applied)
     return Target(provider, adapter, base, path, query, key, mode, model, stream, options, price, compat)
