@@ -1,0 +1,456 @@
+"""Translation between OpenAI Chat Completions and Anthropic Messages / Gemini generateContent (pure functions).
+
+Requests: system and developer messages become Anthropic's `system` / Gemini's `systemInstruction`; consecutive
+messages of one role are merged (Anthropic requires alternation); images by https URL or `data:` base64;
+assistant `tool_calls` and `tool` results; `tools` and `tool_choice`; `max_tokens` / `max_completion_tokens`
+(Anthropic requires one: `DEFAULT_MAX_TOKENS` when absent), `temperature`, `top_p`, `stop`.
+Responses and streams come back as `chat.completion` and `chat.completion.chunk` objects, with a final usage
+chunk when the client asked for `stream_options.include_usage`. Not supported (400): `n` > 1, audio and file
+content parts.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import time
+import uuid
+from typing import Any
+
+DEFAULT_MAX_TOKENS = 4096
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+class CompatError(ValueError):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class CompatUpstreamError(Exception):
+    def __init__(self, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def sse_chunk(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def openai_error(status: int, message: str, type_: str | None = None, code: str | None = None) -> dict[str, Any]:
+    kind = type_ or ERROR_TYPES.get(status, "api_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def error_from_provider(provider: str, status: int, body: bytes) -> dict[str, Any]:
+    message = body.decode("utf-8", "replace")[:500]
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        message = str(data["error"].get("message") or message)
+    return openai_error(status, f"{provider}: {message}")
+
+
+# -- request pieces ---------------------------------------------------------------------------------------------
+
+
+def _check_common(body: dict[str, Any]) -> list[dict[str, Any]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise CompatError("messages must be a non-empty list", "messages")
+    n = body.get("n", 1)
+    if n not in (1, None):
+        raise CompatError("n > 1 is not supported on this provider through the compat endpoint", "n")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant", "tool"):
+            raise CompatError(f"messages[{i}].role must be system, developer, user, assistant or tool",
+                              f"messages[{i}].role")
+    return messages
+
+
+def _parts(content: Any, where: str) -> list[dict[str, Any]]:
+    """OpenAI content -> a list of {"type": "text"|"image", ...} in a neutral form."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list):
+        raise CompatError(f"{where} must be a string or a list of parts", where)
+    out = []
+    for i, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            out.append({"type": "text", "text": str(part.get("text", ""))})
+        elif kind == "image_url":
+            url = part.get("image_url", {})
+            url = url.get("url") if isinstance(url, dict) else url
+            if not isinstance(url, str):
+                raise CompatError(f"{where}[{i}].image_url.url must be a string", f"{where}[{i}]")
+            out.append(_image(url, f"{where}[{i}]"))
+        else:
+            raise CompatError(f"{where}[{i}]: content part type {kind!r} is not supported", f"{where}[{i}]")
+    return out
+
+
+def _image(url: str, where: str) -> dict[str, Any]:
+    if url.startswith("data:"):
+        header, _, data = url[5:].partition(",")
+        media, _, encoding = header.partition(";")
+        if encoding != "base64" or not data:
+            raise CompatError(f"{where}: data URLs must be base64", where)
+        return {"type": "image", "media_type": media or "image/png", "data": data}
+    if url.startswith(("https://", "http://")):
+        return {"type": "image", "url": url}
+    raise CompatError(f"{where}: image URL must be https or a data: URL", where)
+
+
+def _text_of(content: Any) -> str:
+    return "".join(p["text"] for p in _parts(content, "content") if p["type"] == "text")
+
+
+def _stop(body: dict[str, Any]) -> list[str] | None:
+    stop = body.get("stop")
+    if stop is None:
+        return None
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return stop
+    raise CompatError("stop must be a string or a list of strings", "stop")
+
+
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    value = body.get("max_completion_tokens", body.get("max_tokens"))
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CompatError("max_tokens must be a positive integer", "max_tokens")
+    return value
+
+
+def _arguments(call: dict[str, Any]) -> Any:
+    raw = (call.get("function") or {}).get("arguments") or "{}"
+    try:
+        return json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        raise CompatError("tool_calls[].function.arguments must be a JSON string", "tool_calls") from None
+
+
+def _functions(body: dict[str, Any]) -> list[dict[str, Any]]:
+    tools = body.get("tools") or []
+    if not isinstance(tools, list):
+        raise CompatError("tools must be a list", "tools")
+    out = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
+            raise CompatError(f"tools[{i}] must be a function tool", f"tools[{i}]")
+        out.append(tool["function"])
+    return out
+
+
+# -- Anthropic ---------------------------------------------------------------------------------------------------
+
+
+def _anthropic_block(part: dict[str, Any]) -> dict[str, Any]:
+    if part["type"] == "text":
+        return {"type": "text", "text": part["text"]}
+    if "url" in part:
+        return {"type": "image", "source": {"type": "url", "url": part["url"]}}
+    return {"type": "image", "source": {"type": "base64", "media_type": part["media_type"], "data": part["data"]}}
+
+
+def to_anthropic_request(body: dict[str, Any], model: str) -> dict[str, Any]:
+    messages = _check_common(body)
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+
+    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": list(blocks)})
+
+    for i, m in enumerate(messages):
+        role = m["role"]
+        if role in ("system", "developer"):
+            system.append(_text_of(m.get("content")))
+        elif role == "user":
+            add("user", [_anthropic_block(p) for p in _parts(m.get("content"), f"messages[{i}].content")])
+        elif role == "assistant":
+            blocks = [_anthropic_block(p) for p in _parts(m.get("content"), f"messages[{i}].content")]
+            for call in m.get("tool_calls") or []:
+                blocks.append({"type": "tool_use", "id": call.get("id"), "name": (call.get("function") or {})
+                               .get("name"), "input": _arguments(call)})
+            add("assistant", blocks)
+        else:  # tool
+            add("user", [{"type": "tool_result", "tool_use_id": m.get("tool_call_id"),
+                          "content": _text_of(m.get("content"))}])
+    out: dict[str, Any] = {"model": model, "messages": turns, "max_tokens": _max_tokens(body) or DEFAULT_MAX_TOKENS}
+    if system:
+        out["system"] = "\n\n".join(system)
+    for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p")):
+        if body.get(ours) is not None:
+            out[theirs] = body[ours]
+    stop = _stop(body)
+    if stop:
+        out["stop_sequences"] = stop
+    if body.get("stream") is True:
+        out["stream"] = True
+    functions = _functions(body)
+    choice = body.get("tool_choice")
+    if functions and choice != "none":
+        out["tools"] = [{"name": f.get("name"), "description": f.get("description", ""),
+                         "input_schema": f.get("parameters") or {"type": "object", "properties": {}}}
+                        for f in functions]
+        if choice == "required":
+            out["tool_choice"] = {"type": "any"}
+        elif isinstance(choice, dict):
+            out["tool_choice"] = {"type": "tool", "name": (choice.get("function") or {}).get("name")}
+        elif choice == "auto":
+            out["tool_choice"] = {"type": "auto"}
+    return out
+
+
+ANTHROPIC_FINISH = {"end_turn": "stop", "max_tokens": "length", "stop_sequence": "stop", "tool_use": "tool_calls",
+                    "pause_turn": "stop", "refusal": "content_filter"}
+
+
+def _anthropic_usage(u: dict[str, Any]) -> dict[str, Any]:
+    read = u.get("cache_read_input_tokens") or 0
+    prompt = (u.get("input_tokens") or 0) + read + (u.get("cache_creation_input_tokens") or 0)
+    out = u.get("output_tokens") or 0
+    return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out,
+            "prompt_tokens_details": {"cached_tokens": read}}
+
+
+def from_anthropic_response(resp: dict[str, Any], model: str) -> dict[str, Any]:
+    text, calls = [], []
+    for block in resp.get("content") or []:
+        if block.get("type") == "text":
+            text.append(block.get("text", ""))
+        elif block.get("type") == "tool_use":
+            calls.append({"id": block.get("id"), "type": "function",
+                          "function": {"name": block.get("name"), "arguments": json.dumps(block.get("input") or {})}})
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text or not calls else None}
+    if calls:
+        message["tool_calls"] = calls
+    return {
+        "id": "chatcmpl-" + str(resp.get("id", uuid.uuid4().hex)), "object": "chat.completion",
+        "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": message,
+                     "finish_reason": ANTHROPIC_FINISH.get(resp.get("stop_reason") or "end_turn", "stop")}],
+        "usage": _anthropic_usage(resp.get("usage") or {}),
+    }
+
+
+class _ChunkMaker:
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.model = model
+        self.include_usage = include_usage
+        self.id = "chatcmpl-" + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.usage: dict[str, int] = {"input": 0, "output": 0, "cache_read": 0, "cache_write": 0}
+        self.started = False
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        if not self.started:
+            delta = {"role": "assistant", **delta}
+            self.started = True
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    def finish(self) -> list[dict[str, Any]]:
+        if not self.include_usage:
+            return []
+        u = self.usage
+        prompt = u["input"] + u["cache_read"] + u["cache_write"]
+        return [{"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                 "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": u["output"],
+                                          "total_tokens": prompt + u["output"],
+                                          "prompt_tokens_details": {"cached_tokens": u["cache_read"]}}}]
+
+
+class AnthropicStream(_ChunkMaker):
+    """Anthropic SSE events -> OpenAI chunks. `usage`: input excludes cache tokens (Anthropic's own count)."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        super().__init__(model, include_usage)
+        self.tool_index: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_calls index
+
+    def feed(self, event: str, data: dict[str, Any]) -> list[dict[str, Any]]:
+        kind = data.get("type", event)
+        if kind == "message_start":
+            u = (data.get("message") or {}).get("usage") or {}
+            self.usage.update(input=u.get("input_tokens") or 0, output=u.get("output_tokens") or 0,
+                              cache_read=u.get("cache_read_input_tokens") or 0,
+                              cache_write=u.get("cache_creation_input_tokens") or 0)
+            return [self.chunk({"content": ""})]
+        if kind == "content_block_start":
+            block = data.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                index = self.tool_index[data.get("index", 0)] = len(self.tool_index)
+                return [self.chunk({"tool_calls": [{"index": index, "id": block.get("id"), "type": "function",
+                                                    "function": {"name": block.get("name"), "arguments": ""}}]})]
+            if block.get("text"):
+                return [self.chunk({"content": block["text"]})]
+            return []
+        if kind == "content_block_delta":
+            delta = data.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                return [self.chunk({"content": delta.get("text", "")})]
+            if delta.get("type") == "input_json_delta":
+                index = self.tool_index.get(data.get("index", 0), 0)
+                return [self.chunk({"tool_calls": [{"index": index,
+                                                    "function": {"arguments": delta.get("partial_json", "")}}]})]
+            return []
+        if kind == "message_delta":
+            u = data.get("usage") or {}
+            if u.get("output_tokens") is not None:
+                self.usage["output"] = u["output_tokens"]
+            reason = (data.get("delta") or {}).get("stop_reason")
+            return [self.chunk({}, ANTHROPIC_FINISH.get(reason or "end_turn", "stop"))]
+        if kind == "error":
+            error = data.get("error") or {}
+            raise CompatUpstreamError(f"anthropic: {error.get('message', 'stream error')}", 502)
+        return []
+
+
+# -- Gemini ------------------------------------------------------------------------------------------------------
+
+
+def _gemini_part(part: dict[str, Any]) -> dict[str, Any]:
+    if part["type"] == "text":
+        return {"text": part["text"]}
+    if "url" in part:
+        mime = mimetypes.guess_type(part["url"].split("?")[0])[0] or "image/jpeg"
+        return {"fileData": {"mimeType": mime, "fileUri": part["url"]}}
+    return {"inlineData": {"mimeType": part["media_type"], "data": part["data"]}}
+
+
+def to_gemini_request(body: dict[str, Any]) -> dict[str, Any]:
+    messages = _check_common(body)
+    system: list[str] = []
+    contents: list[dict[str, Any]] = []
+    names: dict[str, str] = {}
+
+    def add(role: str, parts: list[dict[str, Any]]) -> None:
+        if contents and contents[-1]["role"] == role:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": role, "parts": list(parts)})
+
+    for i, m in enumerate(messages):
+        role = m["role"]
+        if role in ("system", "developer"):
+            system.append(_text_of(m.get("content")))
+        elif role == "user":
+            add("user", [_gemini_part(p) for p in _parts(m.get("content"), f"messages[{i}].content")])
+        elif role == "assistant":
+            parts = [_gemini_part(p) for p in _parts(m.get("content"), f"messages[{i}].content")]
+            for call in m.get("tool_calls") or []:
+                name = (call.get("function") or {}).get("name")
+                names[str(call.get("id"))] = name
+                parts.append({"functionCall": {"name": name, "args": _arguments(call)}})
+            add("model", parts)
+        else:
+            name = names.get(str(m.get("tool_call_id")))
+            if name is None:
+                raise CompatError(f"messages[{i}].tool_call_id names no earlier tool call", f"messages[{i}]")
+            add("user", [{"functionResponse": {"name": name, "response": {"content": _text_of(m.get("content"))}}}])
+    out: dict[str, Any] = {"contents": contents}
+    if system:
+        out["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
+    config: dict[str, Any] = {}
+    if _max_tokens(body) is not None:
+        config["maxOutputTokens"] = _max_tokens(body)
+    if body.get("temperature") is not None:
+        config["temperature"] = body["temperature"]
+    if body.get("top_p") is not None:
+        config["topP"] = body["top_p"]
+    if _stop(body):
+        config["stopSequences"] = _stop(body)
+    if config:
+        out["generationConfig"] = config
+    functions = _functions(body)
+    if functions:
+        out["tools"] = [{"functionDeclarations": [
+            {k: v for k, v in (("name", f.get("name")), ("description", f.get("description")),
+                               ("parameters", f.get("parameters"))) if v is not None} for f in functions]}]
+        choice = body.get("tool_choice")
+        if choice is not None:
+            mode: dict[str, Any] = {"mode": {"auto": "AUTO", "required": "ANY", "none": "NONE"}.get(choice, "ANY")
+                                    if isinstance(choice, str) else "ANY"}
+            if isinstance(choice, dict):
+                mode["allowedFunctionNames"] = [(choice.get("function") or {}).get("name")]
+            out["toolConfig"] = {"functionCallingConfig": mode}
+    return out
+
+
+GEMINI_FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
+                 "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter"}
+
+
+def _gemini_usage(u: dict[str, Any]) -> dict[str, Any]:
+    prompt = u.get("promptTokenCount") or 0
+    out = (u.get("candidatesTokenCount") or 0) + (u.get("thoughtsTokenCount") or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out,
+            "prompt_tokens_details": {"cached_tokens": u.get("cachedContentTokenCount") or 0}}
+
+
+def _gemini_content(candidate: dict[str, Any], call_offset: int = 0) -> tuple[str, list[dict[str, Any]]]:
+    text, calls = [], []
+    for part in (candidate.get("content") or {}).get("parts") or []:
+        if "text" in part and not part.get("thought"):
+            text.append(part["text"])
+        elif "functionCall" in part:
+            call = part["functionCall"]
+            calls.append({"id": f"call_{call_offset + len(calls)}", "type": "function",
+                          "function": {"name": call.get("name"), "arguments": json.dumps(call.get("args") or {})}})
+    return "".join(text), calls
+
+
+def from_gemini_response(resp: dict[str, Any], model: str) -> dict[str, Any]:
+    candidate = (resp.get("candidates") or [{}])[0]
+    text, calls = _gemini_content(candidate)
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
+    if calls:
+        message["tool_calls"] = calls
+    finish = "tool_calls" if calls else GEMINI_FINISH.get(candidate.get("finishReason") or "STOP", "stop")
+    return {"id": "chatcmpl-" + str(resp.get("responseId") or uuid.uuid4().hex), "object": "chat.completion",
+            "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": _gemini_usage(resp.get("usageMetadata") or {})}
+
+
+class GeminiStream(_ChunkMaker):
+    """Gemini stream chunks -> OpenAI chunks. `usage`: input is promptTokenCount minus cached tokens."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        super().__init__(model, include_usage)
+        self.calls = 0
+
+    def feed(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        if isinstance(data.get("error"), dict):
+            raise CompatUpstreamError(f"google-ai-studio: {data['error'].get('message', 'stream error')}", 502)
+        out: list[dict[str, Any]] = []
+        if isinstance(data.get("usageMetadata"), dict):
+            u = _gemini_usage(data["usageMetadata"])
+            cached = u["prompt_tokens_details"]["cached_tokens"]
+            self.usage.update(input=u["prompt_tokens"] - cached, output=u["completion_tokens"], cache_read=cached)
+        candidate = (data.get("candidates") or [{}])[0]
+        text, calls = _gemini_content(candidate, self.calls)
+        if text or not self.started:
+            out.append(self.chunk({"content": text}))
+        for call in calls:
+            out.append(self.chunk({"tool_calls": [{"index": self.calls, **call}]}))
+            self.calls += 1
+        if candidate.get("finishReason"):
+            finish = "tool_calls" if self.calls else GEMINI_FINISH.get(candidate["finishReason"], "stop")
+            out.append(self.chunk({}, finish))
+        return out
