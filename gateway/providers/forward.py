@@ -76,8 +76,11 @@ async def send_with_retries(
                 response = await client.send(request, stream=True)
         except TimeoutError:
             failure = UpstreamTimeout(provider, f"{provider} did not answer within {timeout * 1000:.0f} ms")
-        except httpx.TimeoutException:
-            failure = UpstreamTimeout(provider, f"{provider} timed out")
+        except httpx.TimeoutException as exc:
+            if _refused(exc):  # httpx-aiohttp maps a refused connection to ConnectTimeout
+                failure = UpstreamUnreachable(provider, f"{provider} is unreachable: connection refused")
+            else:
+                failure = UpstreamTimeout(provider, f"{provider} timed out")
         except httpx.TransportError as exc:
             failure = UpstreamUnreachable(provider, f"{provider} is unreachable: {type(exc).__name__}")
         else:
@@ -89,3 +92,10 @@ async def send_with_retries(
             await asyncio.sleep(options.delay_s(attempt))
     assert failure is not None
     raise failure
+
+
+def _refused(exc: BaseException) -> bool:
+    import aiohttp
+
+    cause = exc.__cause__
+    return isinstance(cause, aiohttp.ClientConnectorError) and not isinstance(cause, TimeoutError)
