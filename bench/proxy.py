@@ -52,8 +52,8 @@ def spawn(code: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-async def wait_up(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_up(url: str, within: float = 60) -> None:
+    deadline = time.monotonic() + within
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             try:

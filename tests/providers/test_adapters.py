@@ -90,7 +90,7 @@ async def test_anthropic_stream_usage_from_start_and_delta(db: Database) -> None
 async def test_gemini_model_from_path_and_thoughts_as_output(db: Database) -> None:
     reply = httpx.Response(200, json={"usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": 3,
                                                         "thoughtsTokenCount": 4, "cachedContentTokenCount": 2}})
-    ex, request, _, headers = await call(db, "google-ai-studio", "v1beta/models/gemini-2.5-flash:generateContent",
+    ex, _request, _, headers = await call(db, "google-ai-studio", "v1beta/models/gemini-2.5-flash:generateContent",
                                          {}, reply, {"x-goog-api-key": "g"})
     assert ex.model == "gemini-2.5-flash" and headers["cf-aig-model"] == "gemini-2.5-flash"
     assert (ex.usage.input_tokens, ex.usage.output_tokens, ex.usage.cache_read_tokens) == (8, 7, 2)
