@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.admin.app import admin_app
 from gateway.admin.token import ensure_admin_token
 from gateway.db import Database
+from gateway.middleware.request_log import RequestLog
 from gateway.providers.router import ProviderRouter
 from gateway.services import Services
 from gateway.settings import Settings
@@ -44,7 +45,13 @@ class _Chain:
 
     def build(self) -> ASGIApp:
         s = self.services
-        app: ASGIApp = ProviderRouter(settings=s.settings, gateways=s.gateways, providers=s.providers, client=s.http)
+        router = ProviderRouter(settings=s.settings, gateways=s.gateways, providers=s.providers, client=s.http)
+        app: ASGIApp = router
+        chain = [  # outermost first
+            (RequestLog, {"gateways": s.gateways, "writer": s.log_writer}),
+        ]
+        for layer, options in reversed(chain):
+            app = layer(app, **options)
         return app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

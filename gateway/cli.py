@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from gateway.settings import Settings
@@ -53,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    for name in ("spendgate", "alembic.runtime.migration"):
-        logging.getLogger(name).setLevel(logging.INFO)
+    from gateway.context import configure_logging
+
+    configure_logging()
     args = build_parser().parse_args(argv)
     settings = Settings.from_env()
     if args.command not in ("serve", "migrate") and settings.database_url is None:

@@ -15,6 +15,7 @@ from gateway.db import Database, embedded_database_url, migrate
 from gateway.gateways import GatewayStore
 from gateway.ledger import AutoTopUps, Ledger
 from gateway.limits.reservations import Limits
+from gateway.logs.writer import LogWriter
 from gateway.providers.store import ProviderStore
 from gateway.settings import Settings
 
@@ -32,6 +33,7 @@ class Services:
         self._ledger: Ledger | None = None
         self.auto_topups: AutoTopUps | None = None
         self._providers: ProviderStore | None = None
+        self.log_writer: LogWriter | None = None
         self._http: Any = None
         self._db = db
         self._owns_db = db is None
@@ -105,6 +107,8 @@ class Services:
             from gateway.providers.router import make_client
 
             self._http = make_client()
+            self.log_writer = LogWriter(self._db)
+            self.log_writer.start()  # always: logs are part of serving, not a background chore
             self.auto_topups = AutoTopUps(self._ledger)
             if self._background:
                 self.auto_topups.start()
@@ -128,6 +132,8 @@ class Services:
                     await hook()
                 except Exception:
                     log.exception("error while stopping")
+            if self.log_writer is not None:
+                await self.log_writer.stop()
             if self._http is not None:
                 await self._http.aclose()
                 self._http = None

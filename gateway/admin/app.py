@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.admin import accounts, gateways
+from gateway.admin import accounts, gateways, logs
 from gateway.admin.api import AdminRouter, create_admin_app
 from gateway.admin.token import AdminTokenCheck
 from gateway.services import Services
 
-ROUTERS: list[AdminRouter] = [accounts.router, gateways.router]
+ROUTERS: list[AdminRouter] = [accounts.router, gateways.router, logs.router]
 
 
 def admin_app(services: Services) -> Any:

@@ -1,0 +1,119 @@
+"""Admin endpoints: request logs (filtered, newest first, cursor-paginated), one log, feedback."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import Request
+
+from gateway.admin.accounts import parse_time
+from gateway.admin.api import AdminError, AdminRouter, Page, encode_cursor, json_body, not_found, page_params
+from gateway.admin.gateways import ensure_gateway
+
+router = AdminRouter("logs")
+
+FIELDS = ("id, created_at, gateway_id, provider, model, path, status_code, success, cached, step, duration_ms, "
+          "ttfb_ms, tokens_in, tokens_out, tokens_cache_read, tokens_cache_write, cost_usd, custom_cost, "
+          "billing_mode, zdr_applied, zdr_reason, identity, metadata, request_size, response_size, error, "
+          "request_body, response_body, feedback")
+
+
+def log_view(row: Any) -> dict[str, Any]:
+    out = dict(row)
+    out["id"] = str(out["id"])
+    out["gateway"] = out.pop("gateway_id")
+    out["created_at"] = out["created_at"].isoformat()
+    for name in ("duration_ms", "ttfb_ms"):
+        out[name] = None if out[name] is None else float(out[name])
+    out["cost_usd"] = None if out["cost_usd"] is None else format(out["cost_usd"].normalize(), "f")
+    out["identity"] = out["identity"] or {"user_id": None, "email": None, "groups": [], "service_token": None}
+    return out
+
+
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/logs", "Request logs, newest first", paginated=True,
+              query={"provider": "", "model": "", "status_code": "", "success": "true|false",
+                     "from": "ISO time", "to": "ISO time", "user_id": "identity", "email": "identity",
+                     "service_token": "identity", "group": "identity group",
+                     "metadata.<key>": "a metadata value (also cf.* keys)"})
+async def list_logs(request: Request, services: Any, account: str, gateway: str) -> Page:
+    await ensure_gateway(services.db, account, gateway)
+    q = request.query_params
+    where = ["account_id = $1", "gateway_id = $2"]
+    args: list[Any] = [account, gateway]
+
+    def add(clause: str, value: Any) -> None:
+        args.append(value)
+        where.append(clause.replace("?", f"${len(args)}"))
+
+    for name in ("provider", "model"):
+        if q.get(name):
+            add(f"{name} = ?", q[name])
+    if q.get("status_code"):
+        try:
+            add("status_code = ?", int(q["status_code"]))
+        except ValueError:
+            raise AdminError(422, "status_code must be an integer", "status_code") from None
+    if q.get("success") in ("true", "false"):
+        add("success = ?", q["success"] == "true")
+    start, end = parse_time(request, "from"), parse_time(request, "to")
+    if start:
+        add("created_at >= ?", start)
+    if end:
+        add("created_at < ?", end)
+    for name in ("user_id", "email", "service_token"):
+        if q.get(name):
+            add(f"identity->>'{name}' = ?", q[name])
+    if q.get("group"):
+        add("identity->'groups' ? ?", q["group"])
+    for key, value in q.items():
+        if key.startswith("metadata."):
+            add("metadata->>'" + key[9:].replace("'", "''") + "' = ?", value)
+    cursor, limit = page_params(request)
+    if cursor is not None:
+        try:
+            at, last = datetime.fromisoformat(cursor[0]), uuid.UUID(cursor[1])
+        except (TypeError, ValueError, IndexError):
+            raise AdminError(422, "invalid cursor", "cursor") from None
+        args += [at, last]
+        where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit + 1)
+    rows = await services.db.pool.fetch(
+        f"SELECT {FIELDS} FROM request_logs WHERE {' AND '.join(where)} "
+        f"ORDER BY created_at DESC, id DESC LIMIT ${len(args)}", *args)
+    items = [log_view(r) for r in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        next_cursor = encode_cursor([rows[limit - 1]["created_at"].isoformat(), str(rows[limit - 1]["id"])])
+    return Page(items, next_cursor)
+
+
+async def _one(services: Any, account: str, gateway: str, log_id: str) -> Any:
+    await ensure_gateway(services.db, account, gateway)
+    try:
+        lid = uuid.UUID(log_id)
+    except ValueError:
+        raise not_found(f"log {log_id!r}") from None
+    row = await services.db.pool.fetchrow(
+        f"SELECT {FIELDS} FROM request_logs WHERE account_id = $1 AND gateway_id = $2 AND id = $3",
+        account, gateway, lid)
+    if row is None:
+        raise not_found(f"log {log_id!r}")
+    return row
+
+
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/logs/{log_id}", "One log")
+async def get_log(request: Request, services: Any, account: str, gateway: str, log_id: str) -> dict[str, Any]:
+    return log_view(await _one(services, account, gateway, log_id))
+
+
+@router.route("PATCH", "/accounts/{account}/gateways/{gateway}/logs/{log_id}", "Feedback on a log",
+              body={"type": "object", "required": ["feedback"], "properties": {"feedback": {"enum": [1, -1]}}})
+async def patch_log(request: Request, services: Any, account: str, gateway: str, log_id: str) -> dict[str, Any]:
+    row = await _one(services, account, gateway, log_id)
+    data = await json_body(request)
+    if data.get("feedback") not in (1, -1) or isinstance(data.get("feedback"), bool):
+        raise AdminError(422, "feedback must be 1 or -1", "feedback")
+    await services.db.pool.execute("UPDATE request_logs SET feedback = $2 WHERE id = $1", row["id"], data["feedback"])
+    return log_view({**dict(row), "feedback": data["feedback"]})

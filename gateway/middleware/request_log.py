@@ -1,0 +1,116 @@
+"""RequestLog: the outermost layer. It gives the request its id (`cf-aig-log-id`, and a ContextVar that inner
+layers and log lines see), watches the response go out, and after it completed queues one log row — for
+refused requests too (400/401/402/403/429 from any inner layer).
+
+Logging follows the gateway's `collect_logs` unless `cf-aig-collect-log: true|false` says otherwise; bodies
+are kept when the gateway's `log_payloads` and `cf-aig-collect-log-payload` allow (up to 1 MiB each). Requests
+for an unknown account or gateway are not logged (there is no tenant to log them under). No header is logged,
+so provider keys, gateway tokens and JWTs never reach a log row.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.context import request_id_var
+from gateway.exchange import Exchange
+from gateway.gateways import GatewayStore, UnknownAccount, UnknownGateway
+from gateway.logs.writer import LogWriter
+from gateway.paths import locate
+
+MAX_LOGGED_BODY = 1024 * 1024
+
+
+def _flag(scope: Scope, name: bytes) -> bool | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            text = value.decode("latin-1").strip().lower()
+            return True if text == "true" else False if text == "false" else None
+    return None
+
+
+def _text(data: bytes | None) -> str | None:
+    if data is None:
+        return None
+    return data[:MAX_LOGGED_BODY].decode("utf-8", "replace")
+
+
+class RequestLog:
+    def __init__(self, app: ASGIApp, *, gateways: GatewayStore, writer: LogWriter) -> None:
+        self.app = app
+        self.gateways = gateways
+        self.writer = writer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ex = Exchange.of(scope)
+        ex.log_id = ex.request_id = str(uuid.uuid4())
+        token = request_id_var.set(ex.request_id)
+        where = locate(scope)
+        gateway = None
+        if where is not None:
+            try:
+                gateway = ex.gateway = await self.gateways.get(where.account, where.gateway)
+            except (UnknownAccount, UnknownGateway):
+                gateway = None
+        collect = gateway is not None and (_flag(scope, b"cf-aig-collect-log")
+                                           if _flag(scope, b"cf-aig-collect-log") is not None
+                                           else gateway.settings.collect_logs)
+        payloads = collect and gateway is not None and gateway.settings.log_payloads and \
+            _flag(scope, b"cf-aig-collect-log-payload") is not False
+        ex.collect_log, ex.collect_payload = collect, payloads
+        captured = bytearray()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if collect:
+                    message["headers"] = [*message.get("headers", []), (b"cf-aig-log-id", ex.request_id.encode())]
+            elif message["type"] == "http.response.body" and payloads and ex.response_body is None:
+                room = MAX_LOGGED_BODY - len(captured)
+                if room > 0:
+                    captured.extend(message.get("body", b"")[:room])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            ex.error = ex.error or f"internal error: {type(exc).__name__}"
+            raise
+        finally:
+            request_id_var.reset(token)
+            if collect and gateway is not None:
+                ex.status_code = ex.status_code if ex.status_code is not None else status
+                self.writer.submit(self.row(ex, status, bytes(captured) if payloads else None),
+                                   gateway.settings.log_retention)
+
+    def row(self, ex: Exchange, status: int, captured: bytes | None) -> dict[str, Any]:
+        assert ex.gateway is not None
+        identity = ex.identity.as_dict() if ex.identity is not None else None
+        u = ex.usage
+        return {
+            "id": uuid.UUID(ex.request_id), "account_id": ex.gateway.account_id, "gateway_id": ex.gateway.id,
+            "created_at": datetime.fromtimestamp(ex.started_at, UTC), "provider": ex.provider, "model": ex.model,
+            "path": ex.path, "status_code": status, "success": 200 <= status < 400 and ex.error is None,
+            "cached": False, "step": ex.step,
+            "duration_ms": Decimal(str(round((time.perf_counter() - ex.started) * 1000, 3))),
+            "ttfb_ms": None if ex.ttfb_ms is None else Decimal(str(round(ex.ttfb_ms, 3))),
+            "tokens_in": u.input_tokens, "tokens_out": u.output_tokens, "tokens_cache_read": u.cache_read_tokens,
+            "tokens_cache_write": u.cache_write_tokens, "cost_usd": ex.cost_usd, "custom_cost": ex.custom_cost,
+            "billing_mode": ex.billing_mode, "zdr_applied": ex.zdr_applied, "zdr_reason": ex.zdr_reason,
+            "identity": identity, "metadata": ex.metadata, "request_size": ex.request_size,
+            "response_size": ex.response_size, "error": ex.error,
+            "request_body": _text(ex.body) if ex.collect_payload else None,
+            "response_body": _text(ex.response_body if ex.response_body is not None else captured)
+            if ex.collect_payload else None,
+        }
