@@ -14,7 +14,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.admin.app import admin_app
 from gateway.admin.token import ensure_admin_token
 from gateway.db import Database
+from gateway.middleware.access_identity import AccessIdentity, JWTVerifier
+from gateway.middleware.attribution import Attribution
+from gateway.middleware.gateway_auth import GatewayAuth, TokenStore
 from gateway.middleware.request_log import RequestLog
+from gateway.middleware.zdr import ZeroDataRetention
 from gateway.providers.router import ProviderRouter
 from gateway.services import Services
 from gateway.settings import Settings
@@ -47,8 +51,14 @@ class _Chain:
         s = self.services
         router = ProviderRouter(settings=s.settings, gateways=s.gateways, providers=s.providers, client=s.http)
         app: ASGIApp = router
+        verifier = JWTVerifier.from_settings(s.settings, s.http)
+        tokens = s.extras.setdefault("tokens", TokenStore(s.db, s.gateways))
         chain = [  # outermost first
             (RequestLog, {"gateways": s.gateways, "writer": s.log_writer}),
+            (GatewayAuth, {"gateways": s.gateways, "tokens": tokens, "verifier": verifier}),
+            (AccessIdentity, {"verifier": verifier}),
+            (Attribution, {}),
+            (ZeroDataRetention, {}),
         ]
         for layer, options in reversed(chain):
             app = layer(app, **options)

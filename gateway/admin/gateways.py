@@ -294,3 +294,48 @@ async def put_prices(request: Request, services: Any, account: str, gateway: str
         )
     services.providers.invalidate()
     return await list_prices(request, services, account, gateway)
+
+
+# -- gateway tokens ----------------------------------------------------------------------------------------------
+
+
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/tokens", "Gateway tokens (never the secret)")
+async def list_tokens(request: Request, services: Any, account: str, gateway: str) -> Page:
+    await ensure_gateway(services.db, account, gateway)
+    rows = await services.db.pool.fetch(
+        "SELECT id, name, created_at FROM gateway_tokens WHERE account_id = $1 AND gateway_id = $2 "
+        "ORDER BY created_at", account, gateway)
+    return Page([{"id": str(r["id"]), "name": r["name"], "created_at": r["created_at"].isoformat()} for r in rows])
+
+
+@router.route("POST", "/accounts/{account}/gateways/{gateway}/tokens", "Create a token (the secret is shown once)",
+              body={"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}})
+async def create_token(request: Request, services: Any, account: str, gateway: str) -> Created:
+    from gateway.middleware.gateway_auth import new_gateway_token, token_digest
+
+    await ensure_gateway(services.db, account, gateway)
+    name = str_field(await json_body(request), "name", max_length=100)
+    token = new_gateway_token()
+    row = await services.db.pool.fetchrow(
+        "INSERT INTO gateway_tokens (account_id, gateway_id, name, token_sha256) VALUES ($1, $2, $3, $4) "
+        "RETURNING id, name, created_at", account, gateway, name, token_digest(token))
+    if "tokens" in services.extras:
+        services.extras["tokens"].invalidate()
+    return Created({"id": str(row["id"]), "name": row["name"], "token": token,
+                    "created_at": row["created_at"].isoformat()})
+
+
+@router.route("DELETE", "/accounts/{account}/gateways/{gateway}/tokens/{token_id}", "Revoke a token")
+async def delete_token(request: Request, services: Any, account: str, gateway: str, token_id: str) -> dict[str, Any]:
+    await ensure_gateway(services.db, account, gateway)
+    try:
+        deleted = await services.db.pool.fetchval(
+            "DELETE FROM gateway_tokens WHERE account_id = $1 AND gateway_id = $2 AND id = $3::uuid RETURNING id",
+            account, gateway, token_id)
+    except asyncpg.DataError:
+        deleted = None
+    if deleted is None:
+        raise not_found(f"token {token_id!r}")
+    if "tokens" in services.extras:
+        services.extras["tokens"].invalidate()
+    return {"id": token_id, "deleted": True}

@@ -82,7 +82,7 @@ def resolve(
     compat: bool = False, client_key: str | None = None,
 ) -> Target:
     adapter = adapter_for(provider)
-    base = base_url_for(provider, settings, config, exchange.zdr_applied)
+    base = base_url_for(provider, settings, config, False)
     model = model or adapter.model_of(path, body)
     stream = adapter.is_stream(path, query, body)
     price = config.price(provider, model)
@@ -105,9 +105,18 @@ def resolve(
         if provider.startswith("custom-"):
             raise TargetError(400, f"{provider} is not available on unified billing: send its key")
         pc = settings.providers[provider]
-        key = (pc.zdr_key if exchange.zdr_applied else None) or pc.key
+        key = pc.key
         if not key:
             raise TargetError(400, f"{provider} is not available on unified billing here: send your own key")
+        if exchange.zdr_requested:
+            if pc.zdr_upstream:
+                base, key = pc.zdr_upstream, pc.zdr_key or pc.key
+                exchange.zdr_applied, exchange.zdr_reason = True, None
+            else:
+                exchange.zdr_applied = False
+                exchange.zdr_reason = f"{provider} has no zero-data-retention configuration; standard one used"
+    if exchange.zdr_requested and mode == "byok":
+        exchange.zdr_applied, exchange.zdr_reason = False, "zero data retention applies only to unified billing"
     unpriced = price is None and options.custom_cost is None and unit_prices(provider, model) is None
     if unpriced and (mode == "unified" or gateway.settings.block_unpriced):
         raise TargetError(

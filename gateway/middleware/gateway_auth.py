@@ -1,0 +1,107 @@
+"""GatewayAuth: when a gateway has `authentication` on, a request needs a gateway token in
+`cf-aig-authorization: Bearer <token>` — or a valid Access/OIDC JWT in `Cf-Access-Jwt-Assertion` (verified by
+the same verifier AccessIdentity uses; the identity it yields is kept so it is verified only once).
+Missing or invalid → 401 JSON error; nothing goes further in.
+
+Tokens are stored as SHA-256 hashes; each instance caches a gateway's hashes until a NOTIFY says they changed
+(revoking a token applies on every instance within a second).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.db import Database
+from gateway.errors import json_error
+from gateway.exchange import Exchange
+from gateway.gateways import GatewayStore, UnknownAccount, UnknownGateway
+from gateway.paths import locate
+
+
+def new_gateway_token() -> str:
+    return "sgk_" + secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenStore:
+    def __init__(self, db: Database, gateways: GatewayStore) -> None:
+        self.db = db
+        self._cache: dict[tuple[str, str], frozenset[str]] = {}
+        gateways.on_change(lambda table: self._cache.clear())
+
+    async def digests(self, account: str, gateway: str) -> frozenset[str]:
+        key = (account, gateway)
+        if key not in self._cache:
+            rows = await self.db.pool.fetch(
+                "SELECT token_sha256 FROM gateway_tokens WHERE account_id = $1 AND gateway_id = $2", account, gateway)
+            self._cache[key] = frozenset(r["token_sha256"] for r in rows)
+        return self._cache[key]
+
+    async def valid(self, account: str, gateway: str, token: str) -> bool:
+        digest = token_digest(token)
+        return any(hmac.compare_digest(digest, d) for d in await self.digests(account, gateway))
+
+    def invalidate(self) -> None:
+        self._cache.clear()
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+class GatewayAuth:
+    def __init__(self, app: ASGIApp, *, gateways: GatewayStore, tokens: TokenStore, verifier: Any = None) -> None:
+        self.app = app
+        self.gateways = gateways
+        self.tokens = tokens
+        self.verifier = verifier  # gateway.middleware.access_identity.JWTVerifier, when identity is configured
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ex = Exchange.of(scope)
+        where = locate(scope)
+        if where is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            gateway = ex.gateway or await self.gateways.get(where.account, where.gateway)
+        except (UnknownAccount, UnknownGateway):
+            await self.app(scope, receive, send)  # the router answers 404
+            return
+        ex.gateway = gateway
+        if not gateway.settings.authentication:
+            await self.app(scope, receive, send)
+            return
+        reason = "missing gateway token (cf-aig-authorization: Bearer <token>)"
+        value = header(scope, b"cf-aig-authorization")
+        if value is not None:
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip() and await self.tokens.valid(
+                    gateway.account_id, gateway.id, token.strip()):
+                ex.authenticated = True
+                await self.app(scope, receive, send)
+                return
+            reason = "invalid gateway token"
+        jwt = header(scope, b"cf-access-jwt-assertion")
+        if jwt and self.verifier is not None:
+            identity, error = await self.verifier.verify(jwt)
+            if identity is not None:
+                ex.identity, ex.authenticated = identity, True
+                await self.app(scope, receive, send)
+                return
+            reason = f"invalid Access token: {error}"
+        ex.status_code, ex.error = 401, reason
+        await json_error(401, reason)(scope, receive, send)
