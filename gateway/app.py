@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from gateway.admin.app import admin_app
 from gateway.admin.token import ensure_admin_token
@@ -109,4 +110,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
     )
     app.state.services = services
     app.add_middleware(_StartServices, services=services)
+    # Behind a load balancer: client address and scheme from X-Forwarded-* only when the peer is a trusted proxy
+    # (SPENDGATE_TRUSTED_PROXIES, default loopback).
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))
     return app

@@ -198,3 +198,27 @@ def test_the_real_sdk_through_the_whole_chain_under_a_prefix(chain: tuple[Chain,
     row = c.logs(account)[0]
     assert row["metadata"] == {"app": "sdk"} and row["billing_mode"] == "byok"
     assert "sk-own-key-xyz" not in str(row)
+
+
+async def test_forwarded_headers_are_trusted_only_from_trusted_proxies(db: Any) -> None:
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    seen = {}
+    for trusted in (("127.0.0.1",), ("10.9.9.9",)):
+        app = create_app(Settings(database_url=db.url, admin_token="x", trusted_proxies=trusted), db=db,
+                         background=False)
+
+        async def whoami(request: Request) -> JSONResponse:
+            return JSONResponse({"client": request.client.host if request.client else None,
+                                 "scheme": request.url.scheme})
+
+        app.router.routes.append(Route("/whoami", whoami))
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5555))
+        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport,
+                                                                         base_url="http://gw") as client:
+            r = await client.get("/whoami", headers={"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"})
+        seen[trusted] = r.json()
+    assert seen[("127.0.0.1",)] == {"client": "203.0.113.7", "scheme": "https"}
+    assert seen[("10.9.9.9",)] == {"client": "127.0.0.1", "scheme": "http"}
