@@ -66,12 +66,12 @@ async def wait_up(url: str, within: float = 60) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-async def load(url: str, body: dict[str, object], stream: bool, seconds: float, concurrency: int
-               ) -> tuple[float, list[float], int]:
+async def load(url: str, body: dict[str, object], stream: bool, seconds: float, concurrency: int,
+               extra: dict[str, str] | None = None) -> tuple[float, list[float], int]:
     latencies: list[float] = []
     errors = 0
     payload = json.dumps({**body, "stream": stream}).encode()
-    headers = {"Authorization": "Bearer sk-bench", "content-type": "application/json"}
+    headers = {"Authorization": "Bearer sk-bench", "content-type": "application/json", **(extra or {})}
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
         deadline = time.perf_counter() + seconds
@@ -93,11 +93,41 @@ async def load(url: str, body: dict[str, object], stream: bool, seconds: float, 
     return len(latencies) / elapsed, latencies, errors
 
 
-async def run(database_url: str, seconds: float, concurrency: int) -> None:
+def identity_provider() -> tuple[object, str, str]:
+    """A JWKS server on loopback and one valid RS256 token for it: (server, issuer, token)."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from tests.fakes import FakeServer
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+
+    async def certs(request: object) -> JSONResponse:
+        return JSONResponse({"keys": [{**jwk, "kid": "k1", "alg": "RS256"}]})
+
+    server = FakeServer(Starlette(routes=[Route("/certs", certs)])).start()
+    token = jwt.encode({"iss": server.url, "aud": "bench", "sub": "bench-user", "email": "b@example.com",
+                        "groups": ["bench"], "exp": int(time.time()) + 3600}, key, algorithm="RS256",
+                       headers={"kid": "k1"})
+    return server, server.url, token
+
+
+async def run(database_url: str, seconds: float, concurrency: int, chain: bool) -> None:
     up_port, gw_port = free_port(), free_port()
     upstream = spawn(UPSTREAM, up_port, {})
-    gateway = spawn(GATEWAY, gw_port, {"DATABASE_URL": database_url, "SPENDGATE_ADMIN_TOKEN": "bench",
-                                       "SPENDGATE_UPSTREAM_OPENAI": f"http://127.0.0.1:{up_port}/v1"})
+    env = {"DATABASE_URL": database_url, "SPENDGATE_ADMIN_TOKEN": "bench",
+           "SPENDGATE_UPSTREAM_OPENAI": f"http://127.0.0.1:{up_port}/v1"}
+    idp = None
+    extra: dict[str, str] = {}
+    if chain:
+        idp, issuer, jwt_token = identity_provider()
+        env.update(SPENDGATE_JWT_ISSUER=issuer, SPENDGATE_JWKS_URL=issuer + "/certs", SPENDGATE_JWT_AUDIENCE="bench")
+        extra = {"Cf-Access-Jwt-Assertion": jwt_token, "cf-aig-metadata": '{"team": "bench", "n": 1}'}
+    gateway = spawn(GATEWAY, gw_port, env)
     try:
         await wait_up(f"http://127.0.0.1:{up_port}/")
         await wait_up(f"http://127.0.0.1:{gw_port}/readyz")
@@ -105,21 +135,31 @@ async def run(database_url: str, seconds: float, concurrency: int) -> None:
         async with aiohttp.ClientSession(headers={"Authorization": "Bearer bench"}) as s:
             async with s.post(f"http://127.0.0.1:{gw_port}/admin/accounts", json={"id": account}) as r:
                 assert r.status == 201, await r.text()
+            if chain:  # authentication on (a gateway token), logging on (the default), identity required
+                admin = f"http://127.0.0.1:{gw_port}/admin/accounts/{account}/gateways"
+                async with s.patch(f"{admin}/default", json={"authentication": True, "require_identity": True}) as r:
+                    if r.status == 404:  # created on first use: create it here instead
+                        await s.post(admin, json={"id": "default", "authentication": True, "require_identity": True})
+                async with s.post(f"{admin}/default/tokens", json={"name": "bench"}) as r:
+                    extra["cf-aig-authorization"] = "Bearer " + (await r.json())["result"]["token"]
         direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
         through = f"http://127.0.0.1:{gw_port}/v1/{account}/default/openai/chat/completions"
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "benchmark the proxy path"}]}
         for mode, stream in (("json", False), ("sse", True)):
-            await load(through, body, stream, 1, 8)  # warm-up: connections, caches
+            await load(through, body, stream, 1, 8, extra)  # warm-up: connections, caches
             d_rps, d_lat, d_err = await load(direct, body, stream, seconds, concurrency)
-            g_rps, g_lat, g_err = await load(through, body, stream, seconds, concurrency)
+            g_rps, g_lat, g_err = await load(through, body, stream, seconds, concurrency, extra)
             emit({
                 "bench": "proxy", "mode": mode, "direct_rps": round(d_rps, 1), "gateway_rps": round(g_rps, 1),
                 "overhead_p50_ms": round(percentile(g_lat, 0.5) - percentile(d_lat, 0.5), 2),
                 "overhead_p99_ms": round(percentile(g_lat, 0.99) - percentile(d_lat, 0.99), 2),
                 "direct_p50_ms": round(percentile(d_lat, 0.5), 2), "gateway_p50_ms": round(percentile(g_lat, 0.5), 2),
-                "errors": d_err + g_err, "concurrency": concurrency, "seconds": seconds,
+                "chain": "auth+jwt+metadata+logs" if chain else "router+logs", "errors": d_err + g_err,
+                "concurrency": concurrency, "seconds": seconds,
             })
     finally:
+        if idp is not None:
+            idp.stop()  # type: ignore[attr-defined]
         for proc in (gateway, upstream):
             proc.terminate()
             try:
@@ -132,9 +172,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--chain", action="store_true", help="gateway token + JWT + metadata + logging on")
     args = parser.parse_args()
     with fresh_database() as url:
-        asyncio.run(run(url, args.seconds, args.concurrency))
+        asyncio.run(run(url, args.seconds, args.concurrency, args.chain))
 
 
 if __name__ == "__main__":
