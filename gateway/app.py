@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -15,10 +16,13 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from gateway.admin.app import admin_app
 from gateway.admin.token import ensure_admin_token
 from gateway.db import Database
+from gateway.limits.planner import RouterPlanner
 from gateway.middleware.access_identity import AccessIdentity, JWTVerifier
 from gateway.middleware.attribution import Attribution
+from gateway.middleware.dynamic_routes import DynamicRoutes
 from gateway.middleware.gateway_auth import GatewayAuth, TokenStore
 from gateway.middleware.request_log import RequestLog
+from gateway.middleware.spend_limits import SpendLimits
 from gateway.middleware.zdr import ZeroDataRetention
 from gateway.providers.router import ProviderRouter
 from gateway.services import Services
@@ -41,7 +45,8 @@ class _StartServices:
 class _Chain:
     """The request path, built once the shared services exist. Outermost first, as in DESIGN.md:
 
-    RequestLog ─► GatewayAuth ─► AccessIdentity ─► Attribution ─► ZeroDataRetention ─► SpendLimits ─► ProviderRouter
+    RequestLog ─► GatewayAuth ─► AccessIdentity ─► Attribution ─► ZeroDataRetention ─► DynamicRoutes
+        ─► SpendLimits ─► ProviderRouter
     """
 
     def __init__(self, services: Services) -> None:
@@ -54,12 +59,20 @@ class _Chain:
         app: ASGIApp = router
         verifier = JWTVerifier.from_settings(s.settings, s.http)
         tokens = s.extras.setdefault("tokens", TokenStore(s.db, s.gateways))
+
+        def clock() -> datetime:
+            return s.clock()
+
         chain = [  # outermost first
             (RequestLog, {"gateways": s.gateways, "writer": s.log_writer}),
             (GatewayAuth, {"gateways": s.gateways, "tokens": tokens, "verifier": verifier}),
             (AccessIdentity, {"verifier": verifier}),
             (Attribution, {}),
             (ZeroDataRetention, {}),
+            (DynamicRoutes, {"routes": s.route_store, "limit_store": s.limit_store,
+                             "max_body_bytes": s.settings.max_body_bytes, "clock": clock}),
+            (SpendLimits, {"limits": s.limits, "store": s.limit_store, "planner": RouterPlanner(router),
+                           "clock": clock}),
         ]
         for layer, options in reversed(chain):
             app = layer(app, **options)

@@ -98,13 +98,15 @@ def catalogue_cost(provider: str, model: str, usage: Usage, at: datetime | None 
 def catalogue_unit_prices(provider: str, model: str) -> UnitPrices | None:
     """Per-token prices for estimates: the price of one million input, and of one million output tokens.
 
-    Tiered prices: uses the tier of a large prompt (10M tokens), so the estimate is an upper bound."""
+    Tiered prices: uses the tier of a large prompt (10M tokens), so the estimate is an upper bound. Input is
+    priced at the dearer of the uncached and the cache-write rate (a prompt may be written to the cache)."""
     big = 10_000_000
     inp = catalogue_cost(provider, model, Usage(input_tokens=big, output_tokens=0))
     out = catalogue_cost(provider, model, Usage(input_tokens=big, output_tokens=big))
+    written = catalogue_cost(provider, model, Usage(input_tokens=big, cache_write_tokens=big, output_tokens=0))
     if inp is None or out is None:
         return None
-    return UnitPrices(inp / big, (out - inp) / big)
+    return UnitPrices(max(inp, written or inp) / big, (out - inp) / big)
 
 
 def cost_of(
@@ -124,7 +126,8 @@ def cost_of(
 
 def unit_prices(provider: str, model: str | None, override: PriceOverride | None = None) -> UnitPrices | None:
     if override is not None:
-        return UnitPrices(override.input_per_mtok / MILLION, override.output_per_mtok / MILLION)
+        dearest_input = max(override.input_per_mtok, override.cache_write_per_mtok or override.input_per_mtok)
+        return UnitPrices(dearest_input / MILLION, override.output_per_mtok / MILLION)
     if model is None:
         return None
     return catalogue_unit_prices(provider, model)

@@ -9,14 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.db import Database, embedded_database_url, migrate
 from gateway.gateways import GatewayStore
 from gateway.ledger import AutoTopUps, Ledger
+from gateway.limits.alerts import AlertDelivery
 from gateway.limits.reservations import Limits
+from gateway.limits.store import LimitStore
 from gateway.logs.writer import LogWriter
 from gateway.providers.store import ProviderStore
+from gateway.routes.store import RouteStore
 from gateway.settings import Settings
 
 log = logging.getLogger("spendgate")
@@ -45,6 +49,12 @@ class Services:
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self.extras: dict[str, Any] = {}
+        self.limits: Limits | None = None
+        self.limit_store: LimitStore | None = None
+        self.route_store: RouteStore | None = None
+        self.alerts: AlertDelivery | None = None
+        # What "now" is for spend-limit windows. Tests replace it to move time; nothing else should.
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     @property
     def db(self) -> Database:
@@ -107,12 +117,17 @@ class Services:
             from gateway.providers.router import make_client
 
             self._http = make_client()
+            self.limits = Limits(self._db)
+            self.limit_store = LimitStore(self._db, self._gateways)
+            self.route_store = RouteStore(self._db, self._gateways)
+            self.alerts = AlertDelivery(self._db, self._http)
             self.log_writer = LogWriter(self._db)
             self.log_writer.start()  # always: logs are part of serving, not a background chore
             self.auto_topups = AutoTopUps(self._ledger)
             if self._background:
                 self.auto_topups.start()
                 self._tasks.append(asyncio.create_task(self._sweep(), name="spendgate-sweeper"))
+                self._tasks.append(asyncio.create_task(self._deliver_alerts(), name="spendgate-alerts"))
             for hook in self._on_start:
                 await hook()
             self._started = True
@@ -143,6 +158,16 @@ class Services:
                 await self._db.close()
                 self._db = None
             self._started = False
+
+    async def _deliver_alerts(self, interval: float = 1.0) -> None:
+        """Drain the alert outbox (limits.alerts) to the gateways' webhooks; every instance may run it."""
+        assert self.alerts is not None
+        while True:
+            try:
+                await self.alerts.deliver_due()
+            except Exception:
+                log.exception("alert delivery")
+            await asyncio.sleep(interval)
 
     async def _sweep(self, interval: float = 5.0) -> None:
         """Release what dead instances left behind: overdue reservations (their holds with them), then any

@@ -136,3 +136,20 @@ async def bucket_status(db: Database, rule: Rule, now: datetime) -> list[dict[st
 def _bucket(rule: Rule, key: str, start: datetime, spent: int, pending: int) -> dict[str, Any]:
     return {"key": json.loads(key), "window_start": start, "spent_nano": spent, "pending_nano": pending,
             "remaining_nano": rule.budget_nano - spent - pending}
+
+
+async def bucket_remaining(db: Database, rule: Rule, key: str, now: datetime) -> int:
+    """What one bucket has left now (budget - spent - pending), for a dynamic route's budget element."""
+    window = rule.window
+    if window.type == "fixed":
+        row = await db.pool.fetchrow(
+            "SELECT spent, pending FROM limits.buckets WHERE rule_id = $1 AND key = $2 AND window_start = $3",
+            uuid.UUID(rule.id), key, window.start(now))
+        used = 0 if row is None else row["spent"] + row["pending"]
+    else:
+        used = await db.pool.fetchval(
+            """SELECT coalesce(sum(spent) FILTER (WHERE window_start >= $3), 0)
+                    + coalesce(sum(pending) FILTER (WHERE window_start = '-infinity'), 0)
+                 FROM limits.buckets WHERE rule_id = $1 AND key = $2""",
+            uuid.UUID(rule.id), key, window.counted_since(now))
+    return rule.budget_nano - int(used)

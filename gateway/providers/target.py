@@ -54,6 +54,7 @@ class Target:
     options: RequestOptions
     price: PriceOverride | None
     compat: bool = False
+    passthrough: bool = False  # the client sent its own provider key
 
 
 def adapter_for(provider: str) -> Adapter:
@@ -125,4 +126,5 @@ def resolve(
             + ("unified billing cannot charge for it" if mode == "unified" else "this gateway blocks it")
             + ": add a price with PUT /admin/accounts/{a}/gateways/{g}/prices or use your own key",
         )
-    return Target(provider, adapter, base, path, query, key, mode, model, stream, options, price, compat)
+    return Target(provider, adapter, base, path, query, key, mode, model, stream, options, price, compat,
+                  passthrough=bool(client_key))

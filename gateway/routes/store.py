@@ -25,19 +25,25 @@ class RouteNotFound(LookupError):
 class RouteStore:
     def __init__(self, db: Database, gateways: GatewayStore | None = None) -> None:
         self.db = db
-        self._deployed: dict[tuple[str, str, str], dict[str, Any] | None] = {}
+        self._deployed: dict[tuple[str, str, str], tuple[int, dict[str, Any]] | None] = {}
         if gateways is not None:
             gateways.on_change(lambda _table: self._deployed.clear())
 
     async def deployed(self, account: str, gateway: str, name: str) -> dict[str, Any] | None:
+        found = await self.deployed_version(account, gateway, name)
+        return None if found is None else found[1]
+
+    async def deployed_version(self, account: str, gateway: str, name: str) -> tuple[int, dict[str, Any]] | None:
+        """(version, graph) of the deployed version, or None when the route does not exist."""
         key = (account, gateway, name)
         if key not in self._deployed:
-            self._deployed[key] = await self.db.pool.fetchval(
-                """SELECT v.graph FROM routes r JOIN route_versions v
+            row = await self.db.pool.fetchrow(
+                """SELECT v.version, v.graph FROM routes r JOIN route_versions v
                      ON v.route_id = r.id AND v.version = r.deployed_version
                     WHERE r.account_id = $1 AND r.gateway_id = $2 AND r.name = $3""",
                 account, gateway, name,
             )
+            self._deployed[key] = None if row is None else (row["version"], row["graph"])
         return self._deployed[key]
 
     async def list(self, account: str, gateway: str) -> list[dict[str, Any]]:

@@ -138,9 +138,17 @@ def test_stored_key_then_unified_billing(stack: Stack) -> None:
     assert stack.recorder("openai").last.key == "sk-stored-b"
     missing = httpx.post(url, json=body, headers={"cf-aig-byok-alias": "zzz"})
     assert missing.status_code == 400 and "alias" in missing.json()["error"]["message"]
-    # no key anywhere on the default gateway: unified billing with the gateway's own key
+    # no key anywhere on the default gateway: unified billing with the gateway's own key, paid from credits
+    broke = httpx.post(stack.base(account) + "/openai/chat/completions", json=body)
+    assert broke.status_code == 402 and broke.json()["success"] is False
+    with stack.admin() as admin:
+        admin.post(f"/accounts/{account}/credits/topups", json={"amount_usd": "1.00", "idempotency_key": "k"})
     unified = httpx.post(stack.base(account) + "/openai/chat/completions", json=body)
     assert unified.status_code == 200 and stack.recorder("openai").last.key == "gw-key-openai"
+    with stack.admin() as admin:
+        credits = admin.get(f"/accounts/{account}/credits").json()["result"]
+    assert Decimal(credits["balance_usd"]) == Decimal("1.00") - Decimal(unified.headers["cf-aig-cost"])
+    assert Decimal(credits["pending_usd"]) == 0
     refused = httpx.post(stack.base(account) + "/openai/chat/completions", json=body,
                          headers={"cf-aig-no-wholesale": "true"})
     assert refused.status_code == 400 and "no-wholesale" in refused.json()["error"]["message"]
