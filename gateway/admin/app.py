@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.admin import accounts, gateways, logs
+from gateway.admin import accounts, gateways, limits, logs
 from gateway.admin.api import AdminRouter, create_admin_app
 from gateway.admin.token import AdminTokenCheck
 from gateway.services import Services
 
-ROUTERS: list[AdminRouter] = [accounts.router, gateways.router, logs.router]
+ROUTERS: list[AdminRouter] = [accounts.router, gateways.router, limits.router, logs.router]
 
 
 def admin_app(services: Services) -> Any:

@@ -47,7 +47,39 @@ def _calls(args: argparse.Namespace) -> Call:
                 return "GET", f"/accounts/{a}/billing/spending-limit", None, None
             body = {"amount_usd": args.amount, "duration": args.duration, "strategy": args.strategy}
             return "PUT", f"/accounts/{a}/billing/spending-limit", body, None
+        case "limits" | "policies" | "routes", action:
+            return _gateway_call(args, action)
     raise SystemExit(f"unknown command {args.command} {getattr(args, 'action', '')}")
+
+
+def _json_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise SystemExit(f"not JSON: {exc}") from None
+
+
+def _gateway_call(args: argparse.Namespace, action: str) -> Call:
+    base = f"/accounts/{args.account}/gateways/{args.gateway}"
+    collection = {"limits": "spend-limits", "policies": "policies", "routes": "routes"}[args.command]
+    match action:
+        case "list":
+            return "GET", f"{base}/{collection}", None, None
+        case "create" if args.command == "routes":
+            return "POST", f"{base}/routes", {"name": args.name, "graph": _json_arg(args.json)}, None
+        case "create":
+            return "POST", f"{base}/{collection}", _json_arg(args.json), None
+        case "replace":
+            return "PUT", f"{base}/{collection}/{args.id}", _json_arg(args.json), None
+        case "delete":
+            return "DELETE", f"{base}/{collection}/{args.id}", None, None
+        case "versions":
+            return "GET", f"{base}/routes/{args.name}/versions", None, None
+        case "add-version":
+            return "POST", f"{base}/routes/{args.name}/versions", {"graph": _json_arg(args.json)}, None
+        case "deploy":
+            return "POST", f"{base}/routes/{args.name}/deploy", {"version": args.version}, None
+    raise SystemExit(f"unknown command {args.command} {action}")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -83,10 +115,44 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--strategy", choices=("fixed", "sliding"), default="fixed")
     p.add_argument("--off", action="store_true")
 
+    def gateway_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("account")
+        p.add_argument("gateway")
+        return p
+
+    limits = sub.add_parser("limits", help="spend-limit rules of a gateway (SPEC §5)")
+    actions = limits.add_subparsers(dest="action", required=True)
+    gateway_args(actions.add_parser("list", help="rules with each bucket's spend"))
+    gateway_args(actions.add_parser("create", help="limits create acme prod --json '{\"name\": ...}'")).add_argument(
+        "--json", required=True)
+    p = gateway_args(actions.add_parser("replace"))
+    p.add_argument("id")
+    p.add_argument("--json", required=True)
+    gateway_args(actions.add_parser("delete")).add_argument("id")
+
+    policies = sub.add_parser("policies", help="which models each IdP group may call")
+    actions = policies.add_subparsers(dest="action", required=True)
+    gateway_args(actions.add_parser("list"))
+    gateway_args(actions.add_parser("create", help='--json \'{"group": "interns", "models": ["groq/*"]}\'')
+                 ).add_argument("--json", required=True)
+    gateway_args(actions.add_parser("delete")).add_argument("id")
+
+    routes = sub.add_parser("routes", help="dynamic routes and their versions")
+    actions = routes.add_subparsers(dest="action", required=True)
+    gateway_args(actions.add_parser("list"))
+    for name in ("create", "add-version"):
+        p = gateway_args(actions.add_parser(name, help="--json is the graph {\"start\", \"elements\"}"))
+        p.add_argument("name")
+        p.add_argument("--json", required=True)
+    gateway_args(actions.add_parser("versions")).add_argument("name")
+    p = gateway_args(actions.add_parser("deploy"))
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+
     token = sub.add_parser("admin-token", help="the admin API token").add_subparsers(dest="action", required=True)
     token.add_parser("rotate", help="replace the stored admin token and print the new one once")
 
-    for name in ("accounts", "credits", "billing", "admin-token"):
+    for name in ("accounts", "credits", "billing", "limits", "policies", "routes", "admin-token"):
         sub.choices[name].set_defaults(func=run_command)
 
 

@@ -1,0 +1,234 @@
+"""Admin endpoints: spend-limit rules (with each bucket's spend), identity policies, dynamic routes (SPEC §5, §6, §9).
+
+A rule is returned as it was given plus `id` and `buckets`: `[{"key", "window_start", "spent_usd",
+"pending_usd", "remaining_usd"}]` for the current window (rolling windows: `window_start` is where counting
+starts now). Buckets appear once a request has touched them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import Request
+
+from gateway.admin.api import AdminError, AdminRouter, Created, Page, json_body, not_found
+from gateway.admin.gateways import ensure_gateway
+from gateway.limits.policies import validate_policy
+from gateway.limits.rules import Rule, RuleError
+from gateway.limits.store import LimitStore, bucket_status
+from gateway.money import usd_str
+from gateway.routes.graph import RouteError
+from gateway.routes.store import RouteNotFound, RouteStore
+
+router = AdminRouter("spend limits, policies and dynamic routes")
+
+RULE_SCHEMA = {
+    "type": "object", "required": ["name", "budget_usd", "window"],
+    "properties": {
+        "name": {"type": "string"}, "budget_usd": {"type": "string"},
+        "window": {"enum": ["daily", "weekly", "monthly"]}, "window_type": {"enum": ["fixed", "rolling"]},
+        "scope": {"type": "object", "description": 'dimension -> {"split": true} | {"equals": value}'},
+        "action": {"description": '"block" | "monitor" | {"fallback_model": "provider/model"}'},
+        "alert_at": {"type": "array", "items": {"type": "number"}},
+    },
+}
+ROUTE_SCHEMA = {"type": "object", "required": ["start", "elements"],
+                "properties": {"start": {"type": "string"}, "elements": {"type": "array"}}}
+
+
+def _store(services: Any) -> LimitStore:
+    return services.limit_store  # type: ignore[no-any-return]
+
+
+def _routes(services: Any) -> RouteStore:
+    return services.route_store  # type: ignore[no-any-return]
+
+
+def _uuid(value: str, what: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise not_found(f"{what} {value!r}") from None
+
+
+async def rule_view(services: Any, rule: Rule, now: datetime) -> dict[str, Any]:
+    buckets = await bucket_status(services.db, rule, now)
+    return {
+        "id": rule.id, **rule.raw,
+        "buckets": [{"key": b["key"], "window_start": b["window_start"].isoformat(),
+                     "spent_usd": usd_str(b["spent_nano"]), "pending_usd": usd_str(b["pending_nano"]),
+                     "remaining_usd": usd_str(b["remaining_nano"])} for b in buckets],
+    }
+
+
+def _rule_error(exc: RuleError) -> AdminError:
+    return AdminError(422, str(exc), exc.field)
+
+
+# -- spend limits ----------------------------------------------------------------------------------------------
+
+
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/spend-limits", "Rules, with each bucket's spend")
+async def list_rules(request: Request, services: Any, account: str, gateway: str) -> Page:
+    await ensure_gateway(services.db, account, gateway)
+    now = services.clock()
+    return Page([await rule_view(services, r, now) for r in await _store(services).rules(account, gateway)])
+
+
+@router.route("POST", "/accounts/{account}/gateways/{gateway}/spend-limits", "Create a rule (at most 20)",
+              body=RULE_SCHEMA)
+async def create_rule(request: Request, services: Any, account: str, gateway: str) -> Created:
+    await ensure_gateway(services.db, account, gateway)
+    data = await json_body(request)
+    try:
+        rule = await _store(services).create_rule(account, gateway, data)
+    except RuleError as exc:
+        status = 409 if "at most" in str(exc) else 422
+        raise AdminError(status, str(exc), exc.field) from None
+    return Created(await rule_view(services, rule, services.clock()))
+
+
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/spend-limits/{rule_id}", "One rule")
+async def get_rule(request: Request, services: Any, account: str, gateway: str, rule_id: str) -> dict[str, Any]:
+    await ensure_gateway(services.db, account, gateway)
+    rule_id = _uuid(rule_id, "rule")
+    rule = next((r for r in await _store(services).rules(account, gateway) if r.id == rule_id), None)
+    if rule is None:
+        raise not_found(f"rule {rule_id!r}")
+    return await rule_view(services, rule, services.clock())
+
+
+@router.route("PUT", "/accounts/{account}/gateways/{gateway}/spend-limits/{rule_id}",
+              "Replace a rule (its buckets and their spend are kept)", body=RULE_SCHEMA)
+async def replace_rule(request: Request, services: Any, account: str, gateway: str, rule_id: str) -> dict[str, Any]:
+    await ensure_gateway(services.db, account, gateway)
+    rule_id = _uuid(rule_id, "rule")
+    data = await json_body(request)
+    try:
+        rule = await _store(services).replace_rule(account, gateway, rule_id, data)
+    except RuleError as exc:
+        raise _rule_error(exc) from None
+    if rule is None:
+        raise not_found(f"rule {rule_id!r}")
+    return await rule_view(services, rule, services.clock())
+
+
+@router.route("DELETE", "/accounts/{account}/gateways/{gateway}/spend-limits/{rule_id}", "Delete a rule")
+async def delete_rule(request: Request, services: Any, account: str, gateway: str, rule_id: str) -> dict[str, Any]:
+    await ensure_gateway(services.db, account, gateway)
+    rule_id = _uuid(rule_id, "rule")
+    if not await _store(services).delete_rule(account, gateway, rule_id):
+        raise not_found(f"rule {rule_id!r}")
+    return {"id": rule_id, "deleted": True}
+
+
+# -- policies --------------------------------------------------------------------------------------------------
+
+
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/policies", "Group -> allowed models")
+async def list_policies(request: Request, services: Any, account: str, gateway: str) -> Page:
+    await ensure_gateway(services.db, account, gateway)
+    policies = await _store(services).policies(account, gateway)
+    return Page([{"id": p.id, "group": p.group, "models": list(p.models)} for p in policies])
+
+
+@router.route("POST", "/accounts/{account}/gateways/{gateway}/policies", "Allow a group some models",
+              body={"type": "object", "required": ["group", "models"],
+                    "properties": {"group": {"type": "string"}, "models": {"type": "array"}}})
+async def create_policy(request: Request, services: Any, account: str, gateway: str) -> Created:
+    await ensure_gateway(services.db, account, gateway)
+    try:
+        group, models = validate_policy(await json_body(request))
+    except ValueError as exc:
+        field, _, message = str(exc).partition(": ")
+        raise AdminError(422, message or str(exc), field) from None
+    policy = await _store(services).create_policy(account, gateway, group, models)
+    return Created({"id": policy.id, "group": policy.group, "models": list(policy.models)})
+
+
+@router.route("DELETE", "/accounts/{account}/gateways/{gateway}/policies/{policy_id}", "Delete a policy")
+async def delete_policy(request: Request, services: Any, account: str, gateway: str,
+                        policy_id: str) -> dict[str, Any]:
+    await ensure_gateway(services.db, account, gateway)
+    policy_id = _uuid(policy_id, "policy")
+    if not await _store(services).delete_policy(account, gateway, policy_id):
+        raise not_found(f"policy {policy_id!r}")
+    return {"id": policy_id, "deleted": True}
+
+
+# -- dynamic routes --------------------------------------------------------------------------------------------
+
+
+def _route_error(exc: RouteError) -> AdminError:
+    return AdminError(409 if "exists" in str(exc) else 422, str(exc), exc.field)
+
+
+def _iso(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+
+
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/routes", "Dynamic routes")
+async def list_routes(request: Request, services: Any, account: str, gateway: str) -> Page:
+    await ensure_gateway(services.db, account, gateway)
+    return Page([_iso(r) for r in await _routes(services).list(account, gateway)])
+
+
+@router.route("POST", "/accounts/{account}/gateways/{gateway}/routes",
+              "Create a route; its first version is deployed",
+              body={"type": "object", "required": ["name", "graph"],
+                    "properties": {"name": {"type": "string"}, "graph": ROUTE_SCHEMA}})
+async def create_route(request: Request, services: Any, account: str, gateway: str) -> Created:
+    await ensure_gateway(services.db, account, gateway)
+    data = await json_body(request)
+    try:
+        return Created(await _routes(services).create(account, gateway, data.get("name"), data.get("graph")))
+    except RouteError as exc:
+        raise _route_error(exc) from None
+
+
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/routes/{name}", "A route and its deployed graph")
+async def get_route(request: Request, services: Any, account: str, gateway: str, name: str) -> dict[str, Any]:
+    await ensure_gateway(services.db, account, gateway)
+    found = await _routes(services).deployed_version(account, gateway, name)
+    if found is None:
+        raise not_found(f"route {name!r}")
+    return {"name": name, "deployed_version": found[0], "graph": found[1]}
+
+
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/routes/{name}/versions", "Every version of a route")
+async def list_versions(request: Request, services: Any, account: str, gateway: str, name: str) -> Page:
+    await ensure_gateway(services.db, account, gateway)
+    try:
+        return Page([_iso(v) for v in await _routes(services).versions(account, gateway, name)])
+    except RouteNotFound:
+        raise not_found(f"route {name!r}") from None
+
+
+@router.route("POST", "/accounts/{account}/gateways/{gateway}/routes/{name}/versions",
+              "Save a new version (not deployed)", body={"type": "object", "required": ["graph"],
+                                                         "properties": {"graph": ROUTE_SCHEMA}})
+async def add_version(request: Request, services: Any, account: str, gateway: str, name: str) -> Created:
+    await ensure_gateway(services.db, account, gateway)
+    data = await json_body(request)
+    try:
+        return Created(await _routes(services).add_version(account, gateway, name, data.get("graph")))
+    except RouteError as exc:
+        raise _route_error(exc) from None
+    except RouteNotFound:
+        raise not_found(f"route {name!r}") from None
+
+
+@router.route("POST", "/accounts/{account}/gateways/{gateway}/routes/{name}/deploy", "Deploy a version",
+              body={"type": "object", "required": ["version"], "properties": {"version": {"type": "integer"}}})
+async def deploy(request: Request, services: Any, account: str, gateway: str, name: str) -> dict[str, Any]:
+    await ensure_gateway(services.db, account, gateway)
+    data = await json_body(request)
+    try:
+        await _routes(services).deploy(account, gateway, name, data.get("version"))
+    except RouteError as exc:
+        raise _route_error(exc) from None
+    except RouteNotFound:
+        raise not_found(f"route {name!r} version {data.get('version')!r}") from None
+    return {"name": name, "deployed_version": data["version"]}
