@@ -1,0 +1,144 @@
+"""A real gateway (uvicorn on loopback, background workers on) in front of fake providers, with a controllable
+clock for spend-limit windows, an alert webhook receiver and a local IdP for identity policies."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from gateway.app import create_app
+from gateway.settings import PROVIDERS, ProviderConfig, Settings
+from tests.fakes import FakeServer, anthropic_app, gemini_app, openai_app
+from tests.middleware.test_identity import AUD, IdP
+
+ADMIN = "spend-tests-admin"
+USD_PER_TOKEN_OUT = "1000"  # USD per million output tokens: one output token costs $0.001
+
+
+class Webhook:
+    """Receives alert POSTs; `fail` makes it answer 500."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.fail = 0
+        hook = self
+
+        async def receive(request: Request) -> JSONResponse:
+            if hook.fail > 0:
+                hook.fail -= 1
+                return JSONResponse({"error": "try later"}, 500)
+            hook.received.append(await request.json())
+            return JSONResponse({"ok": True})
+
+        self.server = FakeServer(Starlette(routes=[Route("/hook", receive, methods=["POST"])])).start()
+        self.url = self.server.url + "/hook"
+
+
+@dataclass
+class Clock:
+    """What the gateway believes "now" is. Starts a few days ahead of real time (so that nothing a test reserves
+    is ever overdue for the real-time sweeper) at 12:00 UTC on a Wednesday."""
+
+    now: datetime = field(default_factory=lambda: _wednesday_noon_ahead())
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def _wednesday_noon_ahead() -> datetime:
+    day = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0) + timedelta(days=7)
+    return day + timedelta(days=(2 - day.weekday()) % 7)
+
+
+@dataclass
+class SpendStack:
+    gateway: FakeServer
+    fakes: dict[str, FakeServer]
+    apps: dict[str, Any]
+    webhook: Webhook
+    idp: IdP
+    settings: Settings
+
+    @property
+    def services(self) -> Any:
+        return self.gateway.app.state.services
+
+    def recorder(self, provider: str) -> Any:
+        return self.apps[provider].state.recorder
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.gateway.url + "/admin", headers={"Authorization": f"Bearer {ADMIN}"})
+
+    def new_gateway(self, *, credits_usd: str | None = None, **settings: Any) -> tuple[str, str]:
+        """A fresh account with gateway `g` whose models cost $0.001 per output token and nothing per input
+        token (so a request's worst case equals its cost when the fake reports max_tokens output tokens)."""
+        account = f"s-{uuid.uuid4().hex[:10]}"
+        with self.admin() as admin:
+            assert admin.post("/accounts", json={"id": account}).status_code == 201
+            assert admin.post(f"/accounts/{account}/gateways", json={"id": "g", **settings}).status_code == 201
+            prices = [{"provider": "*", "model": m, "input_per_mtok": "0", "output_per_mtok": USD_PER_TOKEN_OUT}
+                      for m in ("gpt-4o-mini", "gpt-4o", "llama-3.3-70b-versatile", "claude-haiku-4-5")]
+            assert admin.put(f"/accounts/{account}/gateways/g/prices", json={"prices": prices}).status_code == 200
+            if credits_usd:
+                assert admin.post(f"/accounts/{account}/credits/topups",
+                                  json={"amount_usd": credits_usd, "idempotency_key": "seed"}).status_code == 201
+        return account, f"{self.gateway.url}/v1/{account}/g"
+
+    def rule(self, account: str, **spec: Any) -> dict[str, Any]:
+        with self.admin() as admin:
+            answer = admin.post(f"/accounts/{account}/gateways/g/spend-limits", json=spec)
+        assert answer.status_code == 201, answer.text
+        return answer.json()["result"]  # type: ignore[no-any-return]
+
+    def buckets(self, account: str, rule_id: str) -> list[dict[str, Any]]:
+        with self.admin() as admin:
+            return admin.get(f"/accounts/{account}/gateways/g/spend-limits/{rule_id}").json()["result"]["buckets"]
+
+    def credits(self, account: str) -> dict[str, Any]:
+        with self.admin() as admin:
+            return admin.get(f"/accounts/{account}/credits").json()["result"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def spend_stack(database_url: str) -> Iterator[SpendStack]:
+    apps = {"openai": openai_app("/v1"), "groq": openai_app("/openai/v1"), "anthropic": anthropic_app(),
+            "google-ai-studio": gemini_app(), "grok": openai_app("/v1")}
+    fakes = {name: FakeServer(app).start() for name, app in apps.items()}
+    suffix = {"openai": "/v1", "groq": "/openai/v1"}
+    providers = {p: ProviderConfig(p, fakes[p].url + suffix.get(p, ""), key=f"gw-key-{p}")
+                 for p in PROVIDERS if p in fakes}
+    webhook, idp = Webhook(), IdP()
+    settings = Settings(database_url=database_url, admin_token=ADMIN, providers=providers, jwt_issuer=idp.issuer,
+                        jwks_url=idp.issuer + "/cdn-cgi/access/certs", jwt_audience=(AUD,), db_pool_max=30)
+    gateway = FakeServer(create_app(settings, background=True), lifespan="on").start()
+    try:
+        yield SpendStack(gateway, fakes, apps, webhook, idp, settings)
+    finally:
+        gateway.stop()
+        for server in (*fakes.values(), webhook.server, idp.server):
+            server.stop()
+
+
+@pytest.fixture
+def clock(spend_stack: SpendStack) -> Iterator[Clock]:
+    services = spend_stack.services
+    original = services.clock
+    fake = Clock()
+    services.clock = fake
+    try:
+        yield fake
+    finally:
+        services.clock = original
