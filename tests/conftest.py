@@ -16,7 +16,7 @@ def database_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 async def db(database_url: str) -> AsyncIterator[Database]:
-    database = await Database.connect(database_url, min_size=2, max_size=40)
+    database = await Database.connect(database_url, min_size=2, max_size=20)
     try:
         yield database
     finally:

@@ -14,7 +14,8 @@ from gateway.ledger import AutoTopUp, AutoTopUps, LedgerError, SpendingLimit
 from gateway.ledger.invariants import assert_invariants
 from tests.ledger.helpers import USD, funded_tenant
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+# ahead of real time, so that a seed top-up made at real "now" always comes first in a statement
+NOW = (datetime.now(UTC) + timedelta(days=2)).replace(hour=12, minute=0, second=0, microsecond=0)
 LATER = NOW + timedelta(minutes=15)
 
 

@@ -10,7 +10,9 @@ from gateway.limits.reservations import Limits, bucket_lines
 from gateway.limits.rules import Rule, parse_rule
 
 USD = 1_000_000_000
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+# noon, days ahead of real time: nothing reserved here is ever overdue for a real-time sweeper
+NOW = (datetime.now(UTC) + timedelta(days=3)).replace(hour=12, minute=0, second=0, microsecond=0)
+MIDNIGHT = NOW.replace(hour=0) + timedelta(days=1)
 
 
 def make_rule(budget: str = "40", **spec: object) -> Rule:
@@ -97,7 +99,7 @@ async def test_fixed_window_resets_at_midnight_utc(db: Database) -> None:
     first = await limits.reserve(bucket_lines([rule], {}, NOW), USD, now=NOW)
     await limits.settle(first.reservation_id, USD, now=NOW)
     assert not (await limits.reserve(bucket_lines([rule], {}, NOW), 1, now=NOW)).ok
-    tomorrow = datetime(2026, 11, 26, 0, 0, 1, tzinfo=UTC)
+    tomorrow = MIDNIGHT + timedelta(seconds=1)
     assert (await limits.reserve(bucket_lines([rule], {}, tomorrow), USD, now=tomorrow)).ok
 
 
@@ -108,7 +110,7 @@ async def test_rolling_window_ages_spend_out_slice_by_slice(db: Database) -> Non
     first = await limits.reserve(bucket_lines([rule], {}, t0), USD, now=t0)
     await limits.settle(first.reservation_id, USD, now=t0)
     # midnight does not reset a rolling window
-    t1 = datetime(2026, 11, 26, 0, 5, tzinfo=UTC)
+    t1 = MIDNIGHT + timedelta(minutes=5)
     assert not (await limits.reserve(bucket_lines([rule], {}, t1), 1, now=t1)).ok
     # 24 h later the slice still touches the window; one slice later it has aged out
     a_day_later = t0 + timedelta(days=1)

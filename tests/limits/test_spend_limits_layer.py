@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -22,7 +22,8 @@ from gateway.money import to_nano
 from gateway.paths import locate
 
 USD = 1_000_000_000
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+# noon, days ahead of real time: nothing reserved here is ever overdue for a real-time sweeper
+NOW = (datetime.now(UTC) + timedelta(days=3)).replace(hour=12, minute=0, second=0, microsecond=0)
 
 
 class HeaderPlanner:
@@ -106,7 +107,7 @@ async def test_block_rule_answers_429_with_retry_after(db: Database) -> None:
     assert third.headers["retry-after"] == str(12 * 3600)
     assert third.json() == {"success": False, "error": {
         "message": "Spending limit exceeded", "rule": "daily", "rule_id": rule.id, "bucket": {},
-        "spent_usd": "2.00", "limit_usd": "2.00", "resets_at": "2026-11-26T00:00:00+00:00"}}
+        "spent_usd": "2.00", "limit_usd": "2.00", "resets_at": (NOW.replace(hour=0) + timedelta(days=1)).isoformat()}}
     assert upstream.calls == 2
 
 

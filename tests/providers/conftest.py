@@ -42,7 +42,7 @@ class Stack:
         return name
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped when tests/providers is done: its pool goes back to the server
 def stack(database_url: str) -> Iterator[Stack]:
     apps = {
         "openai": openai_app("/v1"), "grok": openai_app("/v1"), "groq": openai_app("/openai/v1"),
@@ -53,7 +53,7 @@ def stack(database_url: str) -> Iterator[Stack]:
     providers = {
         p: ProviderConfig(p, fakes[p].url + suffix.get(p, ""), key=f"gw-key-{p}") for p in PROVIDERS
     }
-    settings = Settings(database_url=database_url, admin_token=ADMIN, providers=providers)
+    settings = Settings(database_url=database_url, admin_token=ADMIN, providers=providers, db_pool_max=10)
     gateway = FakeServer(create_app(settings, background=False), lifespan="on").start()
     try:
         yield Stack(gateway, fakes, apps)

@@ -112,7 +112,7 @@ class SpendStack:
             return admin.get(f"/accounts/{account}/credits").json()["result"]  # type: ignore[no-any-return]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def spend_stack(database_url: str) -> Iterator[SpendStack]:
     apps = {"openai": openai_app("/v1"), "groq": openai_app("/openai/v1"), "anthropic": anthropic_app(),
             "google-ai-studio": gemini_app(), "grok": openai_app("/v1")}

@@ -1,0 +1,115 @@
+"""Gateway instances as real processes (`spendgate serve` on loopback ports), for multi-instance, cluster and
+fault tests. Each process gets its own log file, is waited for on `/readyz`, and is always stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def gateway_env(database_url: str, admin_token: str, upstreams: dict[str, str], **extra: str) -> dict[str, str]:
+    """Environment of a `spendgate serve` process: one database, the fakes as upstreams with gateway keys."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPENDGATE_")}
+    # a small pool per process: the suite shares one Postgres (max_connections 100) with other test pools
+    env.update(DATABASE_URL=database_url, SPENDGATE_ADMIN_TOKEN=admin_token, SPENDGATE_DB_POOL_MAX="10")
+    for provider, url in upstreams.items():
+        name = provider.upper().replace("-", "_")
+        env[f"SPENDGATE_UPSTREAM_{name}"] = url
+        env[f"SPENDGATE_KEY_{name}"] = f"gw-key-{provider}"
+    env.update(extra)
+    return env
+
+
+class GatewayProcess:
+    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = env
+        self.workdir = Path(tempfile.mkdtemp(prefix="spendgate-proc-"))
+        self.log_path = self.workdir / "gateway.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> GatewayProcess:
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env={**self.env, "SPENDGATE_DATA_DIR": str(self.workdir / "data"),
+                 "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> GatewayProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"gateway on {self.port} not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-5000:]
+        except FileNotFoundError:
+            return ""
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def signal(self, sig: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+
+    def wait(self, timeout: float) -> int | None:
+        assert self.process is not None
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM (graceful), then SIGKILL past the timeout. Returns the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+            if self.wait(timeout) is None:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+
+def start_all(processes: list[GatewayProcess], timeout: float = 90.0) -> list[GatewayProcess]:
+    for p in processes:
+        p.start()
+    try:
+        for p in processes:
+            p.wait_ready(timeout)
+    except BaseException:
+        for p in processes:
+            p.stop(5)
+        raise
+    return processes
