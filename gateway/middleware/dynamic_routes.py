@@ -8,7 +8,9 @@ attempt reserves against its own model's rules and settles on its own.
 An attempt fails when its answer starts with 429 (a spend limit, or the provider's rate limit) or a 5xx (the
 router's 502/504 included) — at that moment no byte has reached the client. If the element has a `fallback`, the
 failed answer is held back and the walk goes on; otherwise it is what the client gets. A walk that ends without
-any model answering replays the last held-back failure, or answers 502 when no model was tried at all.
+any model answering replays the last held-back failure (with the route headers of the element that failed last;
+the spec is silent, but the client should see which route and element answered), or answers 502 when no model was
+tried at all.
 
 `budget` elements check the named spend-limit rule's bucket for this request (its metadata and identity; a rule
 that splits by provider or model sees no value there): `success` while it has budget left, else `fallback`. A
@@ -62,10 +64,10 @@ class _Attempt:
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
-            if self.can_fall_back and _failed(self.status):
-                self.held.append(message)
-                return
             message = {**message, "headers": list(message.get("headers", [])) + self.extra}
+            if self.can_fall_back and _failed(self.status):
+                self.held.append(message)  # with the route headers: it is replayed when the walk ends here
+                return
         elif self.held:
             self.held.append(message)
             return

@@ -10,10 +10,13 @@ A route version is `{"start": "<element id>", "elements": [...]}`. Elements (eac
   rule's bucket for this request still has budget left, else `fallback`;
 - `{"type": "model", "model": "provider/model", "timeout_ms": n?, "retries": n?, "success": id, "fallback": id?}`:
   call the model; on failure (connection error, timeout, 429 or 5xx before any byte reached the client) go to
-  `fallback`;
+  `fallback`. `retries` is at most 4: the element runs through the router's `cf-aig-max-attempts`, which allows
+  5 attempts (SPEC §2); the spec sets no bound of its own, and a larger value would silently retry less;
 - `{"type": "end"}`.
 
-Walking a graph never loops: validation refuses cycles, so every walk ends within len(elements) steps.
+Walking a graph never loops: validation refuses cycles, so every walk ends within len(elements) steps. A model's
+`success` path must not reach another model: the first model's answer has already gone to the client (the spec is
+silent; walking on would start a second response on the same request).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+from gateway.providers.options import MAX_ATTEMPTS
 
 TYPES = ("conditional", "percentage", "budget", "model", "end")
 _EDGES = {"conditional": ("true", "false"), "budget": ("success", "fallback"), "model": ("success", "fallback")}
@@ -63,6 +68,11 @@ def validate(graph: Any) -> dict[str, Any]:
             if target not in elements:
                 raise RouteError(f"elements[{i}]", f"unknown element {target!r}")
     _refuse_cycles(start, elements)
+    reaches: dict[str, bool] = {}
+    for i, element in enumerate(graph["elements"]):
+        if element["type"] == "model" and _reaches_model(element["success"], elements, reaches):
+            raise RouteError(f"elements[{i}].success", "after a model answered the route can only end: its success "
+                                                       "path must not reach another model")
     return {"start": start, "elements": graph["elements"]}
 
 
@@ -85,7 +95,7 @@ def _validate_element(where: str, e: dict[str, Any]) -> None:
         model = e.get("model")
         if not isinstance(model, str) or "/" not in model.strip("/"):
             raise RouteError(f"{where}.model", 'model must be "provider/model"')
-        for key, top in (("timeout_ms", 600_000), ("retries", 5)):
+        for key, top in (("timeout_ms", 600_000), ("retries", MAX_ATTEMPTS - 1)):
             value = e.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top):
                 raise RouteError(f"{where}.{key}", f"{key} must be an integer between 0 and {top}")
@@ -99,6 +109,14 @@ def _targets(e: dict[str, Any]) -> list[str]:
     if e["type"] == "percentage":
         return [b["next"] for b in e["branches"]]
     return [e[edge] for edge in _EDGES.get(e["type"], ()) if edge in e]
+
+
+def _reaches_model(node: str, elements: dict[str, dict[str, Any]], memo: dict[str, bool]) -> bool:
+    """Is a model element reachable from `node` (itself included)? The graph is acyclic by now."""
+    if node not in memo:
+        element = elements[node]
+        memo[node] = element["type"] == "model" or any(_reaches_model(t, elements, memo) for t in _targets(element))
+    return memo[node]
 
 
 def _refuse_cycles(start: str, elements: dict[str, dict[str, Any]]) -> None:

@@ -13,7 +13,10 @@ Per-request behaviour, by request header (see `Behaviour`):
 - `x-fake-chunk-delay-ms: N` sleep N ms after each streamed event / chunk
 - `x-fake-cut-after: N` drop the connection after N SSE events (or body chunks), without the closing events;
   on a JSON answer the body is one chunk, so N=0 drops the connection right after the status line and headers
-- `x-fake-fail-times: N` with `x-fake-key: k` answer 503 to the first N requests carrying key k, then succeed
+- `x-fake-fail-times: N` with `x-fake-key: k` answer 503 to the first N requests carrying key k, then succeed;
+  `x-fake-fail-status: S` makes those failures answer S instead of 503
+- `x-fake-only-model: m` the failure behaviours (status, delay, fail-times) apply only to requests for model m
+  (the body's `model`, or the model in a Gemini path); requests for other models are served normally
 - `x-fake-output-bytes: N` about N extra bytes: JSON answers get a leading `"padding"` field, streams get extra
   text deltas of "x"; sent in 64 KiB chunks; the usage is not changed
 """
@@ -24,7 +27,7 @@ import asyncio
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from starlette.applications import Starlette
@@ -179,6 +182,8 @@ class Behaviour:
     cut_after: int | None = None
     fail_times: int = 0
     fail_key: str | None = None
+    fail_status: int = 503
+    only_model: str | None = None
     output_bytes: int = 0
     usage: dict[str, int] | None = None
 
@@ -194,7 +199,8 @@ class Behaviour:
         return cls(status=num("x-fake-status"), retry_after=headers.get("x-fake-retry-after"),
                    delay_ms=num("x-fake-delay-ms"), chunk_delay_ms=num("x-fake-chunk-delay-ms"),
                    cut_after=int(cut) if cut not in (None, "") else None, fail_times=num("x-fake-fail-times"),
-                   fail_key=headers.get("x-fake-key"), output_bytes=num("x-fake-output-bytes"),
+                   fail_key=headers.get("x-fake-key"), fail_status=num("x-fake-fail-status") or 503,
+                   only_model=headers.get("x-fake-only-model") or None, output_bytes=num("x-fake-output-bytes"),
                    usage=forced)
 
 
@@ -217,6 +223,8 @@ async def admit(request: Request, recorder: Recorder, key: str | None,
         behaviour = Behaviour.from_headers(request.headers)
     except ValueError as exc:
         return {}, Behaviour(), error_response(error, 400, f"bad x-fake header: {exc}")
+    if behaviour.only_model is not None and _model_of(request, body) != behaviour.only_model:
+        behaviour = replace(behaviour, status=0, delay_ms=0, fail_times=0)
     if behaviour.delay_ms:
         await asyncio.sleep(behaviour.delay_ms / 1000)
     if not key:
@@ -225,10 +233,18 @@ async def admit(request: Request, recorder: Recorder, key: str | None,
         return {}, behaviour, error_response(error, 400, "request body must be a JSON object")
     if behaviour.fail_key and recorder.failures[behaviour.fail_key] < behaviour.fail_times:
         recorder.failures[behaviour.fail_key] += 1
-        return body, behaviour, error_response(error, 503, "overloaded, try again", behaviour)
+        return body, behaviour, error_response(error, behaviour.fail_status, "overloaded, try again", behaviour)
     if behaviour.status >= 400:
         return body, behaviour, error_response(error, behaviour.status, f"fake error {behaviour.status}", behaviour)
     return body, behaviour, None
+
+
+def _model_of(request: Request, body: Any) -> str | None:
+    model = body.get("model") if isinstance(body, dict) else None
+    if isinstance(model, str):
+        return model
+    target = request.path_params.get("target")  # Gemini: /v1beta/models/{model}:{verb}
+    return str(target).partition(":")[0] if target else None
 
 
 def bearer(request: Request) -> str | None:

@@ -296,6 +296,14 @@ def test_fail_times_then_succeed(oai: FakeServer) -> None:
     assert _chat(oai, {"x-fake-fail-times": "1", "x-fake-key": "retry-2"}).status_code == 503
 
 
+def test_fail_status_and_only_model(oai: FakeServer) -> None:
+    headers = {"x-fake-fail-times": "1", "x-fake-key": "retry-3", "x-fake-fail-status": "500"}
+    assert [_chat(oai, headers).status_code for _ in range(2)] == [500, 200]
+    only = {"x-fake-status": "500", "x-fake-only-model": "other"}
+    assert _chat(oai, only).status_code == 200  # _chat asks for model "m"
+    assert _chat(oai, {**only, "x-fake-only-model": "m"}).status_code == 500
+
+
 def test_delay_before_first_byte(oai: FakeServer) -> None:
     began = time.monotonic()
     assert _chat(oai, {"x-fake-delay-ms": "300"}).status_code == 200

@@ -78,6 +78,13 @@ def test_group_conditions_mean_membership() -> None:
         ({"start": "a", "elements": [{"id": "a", "type": "end"}, {"id": "a", "type": "end"}]}, "elements[1]"),
         ({"start": "a", "elements": [{"id": "a", "type": "model", "model": "a/b", "success": "e", "retries": 9},
                                      {"id": "e", "type": "end"}]}, "elements[0].retries"),
+        ({"start": "a", "elements": [{"id": "a", "type": "model", "model": "a/b", "success": "e", "retries": 5},
+                                     {"id": "e", "type": "end"}]}, "elements[0].retries"),  # 6 attempts: too many
+        ({"start": "a", "elements": [  # a model after a model's success: the first answer is already sent
+            {"id": "a", "type": "model", "model": "a/b", "success": "c"},
+            {"id": "c", "type": "conditional", "field": "metadata.x", "equals": 1, "true": "e", "false": "b"},
+            {"id": "b", "type": "model", "model": "c/d", "success": "e"}, {"id": "e", "type": "end"}]},
+         "elements[0].success"),
     ],
 )
 def test_invalid_graphs_name_the_field(graph: dict[str, Any], field: str) -> None:
