@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,6 +23,7 @@ from gateway.middleware.attribution import Attribution
 from gateway.middleware.dynamic_routes import DynamicRoutes
 from gateway.middleware.gateway_auth import GatewayAuth, TokenStore
 from gateway.middleware.request_log import RequestLog
+from gateway.middleware.server_errors import ServerErrors
 from gateway.middleware.spend_limits import SpendLimits
 from gateway.middleware.zdr import ZeroDataRetention
 from gateway.providers.router import ProviderRouter
@@ -45,8 +47,8 @@ class _StartServices:
 class _Chain:
     """The request path, built once the shared services exist. Outermost first, as in DESIGN.md:
 
-    RequestLog ─► GatewayAuth ─► AccessIdentity ─► Attribution ─► ZeroDataRetention ─► DynamicRoutes
-        ─► SpendLimits ─► ProviderRouter
+    RequestLog ─► ServerErrors ─► GatewayAuth ─► AccessIdentity ─► Attribution ─► ZeroDataRetention
+        ─► DynamicRoutes ─► SpendLimits ─► ProviderRouter
     """
 
     def __init__(self, services: Services) -> None:
@@ -63,8 +65,10 @@ class _Chain:
         def clock() -> datetime:
             return s.clock()
 
-        chain = [  # outermost first
-            (RequestLog, {"gateways": s.gateways, "writer": s.log_writer}),
+        fail_open = s.settings.db_unavailable == "fail_open_byok"
+        chain: list[tuple[Any, dict[str, Any]]] = [  # outermost first
+            (RequestLog, {"gateways": s.gateways, "writer": s.log_writer, "observe": s.metrics.observe}),
+            (ServerErrors, {"on_db_unavailable": s.db.connection_lost}),
             (GatewayAuth, {"gateways": s.gateways, "tokens": tokens, "verifier": verifier}),
             (AccessIdentity, {"verifier": verifier}),
             (Attribution, {}),
@@ -72,7 +76,8 @@ class _Chain:
             (DynamicRoutes, {"routes": s.route_store, "limit_store": s.limit_store,
                              "max_body_bytes": s.settings.max_body_bytes, "clock": clock}),
             (SpendLimits, {"limits": s.limits, "store": s.limit_store, "planner": RouterPlanner(router),
-                           "clock": clock}),
+                           "clock": clock, "settlements": s.settlements,
+                           "hold_ttl": timedelta(seconds=s.settings.hold_ttl_seconds), "fail_open": fail_open}),
         ]
         for layer, options in reversed(chain):
             app = layer(app, **options)
@@ -116,6 +121,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/metrics", services.metrics.endpoint),
             Mount("/admin", app=admin_app(services)),
             Mount("/v1", app=_Chain(services)),
         ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from gateway.settings import Settings
 
@@ -23,6 +24,11 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT. Then (uvicorn + Services.stop): stop accepting, let in-flight requests and
+    streams finish for up to SPENDGATE_SHUTDOWN_TIMEOUT_S, cancel what is left, settle every reservation this
+    process holds, flush the request logs, close the pool, exit 0."""
+    import os
+
     import uvicorn
 
     from gateway.app import create_app
@@ -33,7 +39,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
     print(f"spendgate serving on http://{host}:{port}", file=sys.stderr, flush=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", lifespan="on")
+    options: dict[str, Any] = {"host": host, "port": port, "log_level": "warning", "lifespan": "on",
+                               "log_config": None,  # uvicorn's own records go through our JSON log lines
+                               "timeout_graceful_shutdown": max(1, round(settings.shutdown_timeout_seconds))}
+    if settings.workers > 1:
+        # each worker process builds its own app (and pool) from the environment
+        os.environ["DATABASE_URL"] = url
+        uvicorn.run("gateway.app:create_app", factory=True, workers=settings.workers, **options)
+    else:
+        uvicorn.run(create_app(settings), **options)
     return 0
 
 

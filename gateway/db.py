@@ -78,6 +78,23 @@ def _json_loads(value: str) -> Any:
     return json.loads(value)
 
 
+# What "the database is unreachable" looks like from asyncpg: a refused or dropped connection, a server shutting
+# down or starting up, too many clients, a pool that is closing, a query that timed out.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.InterfaceError,
+)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Is this exception the database being unreachable (answer 503, retry later), not a bug or bad data?"""
+    return isinstance(exc, UNAVAILABLE)
+
+
 class Database:
     """The process's connection pool. `pool` is an asyncpg.Pool; jsonb columns decode to Python objects."""
 
@@ -95,6 +112,15 @@ class Database:
 
     async def close(self) -> None:
         await self.pool.close()
+
+    def connection_lost(self) -> None:
+        """After an outage every pooled connection may be dead: replace them all on their next acquire, so the
+        pool recovers at once instead of failing one request per stale connection."""
+        self.pool.expire_connections()
+
+    def stats(self) -> tuple[int, int, int]:
+        """(connections open, idle, max) for metrics."""
+        return self.pool.get_size(), self.pool.get_idle_size(), self.pool.get_max_size()
 
     async def is_current(self) -> bool:
         """Reachable, and every migration head is applied."""

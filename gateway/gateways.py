@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from gateway.config_cache import ConfigCache
 from gateway.db import Database
 
 log = logging.getLogger("spendgate.gateways")
@@ -122,37 +123,53 @@ class UnknownGateway(LookupError):
     pass
 
 
+CONNECTION_LOST = "*connection-lost*"  # the "table" passed to on_change callbacks when the listener lost the db
+
+
 class GatewayStore:
-    """Read gateways on the hot path from a per-instance cache that NOTIFY invalidates."""
+    """Read gateways on the hot path from a per-instance cache that NOTIFY invalidates.
+
+    `fail_open`: keep serving the last known settings while the database is unreachable (gateway/config_cache.py).
+    """
 
     CHANNEL = "spendgate_config"
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, fail_open: bool = False) -> None:
         self.db = db
-        self._cache: dict[tuple[str, str], Gateway] = {}
-        self._accounts: set[str] = set()
+        self.fail_open = fail_open
+        self._cache: ConfigCache[tuple[str, str], Gateway] = self.new_cache()
         self._listener: asyncio.Task[None] | None = None
         self._on_change: list[Callable[[str], None]] = []
+        self.on_change(self._drop)
+
+    def new_cache(self) -> ConfigCache[Any, Any]:
+        """A cache for another configuration store, with this instance's fail-open choice; register its
+        invalidation with `on_change(cache_invalidator(cache))`."""
+        return ConfigCache(fail_open=self.fail_open)
+
+    def _drop(self, table: str) -> None:
+        cache_invalidator(self._cache)(table)
 
     def on_change(self, callback: Callable[[str], None]) -> None:
         """Other caches (keys, prices, rules) register here to be dropped on the same notification."""
         self._on_change.append(callback)
 
     def invalidate(self, table: str = "*") -> None:
-        self._cache.clear()
-        self._accounts.clear()
         for callback in self._on_change:
             callback(table)
 
     async def get(self, account_id: str, gateway_id: str) -> Gateway:
         key = (account_id, gateway_id)
-        cached = self._cache.get(key)
+        cached = self._cache.peek(key)
         if cached is not None:
             return cached
         if not ID_RE.match(account_id):
             raise UnknownAccount(account_id)
         if not ID_RE.match(gateway_id):
             raise UnknownGateway(gateway_id)
+        return await self._cache.get(key, lambda: self._load(account_id, gateway_id))
+
+    async def _load(self, account_id: str, gateway_id: str) -> Gateway:
         row = await self.db.pool.fetchrow(
             """
             WITH acct AS (SELECT id FROM accounts WHERE id = $1),
@@ -173,9 +190,7 @@ class GatewayStore:
             raise UnknownAccount(account_id)
         if row["settings"] is None:
             raise UnknownGateway(gateway_id)
-        gateway = Gateway(account_id, gateway_id, GatewaySettings.from_json(row["settings"]))
-        self._cache[key] = gateway
-        return gateway
+        return Gateway(account_id, gateway_id, GatewaySettings.from_json(row["settings"]))
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="spendgate-config-listener")
@@ -196,7 +211,7 @@ class GatewayStore:
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(self.CHANNEL, lambda _c, _pid, _ch, payload: self.invalidate(payload))
-                self.invalidate()  # anything may have changed while we were not listening
+                self.invalidate(CONNECTION_LOST)  # anything may have changed while we were not listening
                 await lost.wait()
             except asyncio.CancelledError:
                 raise
@@ -205,5 +220,18 @@ class GatewayStore:
             finally:
                 if conn is not None and not conn.is_closed():
                     await conn.close()
-            self.invalidate()
+            self.invalidate(CONNECTION_LOST)
             await asyncio.sleep(1)
+
+
+def cache_invalidator(cache: ConfigCache[Any, Any]) -> Callable[[str], None]:
+    """A notification means the data changed: drop everything, last-known values included. A lost listener
+    connection only means a change may have been missed: drop the fresh entries, keep the last-known ones."""
+
+    def drop(table: str) -> None:
+        if table == CONNECTION_LOST:
+            cache.clear()
+        else:
+            cache.forget()
+
+    return drop

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from gateway.exchange import Exchange
 
 MAX_MODELS = 200
+REFUSALS = {402: "credit", 403: "policy", 429: "budget", 503: "database_unavailable"}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -37,7 +38,8 @@ class _PoolCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, pool_stats: Callable[[], tuple[int, int, int] | None] = lambda: None) -> None:
+    def __init__(self, pool_stats: Callable[[], tuple[int, int, int] | None] = lambda: None,
+                 holds_open: Callable[[], int] | None = None, log_queue: Callable[[], int] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("spendgate_requests", "Requests by provider, model and status",
@@ -52,8 +54,13 @@ class Metrics:
                             registry=r)
         self.refused = Counter("spendgate_reservations_refused", "Requests refused before the call, by reason",
                                ["reason"], registry=r)
-        self.holds_open = Gauge("spendgate_holds_open", "Reservations not yet settled (last sweep)", registry=r)
+        self.holds_open = Gauge("spendgate_holds_open", "Reservations this instance holds, not yet settled",
+                                registry=r)
         self.log_queue = Gauge("spendgate_log_queue_depth", "Log rows waiting to be written", registry=r)
+        if holds_open is not None:
+            self.holds_open.set_function(holds_open)
+        if log_queue is not None:
+            self.log_queue.set_function(log_queue)
         self.registry.register(_PoolCollector(pool_stats))
         self._models: set[str] = set()
 
@@ -81,8 +88,8 @@ class Metrics:
         if exchange.cost_usd is not None:
             # Prometheus counters are floats; the ledger, not this counter, is the record of money.
             self.cost.labels(provider, model).inc(float(exchange.cost_usd))
-        if exchange.status_code in (402, 403, 429):
-            self.refused.labels({402: "credit", 403: "policy", 429: "budget"}[exchange.status_code]).inc()
+        if exchange.status_code in REFUSALS:
+            self.refused.labels(REFUSALS[exchange.status_code]).inc()
 
     async def endpoint(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type="text/plain; version=0.0.4; charset=utf-8")

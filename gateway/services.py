@@ -17,8 +17,10 @@ from gateway.gateways import GatewayStore
 from gateway.ledger import AutoTopUps, Ledger
 from gateway.limits.alerts import AlertDelivery
 from gateway.limits.reservations import Limits
+from gateway.limits.settlements import Settlements
 from gateway.limits.store import LimitStore
 from gateway.logs.writer import LogWriter
+from gateway.metrics import Metrics
 from gateway.providers.store import ProviderStore
 from gateway.routes.store import RouteStore
 from gateway.settings import Settings
@@ -50,11 +52,18 @@ class Services:
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self.extras: dict[str, Any] = {}
         self.limits: Limits | None = None
+        self.settlements: Settlements | None = None
         self.limit_store: LimitStore | None = None
         self.route_store: RouteStore | None = None
         self.alerts: AlertDelivery | None = None
+        self.metrics = Metrics(pool_stats=self._pool_stats, holds_open=lambda: len(self.settlements.open)
+                               if self.settlements is not None else 0,
+                               log_queue=lambda: self.log_writer.depth if self.log_writer is not None else 0)
         # What "now" is for spend-limit windows. Tests replace it to move time; nothing else should.
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    def _pool_stats(self) -> tuple[int, int, int] | None:
+        return self._db.stats() if self._db is not None else None
 
     @property
     def db(self) -> Database:
@@ -110,7 +119,7 @@ class Services:
                 self._db = await Database.connect(
                     url, min_size=self.settings.db_pool_min, max_size=self.settings.db_pool_max
                 )
-            self._gateways = GatewayStore(self._db)
+            self._gateways = GatewayStore(self._db, fail_open=self.settings.db_unavailable == "fail_open_byok")
             await self._gateways.start()
             self._ledger = Ledger(self._db)
             self._providers = ProviderStore(self._db, self._gateways)
@@ -118,15 +127,19 @@ class Services:
 
             self._http = make_client()
             self.limits = Limits(self._db)
+            self.settlements = Settlements(self.limits, lambda: self.clock())
             self.limit_store = LimitStore(self._db, self._gateways)
             self.route_store = RouteStore(self._db, self._gateways)
             self.alerts = AlertDelivery(self._db, self._http)
             self.log_writer = LogWriter(self._db)
             self.log_writer.start()  # always: logs are part of serving, not a background chore
             self.auto_topups = AutoTopUps(self._ledger)
+            # settlements that met a database outage are retried in every process (workers or not)
+            self._tasks.append(asyncio.create_task(self._retry_settlements(), name="spendgate-settlements"))
             if self._background:
                 self.auto_topups.start()
-                self._tasks.append(asyncio.create_task(self._sweep(), name="spendgate-sweeper"))
+                self._tasks.append(asyncio.create_task(
+                    self._sweep(self.settings.sweep_interval_seconds), name="spendgate-sweeper"))
                 self._tasks.append(asyncio.create_task(self._deliver_alerts(), name="spendgate-alerts"))
             for hook in self._on_start:
                 await hook()
@@ -136,6 +149,10 @@ class Services:
         async with self._lock:
             if not self._started:
                 return
+            # Calls the server cancelled at its shutdown deadline settle first, then the log rows of every call
+            # (those included) are flushed; only then do the background tasks and the pool go.
+            if self.settlements is not None:
+                await self.settlements.drain(deadline_s=10.0)
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -158,6 +175,15 @@ class Services:
                 await self._db.close()
                 self._db = None
             self._started = False
+
+    async def _retry_settlements(self, interval: float = 1.0) -> None:
+        assert self.settlements is not None
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.settlements.retry_waiting()
+            except Exception:
+                log.exception("settlement retry")
 
     async def _deliver_alerts(self, interval: float = 1.0) -> None:
         """Drain the alert outbox (limits.alerts) to the gateways' webhooks; every instance may run it."""

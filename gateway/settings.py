@@ -40,6 +40,12 @@ def read_dotenv(path: Path) -> dict[str, str]:
     return values
 
 
+def _choice(value: str, name: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class ProviderConfig:
     """Where a provider lives and the gateway's own keys for it (unified billing), standard and ZDR."""
@@ -69,7 +75,12 @@ class Settings:
     max_body_bytes: int = 32 * 1024 * 1024
     db_pool_min: int = 2
     db_pool_max: int = 20
-    hold_ttl_seconds: int = 900
+    hold_ttl_seconds: int = 900  # a reservation the sweeper may expire after this (its instance died)
+    sweep_interval_seconds: float = 5.0
+    # what happens while the database is unreachable: "fail_closed" (503 for everything that needs it) or
+    # "fail_open_byok" (BYOK requests without blocking rules pass on the last known configuration)
+    db_unavailable: str = "fail_closed"
+    shutdown_timeout_seconds: float = 30.0  # SIGTERM: in-flight requests (streams too) get this long to finish
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
@@ -108,4 +119,9 @@ class Settings:
             jwt_groups_claim=get("SPENDGATE_JWT_GROUPS_CLAIM") or "groups",
             trusted_proxies=tuple(p.strip() for p in (proxies or "127.0.0.1,::1").split(",") if p.strip()),
             db_pool_max=int(get("SPENDGATE_DB_POOL_MAX") or 20),
+            hold_ttl_seconds=int(get("SPENDGATE_HOLD_TTL_SECONDS") or 900),
+            sweep_interval_seconds=float(get("SPENDGATE_SWEEP_INTERVAL_S") or 5.0),
+            db_unavailable=_choice(get("SPENDGATE_DB_UNAVAILABLE") or "fail_closed", "SPENDGATE_DB_UNAVAILABLE",
+                                   ("fail_closed", "fail_open_byok")),
+            shutdown_timeout_seconds=float(get("SPENDGATE_SHUTDOWN_TIMEOUT_S") or 30.0),
         )

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -113,3 +114,51 @@ def start_all(processes: list[GatewayProcess], timeout: float = 90.0) -> list[Ga
             p.stop(5)
         raise
     return processes
+
+
+USD_PER_TOKEN_OUT = "1000"  # USD per million output tokens: one output token costs $0.001
+
+
+class Operator:
+    """What an operator does through the admin API of any instance: tenants, prices, rules, and reading back
+    buckets and credits."""
+
+    def __init__(self, base_url: str, admin_token: str) -> None:
+        self.base_url = base_url
+        self.admin_token = admin_token
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url + "/admin", timeout=10,
+                            headers={"Authorization": f"Bearer {self.admin_token}"})
+
+    def new_account(self, *, credits_usd: str | None = None, models: tuple[str, ...] = ("gpt-4o-mini",),
+                    **settings: object) -> str:
+        """A fresh account with gateway `g` whose models cost $0.001 per output token and nothing per input
+        token (a request's worst case is its cost when the fake reports max_tokens output tokens)."""
+        import uuid
+
+        account = f"op-{uuid.uuid4().hex[:10]}"
+        with self.admin() as admin:
+            assert admin.post("/accounts", json={"id": account}).status_code == 201
+            assert admin.post(f"/accounts/{account}/gateways", json={"id": "g", **settings}).status_code == 201
+            prices = [{"provider": "*", "model": m, "input_per_mtok": "0", "output_per_mtok": USD_PER_TOKEN_OUT}
+                      for m in models]
+            assert admin.put(f"/accounts/{account}/gateways/g/prices", json={"prices": prices}).status_code == 200
+            if credits_usd:
+                assert admin.post(f"/accounts/{account}/credits/topups",
+                                  json={"amount_usd": credits_usd, "idempotency_key": "seed"}).status_code == 201
+        return account
+
+    def rule(self, account: str, **spec: object) -> dict[str, Any]:
+        with self.admin() as admin:
+            answer = admin.post(f"/accounts/{account}/gateways/g/spend-limits", json=spec)
+        assert answer.status_code == 201, answer.text
+        return answer.json()["result"]  # type: ignore[no-any-return]
+
+    def buckets(self, account: str, rule_id: str) -> list[dict[str, Any]]:
+        with self.admin() as admin:
+            return admin.get(f"/accounts/{account}/gateways/g/spend-limits/{rule_id}").json()["result"]["buckets"]
+
+    def credits(self, account: str) -> dict[str, Any]:
+        with self.admin() as admin:
+            return admin.get(f"/accounts/{account}/credits").json()["result"]  # type: ignore[no-any-return]

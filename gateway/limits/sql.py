@@ -9,7 +9,8 @@ when anything refuses: all or nothing, without exceptions on the hot path.
 actual cost is added to `spent` in the bucket (fixed) or in the slice (rolling) where it was reserved, crossed
 `alert_at` fractions become alert rows (the webhook outbox; one per bucket, fraction and calendar window
 `alert_window`, rolling rules included), and the credit hold, if any, is settled with the
-actual cost in the same transaction.
+actual cost in the same transaction. A settlement that arrives after the sweeper expired its reservation is still
+recorded, once (outcome `late`, migration 0011): a call that happened is never left unbilled.
 """
 
 RESERVE = r"""
@@ -70,7 +71,7 @@ END $$;
 """
 
 SETTLE = r"""
-CREATE FUNCTION limits.settle(p_id uuid, p_actual bigint, p_outcome text, p_now timestamptz)
+CREATE OR REPLACE FUNCTION limits.settle(p_id uuid, p_actual bigint, p_outcome text, p_now timestamptz)
 RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     r limits.reservations%ROWTYPE;
@@ -82,21 +83,33 @@ DECLARE
     f jsonb;
     v_alerts int := 0;
     v_hold jsonb;
+    v_late boolean := false;
+    v_release bigint;
     n int;
 BEGIN
     UPDATE limits.reservations SET settled_at = p_now, actual = p_actual, outcome = p_outcome
      WHERE id = p_id AND settled_at IS NULL
     RETURNING * INTO r;
-    IF NOT FOUND THEN
+    IF NOT FOUND AND p_outcome <> 'expired' THEN
+        -- The call ended after the sweeper expired its reservation (a stream longer than the TTL, or a database
+        -- outage longer than it while the settlement waited): the call happened, so its cost is still recorded,
+        -- once — the outcome moves from 'expired' to 'late'. Pending was already given back at expiry.
+        UPDATE limits.reservations SET actual = p_actual, outcome = 'late'
+         WHERE id = p_id AND outcome = 'expired'
+        RETURNING * INTO r;
+        v_late := FOUND;
+    END IF;
+    IF r.id IS NULL THEN
         RETURN jsonb_build_object('ok', false, 'reason',
             CASE WHEN EXISTS (SELECT 1 FROM limits.reservations WHERE id = p_id)
                  THEN 'already settled' ELSE 'unknown reservation' END);
     END IF;
+    v_release := CASE WHEN v_late THEN 0 ELSE r.estimate END;
     FOR line IN SELECT value FROM jsonb_array_elements(r.lines) LOOP
         v_rule := (line->>'rule_id')::uuid;
         v_budget := (line->>'budget')::bigint;
         IF line ? 'rolling_since' THEN
-            UPDATE limits.buckets SET pending = pending - r.estimate
+            UPDATE limits.buckets SET pending = pending - v_release
              WHERE rule_id = v_rule AND key = line->>'key' AND window_start = '-infinity';
             INSERT INTO limits.buckets AS b (rule_id, key, window_start, spent)
             VALUES (v_rule, line->>'key', (line->>'window_start')::timestamptz, p_actual)
@@ -105,7 +118,7 @@ BEGIN
              WHERE rule_id = v_rule AND key = line->>'key'
                AND window_start >= (line->>'rolling_since')::timestamptz;
         ELSE
-            UPDATE limits.buckets SET pending = pending - r.estimate, spent = spent + p_actual
+            UPDATE limits.buckets SET pending = pending - v_release, spent = spent + p_actual
              WHERE rule_id = v_rule AND key = line->>'key'
                AND window_start = (line->>'window_start')::timestamptz
             RETURNING spent INTO v_total;
@@ -125,8 +138,9 @@ BEGIN
         END IF;
     END LOOP;
     IF r.hold_id IS NOT NULL THEN
+        -- a late settlement posts against an expired hold: the ledger bills it as an unheld debit
         v_hold := limits.settle_hold(r.hold_id, p_actual, p_outcome, p_now);
     END IF;
-    RETURN jsonb_build_object('ok', true, 'alerts', v_alerts, 'hold', v_hold);
+    RETURN jsonb_build_object('ok', true, 'late', v_late, 'alerts', v_alerts, 'hold', v_hold);
 END $$;
 """

@@ -11,8 +11,9 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from gateway.config_cache import ConfigCache
 from gateway.db import Database
-from gateway.gateways import GatewayStore
+from gateway.gateways import GatewayStore, cache_invalidator
 from gateway.limits.policies import Policy
 from gateway.limits.rules import MAX_RULES_PER_GATEWAY, Rule, RuleError, parse_rule
 
@@ -24,36 +25,46 @@ class TooManyRules(RuleError):
 class LimitStore:
     def __init__(self, db: Database, gateways: GatewayStore | None = None) -> None:
         self.db = db
-        self._rules: dict[tuple[str, str], list[Rule]] = {}
-        self._policies: dict[tuple[str, str], list[Policy]] = {}
+        self._rules: ConfigCache[tuple[str, str], list[Rule]] = gateways.new_cache() if gateways else ConfigCache()
+        self._policies: ConfigCache[tuple[str, str], list[Policy]] = (
+            gateways.new_cache() if gateways else ConfigCache())
         if gateways is not None:
-            gateways.on_change(lambda _table: self.invalidate())
+            gateways.on_change(cache_invalidator(self._rules))
+            gateways.on_change(cache_invalidator(self._policies))
 
     def invalidate(self) -> None:
-        self._rules.clear()
-        self._policies.clear()
+        self._rules.forget()
+        self._policies.forget()
 
     async def rules(self, account: str, gateway: str) -> list[Rule]:
         key = (account, gateway)
-        cached = self._rules.get(key)
-        if cached is None:
+        cached = self._rules.peek(key)
+        if cached is not None:
+            return cached
+
+        async def load() -> list[Rule]:
             rows = await self.db.pool.fetch(
                 "SELECT id, spec FROM limits.rules WHERE account_id = $1 AND gateway_id = $2 ORDER BY created_at, id",
                 account, gateway,
             )
-            cached = self._rules[key] = [parse_rule(str(r["id"]), r["spec"]) for r in rows]
-        return cached
+            return [parse_rule(str(r["id"]), r["spec"]) for r in rows]
+
+        return await self._rules.get(key, load)
 
     async def policies(self, account: str, gateway: str) -> list[Policy]:
         key = (account, gateway)
-        cached = self._policies.get(key)
-        if cached is None:
+        cached = self._policies.peek(key)
+        if cached is not None:
+            return cached
+
+        async def load() -> list[Policy]:
             rows = await self.db.pool.fetch(
                 'SELECT id, "group", models FROM limits.policies WHERE account_id = $1 AND gateway_id = $2',
                 account, gateway,
             )
-            cached = self._policies[key] = [Policy(str(r["id"]), r["group"], tuple(r["models"])) for r in rows]
-        return cached
+            return [Policy(str(r["id"]), r["group"], tuple(r["models"])) for r in rows]
+
+        return await self._policies.get(key, load)
 
     # -- writes (admin API and CLI) --
 

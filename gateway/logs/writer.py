@@ -1,6 +1,8 @@
 """The log writer: rows are queued after the response completed and written in batches by one task.
 
-A failed write is reported in the process log and dropped — never turned into a failed call. Retention per
+A write the database refuses because it is unreachable is kept and retried with backoff (up to the queue's
+bound: past it rows are dropped and counted); any other failed write is reported in the process log and dropped.
+Neither is ever turned into a failed call. `stop` flushes what is queued, retrying until its deadline. Retention per
 gateway (`log_retention: {"max_rows", "strategy"}`): STOP_INSERTING skips rows once the gateway holds max_rows;
 DELETE_OLDEST deletes the oldest rows past max_rows after each batch.
 """
@@ -9,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
-from gateway.db import Database
+from gateway.db import Database, unavailable
 from gateway.logs.schema import COLUMNS
 
 log = logging.getLogger("spendgate.logs")
@@ -40,7 +43,11 @@ class LogWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="spendgate-log-writer")
 
-    async def stop(self) -> None:
+    @property
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    async def stop(self, deadline_s: float = 10.0) -> None:
         if self._task is not None:
             self._task.cancel()
             try:
@@ -48,24 +55,38 @@ class LogWriter:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        await self.flush()
+        end = time.monotonic() + deadline_s
+        while not await self.flush():
+            if time.monotonic() >= end:
+                break
+            await asyncio.sleep(0.2)
+        if not self.queue.empty():
+            log.error("%d request log rows could not be written before shutdown", self.queue.qsize())
 
     async def _run(self) -> None:
+        backoff = self.interval
         while True:
             item = await self.queue.get()
             self.queue.put_nowait(item)
-            await asyncio.sleep(self.interval)
-            await self.flush()
+            await asyncio.sleep(backoff)
+            backoff = self.interval if await self.flush() else min(backoff * 2, 5.0)
 
-    async def flush(self) -> None:
+    async def flush(self) -> bool:
+        """Write what is queued. False when the database was unreachable (the rows are queued again)."""
         while not self.queue.empty():
-            items = []
+            items: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
             while not self.queue.empty() and len(items) < self.batch:
                 items.append(self.queue.get_nowait())
             try:
                 await self._write(items)
-            except Exception:
+            except Exception as exc:
+                if unavailable(exc):
+                    log.warning("database unavailable: %d request log rows wait for it", len(items))
+                    for row, retention in items:
+                        self.submit(row, retention)
+                    return False
                 log.exception("writing %d request log rows failed; they are dropped", len(items))
+        return True
 
     async def _write(self, items: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> None:
         by_gateway: dict[tuple[str, str], dict[str, Any] | None] = {}

@@ -16,10 +16,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.config_cache import ConfigCache
 from gateway.db import Database
 from gateway.errors import json_error
 from gateway.exchange import Exchange
-from gateway.gateways import GatewayStore, UnknownAccount, UnknownGateway
+from gateway.gateways import GatewayStore, UnknownAccount, UnknownGateway, cache_invalidator
 from gateway.paths import locate
 
 
@@ -34,23 +35,23 @@ def token_digest(token: str) -> str:
 class TokenStore:
     def __init__(self, db: Database, gateways: GatewayStore) -> None:
         self.db = db
-        self._cache: dict[tuple[str, str], frozenset[str]] = {}
-        gateways.on_change(lambda table: self._cache.clear())
+        self._cache: ConfigCache[tuple[str, str], frozenset[str]] = gateways.new_cache()
+        gateways.on_change(cache_invalidator(self._cache))
 
     async def digests(self, account: str, gateway: str) -> frozenset[str]:
-        key = (account, gateway)
-        if key not in self._cache:
+        async def load() -> frozenset[str]:
             rows = await self.db.pool.fetch(
                 "SELECT token_sha256 FROM gateway_tokens WHERE account_id = $1 AND gateway_id = $2", account, gateway)
-            self._cache[key] = frozenset(r["token_sha256"] for r in rows)
-        return self._cache[key]
+            return frozenset(r["token_sha256"] for r in rows)
+
+        return await self._cache.get((account, gateway), load)
 
     async def valid(self, account: str, gateway: str, token: str) -> bool:
         digest = token_digest(token)
         return any(hmac.compare_digest(digest, d) for d in await self.digests(account, gateway))
 
     def invalidate(self) -> None:
-        self._cache.clear()
+        self._cache.forget()
 
 
 def header(scope: Scope, name: bytes) -> str | None:

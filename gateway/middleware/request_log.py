@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.context import request_id_var
+from gateway.db import unavailable
 from gateway.exchange import Exchange
 from gateway.gateways import GatewayStore, UnknownAccount, UnknownGateway
 from gateway.logs.writer import LogWriter
@@ -42,10 +44,14 @@ def _text(data: bytes | None) -> str | None:
 
 
 class RequestLog:
-    def __init__(self, app: ASGIApp, *, gateways: GatewayStore, writer: LogWriter) -> None:
+    """`observe(exchange, seconds)` is called once per request after it completed (the metrics)."""
+
+    def __init__(self, app: ASGIApp, *, gateways: GatewayStore, writer: LogWriter,
+                 observe: Callable[[Exchange, float], None] | None = None) -> None:
         self.app = app
         self.gateways = gateways
         self.writer = writer
+        self.observe = observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,6 +67,10 @@ class RequestLog:
                 gateway = ex.gateway = await self.gateways.get(where.account, where.gateway)
             except (UnknownAccount, UnknownGateway):
                 gateway = None
+            except Exception as exc:
+                if not unavailable(exc):
+                    raise
+                gateway = None  # no settings to log under: ServerErrors answers 503 when an inner layer needs them
         collect = gateway is not None and (_flag(scope, b"cf-aig-collect-log")
                                            if _flag(scope, b"cf-aig-collect-log") is not None
                                            else gateway.settings.collect_logs)
@@ -89,6 +99,10 @@ class RequestLog:
             raise
         finally:
             request_id_var.reset(token)
+            if self.observe is not None:
+                if ex.status_code is None:
+                    ex.status_code = status
+                self.observe(ex, time.perf_counter() - ex.started)
             if collect and gateway is not None:
                 ex.status_code = ex.status_code if ex.status_code is not None else status
                 self.writer.submit(self.row(ex, status, bytes(captured) if payloads else None),

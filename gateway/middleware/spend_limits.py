@@ -19,21 +19,24 @@ is the full reservation: the provider may have billed us, so we never under-bill
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.db import unavailable
 from gateway.errors import json_error
 from gateway.exchange import Exchange
 from gateway.limits.policies import allowed
 from gateway.limits.reservations import BucketState, HoldRequest, Limits, Outcome, bucket_lines
+from gateway.limits.settlements import Settlements
 from gateway.limits.store import LimitStore
 from gateway.money import from_nano, usd_str
 
@@ -66,13 +69,23 @@ class CostPlanner(Protocol):
 
 
 class SpendLimits:
+    """`settlements` tracks this instance's open reservations (gateway/limits/settlements.py: retried through a
+    database outage, drained at shutdown); `hold_ttl` is how long a reservation lives before the sweeper may expire
+    it; `fail_open` lets a BYOK request that only `monitor` rules match through while the database is unreachable
+    (SPENDGATE_DB_UNAVAILABLE=fail_open_byok; blocking rules and unified billing always fail closed)."""
+
     def __init__(self, app: ASGIApp, *, limits: Limits, store: LimitStore, planner: CostPlanner,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 settlements: Settlements | None = None, hold_ttl: timedelta = timedelta(minutes=15),
+                 fail_open: bool = False) -> None:
         self.app = app
         self.limits = limits
         self.store = store
         self.planner = planner
         self.clock = clock
+        self.settlements = settlements or Settlements(limits, clock)
+        self.hold_ttl = hold_ttl
+        self.fail_open = fail_open
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -113,10 +126,14 @@ class SpendLimits:
         remaining = outcome.remaining_after_nano()
         if remaining is not None:
             exchange.budget_remaining_usd = from_nano(max(remaining, 0))
+        settled_plan = plan
+        self.settlements.opened(outcome.reservation_id, lambda: self.planner.actual_nano(exchange, settled_plan))
         try:
             await self.app(scope, receive, self._with_budget_header(send, remaining))
         finally:
-            await self._settle(outcome, exchange, plan)
+            # shielded: a call cancelled at the shutdown deadline still settles (Settlements.drain waits for it)
+            await asyncio.shield(self.settlements.settle(outcome.reservation_id,
+                                                         self.planner.actual_nano(exchange, plan), self.clock()))
 
     async def _reserve(self, exchange: Exchange, plan: Plan) -> Outcome | None:
         """None: nothing to reserve (no rule matched and no credit to hold, or the cost is unknown)."""
@@ -131,7 +148,14 @@ class SpendLimits:
             hold = HoldRequest(plan.tenant, plan.estimate_nano, exchange.request_id)
         if not lines and hold is None:
             return None
-        outcome = await self.limits.reserve(lines, plan.estimate_nano, hold=hold, now=now)
+        try:
+            outcome = await self.limits.reserve(lines, plan.estimate_nano, hold=hold, now=now, ttl=self.hold_ttl)
+        except Exception as exc:
+            if self.fail_open and hold is None and unavailable(exc) and all(
+                    line.rule.action == "monitor" for line in lines):
+                log.warning("database unavailable: BYOK request with monitor rules only let through unreserved")
+                return None
+            raise
         exchange.reservation = outcome
         return outcome
 
@@ -153,17 +177,6 @@ class SpendLimits:
             await send(message)
 
         return sender
-
-    async def _settle(self, outcome: Outcome, exchange: Exchange, plan: Plan) -> None:
-        actual = self.planner.actual_nano(exchange, plan)
-        try:
-            result = await self.limits.settle(outcome.reservation_id, actual, now=self.clock())
-        except Exception:
-            # The reservation stays open; the sweeper releases it at expiry. Never fail the (finished) call.
-            log.exception("settlement failed; the sweeper will expire reservation %s", outcome.reservation_id)
-            return
-        if not result.get("ok"):
-            log.warning("reservation %s not settled: %s", outcome.reservation_id, result.get("reason"))
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange,
                       outcome: Outcome) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gateway.config_cache import ConfigCache
 from gateway.db import Database
-from gateway.gateways import GatewayStore
+from gateway.gateways import GatewayStore, cache_invalidator
 from gateway.pricing import PriceOverride
 
 
@@ -24,15 +25,19 @@ class ProviderConfigSnapshot:
 class ProviderStore:
     def __init__(self, db: Database, gateways: GatewayStore | None = None) -> None:
         self.db = db
-        self._cache: dict[tuple[str, str], ProviderConfigSnapshot] = {}
+        self._cache: ConfigCache[tuple[str, str], ProviderConfigSnapshot] = (
+            gateways.new_cache() if gateways is not None else ConfigCache())
         if gateways is not None:
-            gateways.on_change(lambda table: self._cache.clear())
+            gateways.on_change(cache_invalidator(self._cache))
 
     async def get(self, account: str, gateway: str) -> ProviderConfigSnapshot:
         key = (account, gateway)
-        snapshot = self._cache.get(key)
+        snapshot = self._cache.peek(key)
         if snapshot is not None:
             return snapshot
+        return await self._cache.get(key, lambda: self._load(account, gateway))
+
+    async def _load(self, account: str, gateway: str) -> ProviderConfigSnapshot:
         async with self.db.pool.acquire() as conn:
             keys = await conn.fetch(
                 "SELECT provider, alias, secret FROM provider_keys WHERE account_id = $1 AND gateway_id = $2",
@@ -45,15 +50,13 @@ class ProviderStore:
             prices = await conn.fetch(
                 "SELECT * FROM price_overrides WHERE account_id = $1 AND gateway_id = $2", account, gateway
             )
-        snapshot = ProviderConfigSnapshot(
+        return ProviderConfigSnapshot(
             {(r["provider"], r["alias"]): r["secret"] for r in keys},
             {r["slug"]: r["base_url"].rstrip("/") for r in custom},
             {(r["provider"], r["model"]): PriceOverride(r["input_per_mtok"], r["output_per_mtok"],
                                                         r["cache_read_per_mtok"], r["cache_write_per_mtok"])
              for r in prices},
         )
-        self._cache[key] = snapshot
-        return snapshot
 
     def invalidate(self) -> None:
-        self._cache.clear()
+        self._cache.forget()

@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from gateway.db import Database
+from gateway.limits.invariants import check_limit_invariants
 from gateway.limits.reservations import Limits, bucket_lines
 from gateway.limits.rules import Rule, parse_rule
 
@@ -147,4 +148,12 @@ async def test_expired_reservations_release_their_pending(db: Database) -> None:
     assert outcome.ok
     assert await limits.expire_overdue(now=NOW + timedelta(seconds=2)) >= 1
     assert await bucket_totals(db, rule) == (0, 0)
-    assert not (await limits.settle(outcome.reservation_id, USD, now=NOW))["ok"]
+    # the call ends after its reservation expired: its cost is still recorded, once, and pending stays at zero
+    late = await limits.settle(outcome.reservation_id, USD // 2, now=NOW + timedelta(seconds=3))
+    assert late["ok"] and late["late"]
+    assert await bucket_totals(db, rule) == (USD // 2, 0)
+    again = await limits.settle(outcome.reservation_id, USD // 2, now=NOW + timedelta(seconds=3))
+    assert not again["ok"] and again["reason"] == "already settled"
+    assert await limits.expire_overdue(now=NOW + timedelta(seconds=4)) == 0
+    assert await bucket_totals(db, rule) == (USD // 2, 0)
+    assert not await check_limit_invariants(db)
