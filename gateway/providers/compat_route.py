@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 from starlette.types import Scope, Send
 
 from gateway.exchange import Exchange
@@ -116,6 +117,13 @@ async def serve_compat(router: Any, scope: Scope, send: Send, ex: Exchange, targ
             await _stream(router, send, ex, target, response, hide)
         else:
             await _json(router, send, ex, target, response)
+    except httpx.HTTPError as exc:
+        # Only `_read` lets one out (`_stream` ends the stream itself), so nothing was sent yet: a 502 naming the
+        # provider rather than a 500. `ex.status_code` keeps the provider's status, as in ProviderRouter._relay: a
+        # 2xx answer that broke settles as a stream that died without usage (the full reservation).
+        message = f"{target.provider} broke the connection before its answer was complete: {type(exc).__name__}"
+        await router._refuse(send, ex, 502, message, target)
+        ex.status_code = response.status_code
     finally:
         await response.aclose()
 

@@ -14,6 +14,7 @@ records usage and cost on the Exchange.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway.exchange import BodyTooLarge, Exchange, Usage
 from gateway.gateways import GatewayStore, UnknownAccount, UnknownGateway
@@ -148,12 +149,52 @@ class ProviderRouter:
         except RequestRefused as exc:
             await self._refuse(send, ex, exc.status, exc.message, None, header=exc.header)
             return
+        await self._serve_while_connected(scope, receive, send, ex, target)
+
+    async def _serve_while_connected(self, scope: Scope, receive: Receive, send: Send, ex: Exchange,
+                                     target: Target) -> None:
+        """Serve the call, but stop waiting for upstream if the client leaves before any answer started.
+
+        Why: the ASGI server does not cancel a request whose client went away, it only says so on `receive` (which
+        nothing else reads once the body is kept). Without this watch, a client that gave up on a hanging upstream
+        kept its call — and the call's spend reservation and credit hold — open until the upstream answered or the
+        first-byte timeout (300 s without `cf-aig-request-timeout`) passed. Now the wait is cancelled, the call
+        ends as 499 (client closed request; no 2xx, so nothing is billed) and SpendLimits releases at once.
+        Once the answer started, nothing changes: the response runs to its end (sends to a gone client are dropped,
+        the usage still arrives and is billed).
+        """
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
         if target.compat:
             from gateway.providers.compat_route import serve_compat
 
-            await serve_compat(self, scope, send, ex, target)
+            work = asyncio.ensure_future(serve_compat(self, scope, tracked, ex, target))
+        else:
+            work = asyncio.ensure_future(self.forward(scope, tracked, ex, target))
+        watch = asyncio.ensure_future(_client_gone(receive))
+        try:
+            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+            gone = watch.done() and not watch.cancelled() and watch.exception() is None and watch.result()
+            if gone and not work.done() and not started:
+                work.cancel()
+            await asyncio.wait({work})
+        finally:
+            watch.cancel()
+            if watch.done() and not watch.cancelled():
+                watch.exception()  # retrieved: a receive that failed is only a watch that could not be kept
+            if not work.done():  # we were cancelled ourselves: cancel the call too, and let it clean up
+                work.cancel()
+                await asyncio.wait({work})
+        if work.cancelled():
+            await self._refuse(send, ex, 499, f"the client went away before {target.provider} answered", target)
             return
-        await self.forward(scope, send, ex, target)
+        work.result()  # re-raise what the call raised
 
     def build_request(self, scope: Scope, ex: Exchange, target: Target, body: Any, raw: bytes | None) -> httpx.Request:
         auth = target.adapter.auth_headers(target.key) if target.key is not None else None
@@ -202,15 +243,27 @@ class ProviderRouter:
                                   override=target.price, custom=target.options.custom_cost)
 
     async def _relay(self, send: Send, ex: Exchange, target: Target, response: httpx.Response) -> None:
-        """Non-SSE: buffer up to the limit (for cf-aig-cost), stream the rest through."""
+        """Non-SSE: buffer up to the limit (for cf-aig-cost), stream the rest through.
+
+        An upstream that breaks while the held part is read (status line and headers came, then the connection
+        dropped) has sent nothing to the client yet: it gets a 502 naming the provider, instead of the exception
+        escaping as a 500. `ex.status_code` keeps the provider's 2xx: it may have billed us, so the call settles
+        like a stream that died without usage (the full reservation, gateway/limits/planner.py).
+        """
         head = bytearray()
         stream = response.aiter_raw()
         overflow = False
-        async for chunk in stream:
-            head += chunk
-            if len(head) > self.json_buffer_limit:
-                overflow = True
-                break
+        try:
+            async for chunk in stream:
+                head += chunk
+                if len(head) > self.json_buffer_limit:
+                    overflow = True
+                    break
+        except httpx.HTTPError as exc:
+            message = f"{target.provider} broke the connection before its answer was complete: {type(exc).__name__}"
+            await self._refuse(send, ex, 502, message, target)
+            ex.status_code = response.status_code
+            return
         headers = response_headers(response) + self.gateway_headers(ex, target)
         if not overflow:
             data: Any = None
@@ -289,6 +342,16 @@ class ProviderRouter:
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+async def _client_gone(receive: Receive) -> bool:
+    """True once the client disconnected: the body was already read, so a server's `receive` only waits for that.
+    A `receive` that answers something else (a replay of the body first, a test double every time) is tried a few
+    times, then not watched (False): never a busy loop."""
+    for _ in range(3):
+        if (await receive())["type"] == "http.disconnect":
+            return True
+    return False
 
 
 _USAGE_RE = re.compile(rb'"(usage|usageMetadata)"\s*:\s*(\{[^{}]*(\{[^{}]*\}[^{}]*)*\})')
