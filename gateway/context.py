@@ -54,3 +54,6 @@ def configure_logging(level: int = logging.WARNING) -> None:
     root.setLevel(level)
     for name in ("spendgate", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.INFO)
+    # asyncpg retries its pool's minimum size every second with a traceback while the database is away; our own
+    # tasks already say so in one line each
+    logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)

@@ -95,12 +95,22 @@ def unavailable(exc: BaseException) -> bool:
     return isinstance(exc, UNAVAILABLE)
 
 
+def log_failure(logger: logging.Logger, what: str, exc: BaseException) -> None:
+    """A background task's failure: one line while the database is away (it is expected and retried), the
+    traceback for anything else."""
+    if unavailable(exc):
+        logger.warning("%s: database unavailable (%s: %s); retrying", what, type(exc).__name__, exc)
+    else:
+        logger.error("%s failed", what, exc_info=exc)
+
+
 class Database:
     """The process's connection pool. `pool` is an asyncpg.Pool; jsonb columns decode to Python objects."""
 
     def __init__(self, pool: asyncpg.Pool, url: str) -> None:
         self.pool = pool
         self.url = url
+        self._expiring: asyncio.Task[None] | None = None
 
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 20) -> Database:
@@ -116,7 +126,8 @@ class Database:
     def connection_lost(self) -> None:
         """After an outage every pooled connection may be dead: replace them all on their next acquire, so the
         pool recovers at once instead of failing one request per stale connection."""
-        self.pool.expire_connections()
+        if self._expiring is None or self._expiring.done():
+            self._expiring = asyncio.get_running_loop().create_task(self.pool.expire_connections())
 
     def stats(self) -> tuple[int, int, int]:
         """(connections open, idle, max) for metrics."""

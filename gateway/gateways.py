@@ -171,26 +171,29 @@ class GatewayStore:
 
     async def _load(self, account_id: str, gateway_id: str) -> Gateway:
         row = await self.db.pool.fetchrow(
-            """
-            WITH acct AS (SELECT id FROM accounts WHERE id = $1),
-            created AS (
-                INSERT INTO gateways (account_id, id)
-                SELECT id, $2 FROM acct WHERE $2 = 'default'
-                ON CONFLICT DO NOTHING
-                RETURNING settings
-            )
-            SELECT (SELECT id FROM acct) AS account,
-                   COALESCE((SELECT settings FROM gateways WHERE account_id = $1 AND id = $2),
-                            (SELECT settings FROM created)) AS settings
-            """,
-            account_id,
-            gateway_id,
+            "SELECT (SELECT id FROM accounts WHERE id = $1) AS account, "
+            "(SELECT settings FROM gateways WHERE account_id = $1 AND id = $2) AS settings",
+            account_id, gateway_id,
         )
         if row is None or row["account"] is None:
             raise UnknownAccount(account_id)
-        if row["settings"] is None:
-            raise UnknownGateway(gateway_id)
-        return Gateway(account_id, gateway_id, GatewaySettings.from_json(row["settings"]))
+        settings = row["settings"]
+        if settings is None:
+            if gateway_id != "default":
+                raise UnknownGateway(gateway_id)
+            # Only an insert that happens may run the statement: the table's NOTIFY trigger fires per statement,
+            # even for one that inserts nothing, and would drop every instance's caches on every cache miss.
+            settings = await self.db.pool.fetchval(
+                "WITH created AS (INSERT INTO gateways (account_id, id) VALUES ($1, 'default') "
+                "ON CONFLICT DO NOTHING RETURNING settings) "
+                "SELECT coalesce((SELECT settings FROM created), "
+                "(SELECT settings FROM gateways WHERE account_id = $1 AND id = 'default'))",
+                account_id,
+            )
+            if settings is None:  # created by another instance after this statement's snapshot was taken
+                settings = await self.db.pool.fetchval(
+                    "SELECT settings FROM gateways WHERE account_id = $1 AND id = 'default'", account_id)
+        return Gateway(account_id, gateway_id, GatewaySettings.from_json(settings))
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="spendgate-config-listener")

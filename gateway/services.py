@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.db import Database, embedded_database_url, migrate
+from gateway.db import Database, embedded_database_url, log_failure, migrate
 from gateway.gateways import GatewayStore
 from gateway.ledger import AutoTopUps, Ledger
 from gateway.limits.alerts import AlertDelivery
@@ -182,8 +182,8 @@ class Services:
             await asyncio.sleep(interval)
             try:
                 await self.settlements.retry_waiting()
-            except Exception:
-                log.exception("settlement retry")
+            except Exception as exc:
+                log_failure(log, "settlement retry", exc)
 
     async def _deliver_alerts(self, interval: float = 1.0) -> None:
         """Drain the alert outbox (limits.alerts) to the gateways' webhooks; every instance may run it."""
@@ -191,8 +191,8 @@ class Services:
         while True:
             try:
                 await self.alerts.deliver_due()
-            except Exception:
-                log.exception("alert delivery")
+            except Exception as exc:
+                log_failure(log, "alert delivery", exc)
             await asyncio.sleep(interval)
 
     async def _sweep(self, interval: float = 5.0) -> None:
@@ -203,6 +203,6 @@ class Services:
             try:
                 await limits.expire_overdue()
                 await self.ledger.expire_due()
-            except Exception:
-                log.exception("sweeper")
+            except Exception as exc:
+                log_failure(log, "sweeper", exc)
             await asyncio.sleep(interval)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from gateway.db import log_failure
 from gateway.ledger.ledger import Ledger, LedgerError
 
 log = logging.getLogger("spendgate.ledger")
@@ -92,8 +93,8 @@ class AutoTopUps:
             while True:
                 try:
                     await self.run_once()
-                except Exception:
-                    log.exception("auto top-up worker")
+                except Exception as exc:
+                    log_failure(log, "auto top-up worker", exc)
                 await asyncio.sleep(interval)
 
         self._task = asyncio.create_task(loop(), name="spendgate-auto-topups")
