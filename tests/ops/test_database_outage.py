@@ -92,11 +92,11 @@ async def stream(client: httpx.AsyncClient, url: str, account: str) -> bytes:
     return bytes(received)
 
 
-async def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_until(predicate: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
     while not await predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
+            raise AssertionError(f"not within {within}s: {what}")
         await asyncio.sleep(0.2)
 
 
