@@ -25,6 +25,7 @@ from gateway.middleware.gateway_auth import GatewayAuth, TokenStore
 from gateway.middleware.request_log import RequestLog
 from gateway.middleware.server_errors import ServerErrors
 from gateway.middleware.spend_limits import SpendLimits
+from gateway.middleware.tracing import Tracing
 from gateway.middleware.zdr import ZeroDataRetention
 from gateway.providers.router import ProviderRouter
 from gateway.services import Services
@@ -47,7 +48,7 @@ class _StartServices:
 class _Chain:
     """The request path, built once the shared services exist. Outermost first, as in DESIGN.md:
 
-    RequestLog ─► ServerErrors ─► GatewayAuth ─► AccessIdentity ─► Attribution ─► ZeroDataRetention
+    RequestLog ─► (Tracing) ─► ServerErrors ─► GatewayAuth ─► AccessIdentity ─► Attribution ─► ZeroDataRetention
         ─► DynamicRoutes ─► SpendLimits ─► ProviderRouter
     """
 
@@ -68,6 +69,7 @@ class _Chain:
         fail_open = s.settings.db_unavailable == "fail_open_byok"
         chain: list[tuple[Any, dict[str, Any]]] = [  # outermost first
             (RequestLog, {"gateways": s.gateways, "writer": s.log_writer, "observe": s.metrics.observe}),
+            *([(Tracing, {})] if s.settings.otel else []),  # SPENDGATE_OTEL=true, with the `tracing` extra
             (ServerErrors, {"on_db_unavailable": s.db.connection_lost}),
             (GatewayAuth, {"gateways": s.gateways, "tokens": tokens, "verifier": verifier}),
             (AccessIdentity, {"verifier": verifier}),

@@ -81,6 +81,7 @@ class Settings:
     # "fail_open_byok" (BYOK requests without blocking rules pass on the last known configuration)
     db_unavailable: str = "fail_closed"
     shutdown_timeout_seconds: float = 30.0  # SIGTERM: in-flight requests (streams too) get this long to finish
+    otel: bool = False  # one OpenTelemetry span per request (needs the `tracing` extra)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
@@ -124,4 +125,5 @@ class Settings:
             db_unavailable=_choice(get("SPENDGATE_DB_UNAVAILABLE") or "fail_closed", "SPENDGATE_DB_UNAVAILABLE",
                                    ("fail_closed", "fail_open_byok")),
             shutdown_timeout_seconds=float(get("SPENDGATE_SHUTDOWN_TIMEOUT_S") or 30.0),
+            otel=(get("SPENDGATE_OTEL") or "false").lower() in ("1", "true", "yes"),
         )
