@@ -14,9 +14,11 @@ def database_url() -> Iterator[str]:
         yield url
 
 
+# The suite shares one Postgres server whose default max_connections is 100: this pool, the package-scoped gateway
+# stacks (10 and 15) and up to three `spendgate serve` processes of 10 each (tests/cluster.py) stay well below it.
 @pytest.fixture(scope="session")
 async def db(database_url: str) -> AsyncIterator[Database]:
-    database = await Database.connect(database_url, min_size=2, max_size=20)
+    database = await Database.connect(database_url, min_size=2, max_size=16)
     try:
         yield database
     finally:

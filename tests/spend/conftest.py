@@ -122,7 +122,7 @@ def spend_stack(database_url: str) -> Iterator[SpendStack]:
                  for p in PROVIDERS if p in fakes}
     webhook, idp = Webhook(), IdP()
     settings = Settings(database_url=database_url, admin_token=ADMIN, providers=providers, jwt_issuer=idp.issuer,
-                        jwks_url=idp.issuer + "/cdn-cgi/access/certs", jwt_audience=(AUD,), db_pool_max=30)
+                        jwks_url=idp.issuer + "/cdn-cgi/access/certs", jwt_audience=(AUD,), db_pool_max=15)
     gateway = FakeServer(create_app(settings, background=True), lifespan="on").start()
     try:
         yield SpendStack(gateway, fakes, apps, webhook, idp, settings)
