@@ -25,9 +25,9 @@ def embedded_database_url(data_dir: Path) -> str:
     """Start (or reuse) the embedded Postgres under data_dir/pg and return its URL."""
     import pgserver  # imported lazily: production never needs it
 
-    pgdata = (data_dir / "pg").resolve()
+    pgdata = (data_dir / "pg").resolve()  # pgserver re-exports get_server without __all__
     pgdata.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
     return str(server.get_uri())
 
 
@@ -152,4 +152,5 @@ def run_script(sql: str) -> None:
     from sqlalchemy.util import await_only
 
     driver_connection = op.get_bind().connection.driver_connection
+    assert driver_connection is not None
     await_only(driver_connection.execute(sql))

@@ -59,7 +59,7 @@ def _json_arg(text: str) -> Any:
         raise SystemExit(f"not JSON: {exc}") from None
 
 
-def _gateway_call(args: argparse.Namespace, action: str) -> Call:
+def _gateway_call(args: argparse.Namespace, action: str | None) -> Call:
     base = f"/accounts/{args.account}/gateways/{args.gateway}"
     collection = {"limits": "spend-limits", "policies": "policies", "routes": "routes"}[args.command]
     match action:

@@ -17,7 +17,7 @@ from gateway.settings import PROVIDERS
 
 router = AdminRouter("gateways and providers")
 
-SETTINGS_SCHEMA = {"type": "object", "description": "any of the gateway settings of SPEC §9",
+SETTINGS_SCHEMA: dict[str, Any] = {"type": "object", "description": "any of the gateway settings of SPEC §9",
                    "properties": {name: {} for name in GatewaySettings().to_json()}}
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 
@@ -293,7 +293,8 @@ async def put_prices(request: Request, services: Any, account: str, gateway: str
             "cache_read_per_mtok, cache_write_per_mtok) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", rows,
         )
     services.providers.invalidate()
-    return await list_prices(request, services, account, gateway)
+    page: Page = await list_prices(request, services, account, gateway)
+    return page
 
 
 # -- gateway tokens ----------------------------------------------------------------------------------------------

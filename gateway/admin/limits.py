@@ -172,7 +172,7 @@ def _iso(row: dict[str, Any]) -> dict[str, Any]:
 @router.route("GET", "/accounts/{account}/gateways/{gateway}/routes", "Dynamic routes")
 async def list_routes(request: Request, services: Any, account: str, gateway: str) -> Page:
     await ensure_gateway(services.db, account, gateway)
-    return Page([_iso(r) for r in await _routes(services).list(account, gateway)])
+    return Page([_iso(r) for r in await _routes(services).summaries(account, gateway)])
 
 
 @router.route("POST", "/accounts/{account}/gateways/{gateway}/routes",

@@ -92,8 +92,8 @@ class RouterPlanner:
         prices = unit_prices(target.provider, target.model, target.price)
         if prices is None:
             return None
-        usd: Decimal = input_tokens * prices.input + output_tokens * prices.output
-        return to_nano(usd, round_up=True)
+        worst: Decimal = input_tokens * prices.input + output_tokens * prices.output
+        return to_nano(worst, round_up=True)
 
     @staticmethod
     def _inject_limit(exchange: Exchange, target: Target, limit: int) -> None:
@@ -103,7 +103,7 @@ class RouterPlanner:
             return
         if "." in field:
             outer, inner = field.split(".")
-            config = body.get(outer) if isinstance(body.get(outer), dict) else {}
+            config: dict[str, Any] = body[outer] if isinstance(body.get(outer), dict) else {}
             body = {**body, outer: {**config, inner: limit}}
         else:
             body = {**body, field: limit}

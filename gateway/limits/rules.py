@@ -64,7 +64,7 @@ class Rule:
                     return []
                 continue
             if isinstance(value, list | tuple):
-                values = sorted({str(v) for v in value}) or [None]
+                values: list[str | None] = [*sorted({str(v) for v in value})] or [None]
                 choices.append([(dim.name, v) for v in values])
             else:
                 choices.append([(dim.name, value)])

@@ -101,7 +101,7 @@ class LimitStore:
             account, gateway, uuid.UUID(rule_id),
         )
         self.invalidate()
-        return status.endswith(" 1")
+        return bool(status.endswith(" 1"))
 
     async def create_policy(self, account: str, gateway: str, group: str, models: tuple[str, ...]) -> Policy:
         row = await self.db.pool.fetchrow(
@@ -117,7 +117,7 @@ class LimitStore:
             account, gateway, uuid.UUID(policy_id),
         )
         self.invalidate()
-        return status.endswith(" 1")
+        return bool(status.endswith(" 1"))
 
 
 async def bucket_status(db: Database, rule: Rule, now: datetime) -> list[dict[str, Any]]:

@@ -354,15 +354,15 @@ def to_gemini_request(body: dict[str, Any]) -> dict[str, Any]:
         elif role == "assistant":
             parts = [_gemini_part(p) for p in _parts(m.get("content"), f"messages[{i}].content")]
             for call in m.get("tool_calls") or []:
-                name = (call.get("function") or {}).get("name")
+                name = str((call.get("function") or {}).get("name") or "")
                 names[str(call.get("id"))] = name
                 parts.append({"functionCall": {"name": name, "args": _arguments(call)}})
             add("model", parts)
         else:
-            name = names.get(str(m.get("tool_call_id")))
-            if name is None:
+            called = names.get(str(m.get("tool_call_id")))
+            if called is None:
                 raise CompatError(f"messages[{i}].tool_call_id names no earlier tool call", f"messages[{i}]")
-            add("user", [{"functionResponse": {"name": name, "response": {"content": _text_of(m.get("content"))}}}])
+            add("user", [{"functionResponse": {"name": called, "response": {"content": _text_of(m.get("content"))}}}])
     out: dict[str, Any] = {"contents": contents}
     if system:
         out["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
@@ -404,7 +404,8 @@ def _gemini_usage(u: dict[str, Any]) -> dict[str, Any]:
 
 
 def _gemini_content(candidate: dict[str, Any], call_offset: int = 0) -> tuple[str, list[dict[str, Any]]]:
-    text, calls = [], []
+    text: list[str] = []
+    calls: list[dict[str, Any]] = []
     for part in (candidate.get("content") or {}).get("parts") or []:
         if "text" in part and not part.get("thought"):
             text.append(part["text"])

@@ -104,10 +104,10 @@ async def serve_compat(router: Any, scope: Scope, send: Send, ex: Exchange, targ
     try:
         if response.status_code >= 400:
             raw = await _read(response)
-            error = raw if target.adapter.name not in ("anthropic", "google-ai-studio") else None
+            passthrough = raw if target.adapter.name not in ("anthropic", "google-ai-studio") else None
             ex.error = f"{target.provider} answered {response.status_code}"
-            if error is not None:
-                await _send_raw(send, response.status_code, error, router.gateway_headers(ex, target))
+            if passthrough is not None:
+                await _send_raw(send, response.status_code, passthrough, router.gateway_headers(ex, target))
             else:
                 await _send_json(send, response.status_code,
                                  error_from_provider(target.provider, response.status_code, raw),

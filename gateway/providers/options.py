@@ -32,11 +32,11 @@ class RequestOptions:
 
     def delay_s(self, failed_attempts: int) -> float:
         """Pause before the next attempt, after `failed_attempts` (1, 2, ...) failures."""
-        base = self.retry_delay_ms / 1000
+        base = float(self.retry_delay_ms) / 1000
         if self.backoff == "linear":
             return base * failed_attempts
         if self.backoff == "exponential":
-            return base * 2 ** (failed_attempts - 1)
+            return base * float(2 ** (failed_attempts - 1))
         return base
 
 

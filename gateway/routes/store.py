@@ -46,7 +46,7 @@ class RouteStore:
             self._deployed[key] = None if row is None else (row["version"], row["graph"])
         return self._deployed[key]
 
-    async def list(self, account: str, gateway: str) -> list[dict[str, Any]]:
+    async def summaries(self, account: str, gateway: str) -> list[dict[str, Any]]:
         rows = await self.db.pool.fetch(
             """SELECT r.name, r.deployed_version, r.created_at, max(v.version) AS latest_version
                  FROM routes r LEFT JOIN route_versions v ON v.route_id = r.id

@@ -28,7 +28,7 @@ async def test_versions_and_deploy(db: Database) -> None:
     await store.deploy(account, "gw", "support", 2)
     assert (await store.deployed(account, "gw", "support")) == V2
     assert [v["deployed"] for v in await store.versions(account, "gw", "support")] == [False, True]
-    assert (await store.list(account, "gw"))[0]["latest_version"] == 2
+    assert (await store.summaries(account, "gw"))[0]["latest_version"] == 2
     with pytest.raises(RouteNotFound):
         await store.deploy(account, "gw", "support", 7)
     with pytest.raises(RouteNotFound):
