@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test migrate lint bench install clean
+.PHONY: run test migrate lint bench soak install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ lint: $(STAMP)
 	$(BIN)/mypy gateway
 
 bench: $(STAMP)
-	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in bench/*.py; do case $$script in */soak.py|*/_*) continue;; esac; \
+		echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+soak: $(STAMP)  # 10 minutes of mixed traffic through three instances behind nginx
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .spendgate .pytest_cache .mypy_cache .ruff_cache

@@ -4,6 +4,7 @@ fault tests. Each process gets its own log file, is waited for on `/readyz`, and
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,7 +74,7 @@ class GatewayProcess:
         try:
             return self.log_path.read_text(errors="replace")[-5000:]
         except FileNotFoundError:
-            return ""
+            return getattr(self, "_final_log", "")
 
     @property
     def pid(self) -> int:
@@ -92,7 +93,8 @@ class GatewayProcess:
             return None
 
     def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM (graceful), then SIGKILL past the timeout. Returns the exit code."""
+        """SIGTERM (graceful), then SIGKILL past the timeout. Returns the exit code. The work directory goes too
+        (read `log()` before stopping when a test wants it)."""
         if self.process is None:
             return None
         if self.process.poll() is None:
@@ -100,6 +102,8 @@ class GatewayProcess:
             if self.wait(timeout) is None:
                 self.process.kill()
                 self.process.wait(10)
+        self._final_log = self.log()
+        shutil.rmtree(self.workdir, ignore_errors=True)
         return self.process.returncode
 
 
