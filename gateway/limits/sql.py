@@ -11,6 +11,10 @@ actual cost is added to `spent` in the bucket (fixed) or in the slice (rolling) 
 `alert_window`, rolling rules included), and the credit hold, if any, is settled with the
 actual cost in the same transaction. A settlement that arrives after the sweeper expired its reservation is still
 recorded, once (outcome `late`, migration 0011): a call that happened is never left unbilled.
+
+Batched variants with the same semantics, `limits.reserve_many` / `limits.settle_many` (many reservations or
+settlements in one transaction, for hot buckets), are defined in migration 0012_limits_batched and used by
+gateway/limits/reservations.py for reservations without a credit hold.
 """
 
 RESERVE = r"""
