@@ -30,6 +30,8 @@ class ConfigCache(Generic[K, V]):
         self.fail_open = fail_open
         self._fresh: dict[K, V] = {}
         self._last_known: dict[K, V] = {}
+        # bumped by every clear: a load that started before a change must not store what it read
+        self._generation = 0
 
     def peek(self, key: K) -> V | None:
         return self._fresh.get(key)
@@ -43,6 +45,7 @@ class ConfigCache(Generic[K, V]):
         cached = self._fresh.get(key)
         if cached is not None:
             return cached
+        generation = self._generation
         try:
             value = await load()
         except Exception as exc:
@@ -50,13 +53,15 @@ class ConfigCache(Generic[K, V]):
                 log.warning("database unavailable: serving the last known configuration for %s", key)
                 return self._last_known[key]
             raise
-        self.put(key, value)
+        if generation == self._generation:  # else a change arrived while loading: serve it once, keep nothing
+            self.put(key, value)
         return value
 
     def clear(self) -> None:
+        self._generation += 1
         self._fresh.clear()
 
     def forget(self) -> None:
-        """Drop the last-known values too (a deleted gateway must not come back during an outage)."""
-        self._fresh.clear()
+        """Drop the last-known values too (the data changed: what was known is no longer true)."""
+        self.clear()
         self._last_known.clear()
