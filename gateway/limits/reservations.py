@@ -142,6 +142,8 @@ def _remember(cache: dict[Any, Any], key: Any, value: Any) -> Any:
 
 def _hashable(value: Any) -> Any:
     """A cache key part for an attribute value: typed (True, 1 and 1.0 make different bucket keys)."""
+    if isinstance(value, float):  # 0.0 == -0.0, but json (the bucket key) tells them apart
+        return (float, repr(value))
     if isinstance(value, list | tuple):
         return (list, tuple(_hashable(v) for v in value))
     if isinstance(value, dict):
@@ -233,10 +235,20 @@ class _Batcher:
     def _dispatch(self) -> None:
         while self._queue and self._inflight < self.max_inflight:
             batch: list[tuple[Item, asyncio.Future[Answer]]] = []
+            ids: set[uuid.UUID] = set()
+            later: list[tuple[Item, asyncio.Future[Answer]]] = []
             while self._queue and len(batch) < self.max_batch:
                 item, future = self._queue.popleft()
-                if not future.done():
-                    batch.append((item, future))
+                if future.done():
+                    continue
+                if item.id in ids:
+                    # the same id twice in one batch is not "one after the other" (a refused reservation replayed
+                    # would be answered as a replay of a grant): it goes in a later batch
+                    later.append((item, future))
+                    continue
+                ids.add(item.id)
+                batch.append((item, future))
+            self._queue.extendleft(reversed(later))
             if not batch:
                 return
             self._inflight += 1
