@@ -153,6 +153,8 @@ class Services:
             # (those included) are flushed; only then do the background tasks and the pool go.
             if self.settlements is not None:
                 await self.settlements.drain(deadline_s=10.0)
+            if self.limits is not None:
+                await self.limits.drain()
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)

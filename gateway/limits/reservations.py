@@ -332,6 +332,17 @@ class Limits:
         answers: list[Answer | Exception] = result if isinstance(result, list) else json.loads(result)
         return answers
 
+    async def drain(self, deadline_s: float = 5.0) -> None:
+        """Shutdown: wait for the batches in flight and the orphan releases, so that none of them meets a closed
+        pool (what is still queued is sent by the batches that finish)."""
+        end = asyncio.get_running_loop().time() + deadline_s
+        while True:  # an orphan release starts a settlement batch: look again until nothing is left
+            pending = {*self._reserves._tasks, *self._settles._tasks, *self._orphans}
+            left = end - asyncio.get_running_loop().time()
+            if not pending or left <= 0:
+                return
+            await asyncio.wait(pending, timeout=left)
+
     def _release_orphan(self, item: Item, result: Answer) -> None:
         """A reservation granted to a caller that was cancelled meanwhile: nothing was called, release it."""
         if result.get("ok") and not result.get("replay"):
