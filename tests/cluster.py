@@ -3,6 +3,7 @@ fault tests. Each process gets its own log file, is waited for on `/readyz`, and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,17 @@ class GatewayProcess:
         self._final_log = self.log()
         shutil.rmtree(self.workdir, ignore_errors=True)
         return self.process.returncode
+
+
+@contextlib.contextmanager
+def running(processes: list[GatewayProcess], timeout: float = 90.0) -> Iterator[list[GatewayProcess]]:
+    """Start them all, wait until each is ready, and always stop them all."""
+    start_all(processes, timeout)
+    try:
+        yield processes
+    finally:
+        for p in processes:
+            p.stop()
 
 
 def start_all(processes: list[GatewayProcess], timeout: float = 90.0) -> list[GatewayProcess]:

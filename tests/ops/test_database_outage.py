@@ -21,7 +21,7 @@ import pytest
 
 from gateway.db import Database
 from gateway.limits.invariants import assert_all_invariants
-from tests.cluster import GatewayProcess, Operator, gateway_env, start_all
+from tests.cluster import GatewayProcess, Operator, gateway_env, running
 from tests.fakes import FakeServer, openai_app
 from tests.ops.private_pg import PrivatePostgres
 
@@ -51,14 +51,9 @@ def upstream() -> Iterator[FakeServer]:
 @pytest.fixture(scope="module")
 def pair(private_pg: PrivatePostgres, upstream: FakeServer) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
     env = gateway_env(private_pg.url, ADMIN, {"openai": upstream.url + "/v1"})
-    a = GatewayProcess(env)
-    b = GatewayProcess({**env, "SPENDGATE_DB_UNAVAILABLE": "fail_open_byok"})
-    start_all([a, b])
-    try:
+    fail_open = {**env, "SPENDGATE_DB_UNAVAILABLE": "fail_open_byok"}
+    with running([GatewayProcess(env), GatewayProcess(fail_open)]) as (a, b):
         yield a, b
-    finally:
-        a.stop()
-        b.stop()
 
 
 @pytest.fixture

@@ -89,15 +89,22 @@ async def log_rows(db: Database, account: str) -> int:
     return int(await db.pool.fetchval("SELECT count(*) FROM request_logs WHERE account_id = $1", account))
 
 
+async def streams_under_way(gateway: GatewayProcess, n: int, chunk_delay_ms: int
+                            ) -> tuple[str, dict[str, Any], list[asyncio.Task[Any]]]:
+    """A fresh account with a $5 daily rule and $10 of credits, and n of its streams, each past its first bytes."""
+    operator = Operator(gateway.url, ADMIN)
+    account = operator.new_account(credits_usd="10")
+    rule = operator.rule(account, name="daily", budget_usd="5", window="daily")
+    tasks, all_started = await open_streams(gateway.url, account, n, chunk_delay_ms=chunk_delay_ms)
+    await asyncio.wait_for(all_started.wait(), 20)
+    return account, rule, tasks
+
+
 async def test_sigterm_lets_streams_finish_then_settles_and_flushes(database_url: str, db: Database,
                                                                      upstream: FakeServer) -> None:
     gateway = start_gateway(database_url, upstream, SPENDGATE_SHUTDOWN_TIMEOUT_S="20")
     try:
-        operator = Operator(gateway.url, ADMIN)
-        account = operator.new_account(credits_usd="10")
-        rule = operator.rule(account, name="daily", budget_usd="5", window="daily")
-        tasks, all_started = await open_streams(gateway.url, account, STREAMS, chunk_delay_ms=200)
-        await asyncio.wait_for(all_started.wait(), 20)
+        account, rule, tasks = await streams_under_way(gateway, STREAMS, chunk_delay_ms=200)
         gateway.signal(signal.SIGTERM)
         await asyncio.sleep(0.5)
         with pytest.raises(httpx.ConnectError):  # no longer accepting
@@ -124,11 +131,7 @@ async def test_streams_past_the_deadline_are_cut_but_still_settled(database_url:
                                                                     upstream: FakeServer) -> None:
     gateway = start_gateway(database_url, upstream, SPENDGATE_SHUTDOWN_TIMEOUT_S="1")
     try:
-        operator = Operator(gateway.url, ADMIN)
-        account = operator.new_account(credits_usd="10")
-        rule = operator.rule(account, name="daily", budget_usd="5", window="daily")
-        tasks, all_started = await open_streams(gateway.url, account, 4, chunk_delay_ms=2000)  # ~25 s each
-        await asyncio.wait_for(all_started.wait(), 20)
+        account, rule, tasks = await streams_under_way(gateway, 4, chunk_delay_ms=2000)  # ~25 s each
         began = time.monotonic()
         gateway.signal(signal.SIGTERM)
         results = await asyncio.gather(*tasks)

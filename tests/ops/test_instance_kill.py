@@ -19,7 +19,7 @@ import pytest
 
 from gateway.db import Database
 from gateway.limits.invariants import assert_all_invariants
-from tests.cluster import GatewayProcess, Operator, gateway_env, start_all
+from tests.cluster import GatewayProcess, Operator, gateway_env, running
 from tests.fakes import FakeServer, openai_app
 
 pytestmark = pytest.mark.timeout(120)
@@ -41,12 +41,8 @@ def upstream() -> Iterator[FakeServer]:
 def three(database_url: str, upstream: FakeServer) -> Iterator[list[GatewayProcess]]:
     env = gateway_env(database_url, ADMIN, {"openai": upstream.url + "/v1"},
                       SPENDGATE_HOLD_TTL_SECONDS=str(TTL_S), SPENDGATE_SWEEP_INTERVAL_S="0.5")
-    processes = start_all([GatewayProcess(env) for _ in range(3)])
-    try:
+    with running([GatewayProcess(env) for _ in range(3)]) as processes:
         yield processes
-    finally:
-        for p in processes:
-            p.stop()
 
 
 async def test_kill_9_mid_stream(three: list[GatewayProcess], db: Database) -> None:

@@ -10,10 +10,8 @@ import asyncio
 import itertools
 import json
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -23,7 +21,7 @@ import pytest
 
 from gateway.db import Database
 from gateway.limits.invariants import assert_all_invariants
-from tests.cluster import GatewayProcess, gateway_env, start_all
+from tests.cluster import GatewayProcess, Operator, gateway_env, running
 from tests.fakes import FakeServer, openai_app
 from tests.ops.nginx import Nginx, nginx_binary
 
@@ -34,46 +32,15 @@ pytestmark = [
 ]
 
 ADMIN = "ops-tests-admin"
-USD_PER_TOKEN_OUT = "1000"  # USD per million output tokens: one output token costs $0.001
 MODEL = "gpt-4o-mini"
 
 
-@dataclass
-class Cluster:
-    fake: FakeServer
-    gateways: list[GatewayProcess]
-    lb: Nginx
+class Cluster(Operator):
+    """The processes, the load balancer, and the admin API through the load balancer, as an operator reaches it."""
 
-    def admin(self) -> httpx.Client:
-        """The admin API through the load balancer, as an operator would reach it."""
-        return httpx.Client(base_url=self.lb.url + "/admin", headers={"Authorization": f"Bearer {ADMIN}"},
-                            timeout=10)
-
-    def new_account(self, credits_usd: str) -> str:
-        """A fresh account with gateway `g`: $0.001 per output token, nothing per input token, credits topped up."""
-        account = f"ops-{uuid.uuid4().hex[:10]}"
-        with self.admin() as admin:
-            assert admin.post("/accounts", json={"id": account}).status_code == 201
-            assert admin.post(f"/accounts/{account}/gateways", json={"id": "g"}).status_code == 201
-            prices = [{"provider": "*", "model": MODEL, "input_per_mtok": "0", "output_per_mtok": USD_PER_TOKEN_OUT}]
-            assert admin.put(f"/accounts/{account}/gateways/g/prices", json={"prices": prices}).status_code == 200
-            assert admin.post(f"/accounts/{account}/credits/topups",
-                              json={"amount_usd": credits_usd, "idempotency_key": "seed"}).status_code == 201
-        return account
-
-    def rule(self, account: str, **spec: Any) -> dict[str, Any]:
-        with self.admin() as admin:
-            answer = admin.post(f"/accounts/{account}/gateways/g/spend-limits", json=spec)
-        assert answer.status_code == 201, answer.text
-        return answer.json()["result"]  # type: ignore[no-any-return]
-
-    def buckets(self, account: str, rule_id: str) -> list[dict[str, Any]]:
-        with self.admin() as admin:
-            return admin.get(f"/accounts/{account}/gateways/g/spend-limits/{rule_id}").json()["result"]["buckets"]  # type: ignore[no-any-return]
-
-    def credits(self, account: str) -> dict[str, Any]:
-        with self.admin() as admin:
-            return admin.get(f"/accounts/{account}/credits").json()["result"]  # type: ignore[no-any-return]
+    def __init__(self, fake: FakeServer, gateways: list[GatewayProcess], lb: Nginx) -> None:
+        super().__init__(lb.url, ADMIN)
+        self.fake, self.gateways, self.lb = fake, gateways, lb
 
     def client(self, account: str, connections: int = 10) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(
@@ -96,21 +63,14 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(database_url: str) -> Iterator[Cluster]:
-    fake = FakeServer(openai_app("/v1")).start()
-    try:
+    with FakeServer(openai_app("/v1")) as fake:
         # nginx is the trusted proxy on loopback: client addresses come from its X-Forwarded-For
         env = gateway_env(database_url, ADMIN, {"openai": fake.url + "/v1"}, SPENDGATE_TRUSTED_PROXIES="127.0.0.1")
-        gateways = start_all([GatewayProcess(env) for _ in range(3)], timeout=40)
-        try:
-            with Nginx([f"127.0.0.1:{g.port}" for g in gateways]) as lb:
-                yield Cluster(fake, gateways, lb)
-                for g in gateways:
-                    assert g.process is not None and g.process.poll() is None, g.log()
-        finally:
+        with running([GatewayProcess(env) for _ in range(3)], timeout=40) as gateways, \
+                Nginx([f"127.0.0.1:{g.port}" for g in gateways]) as lb:
+            yield Cluster(fake, gateways, lb)
             for g in gateways:
-                g.stop(10)
-    finally:
-        fake.stop()
+                assert g.process is not None and g.process.poll() is None, g.log()
 
 
 def usage_header(output_tokens: int) -> dict[str, str]:

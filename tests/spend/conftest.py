@@ -3,7 +3,6 @@ clock for spend-limit windows, an alert webhook receiver and a local IdP for ide
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,11 +17,12 @@ from starlette.routing import Route
 
 from gateway.app import create_app
 from gateway.settings import PROVIDERS, ProviderConfig, Settings
+from tests.cluster import Operator
 from tests.fakes import FakeServer, anthropic_app, gemini_app, openai_app
 from tests.middleware.test_identity import AUD, IdP
 
 ADMIN = "spend-tests-admin"
-USD_PER_TOKEN_OUT = "1000"  # USD per million output tokens: one output token costs $0.001
+MODELS = ("gpt-4o-mini", "gpt-4o", "llama-3.3-70b-versatile", "claude-haiku-4-5")
 
 
 class Webhook:
@@ -79,37 +79,27 @@ class SpendStack:
     def recorder(self, provider: str) -> Any:
         return self.apps[provider].state.recorder
 
+    @property
+    def operator(self) -> Operator:
+        return Operator(self.gateway.url, ADMIN)
+
     def admin(self) -> httpx.Client:
-        return httpx.Client(base_url=self.gateway.url + "/admin", headers={"Authorization": f"Bearer {ADMIN}"})
+        return self.operator.admin()
 
     def new_gateway(self, *, credits_usd: str | None = None, **settings: Any) -> tuple[str, str]:
         """A fresh account with gateway `g` whose models cost $0.001 per output token and nothing per input
         token (so a request's worst case equals its cost when the fake reports max_tokens output tokens)."""
-        account = f"s-{uuid.uuid4().hex[:10]}"
-        with self.admin() as admin:
-            assert admin.post("/accounts", json={"id": account}).status_code == 201
-            assert admin.post(f"/accounts/{account}/gateways", json={"id": "g", **settings}).status_code == 201
-            prices = [{"provider": "*", "model": m, "input_per_mtok": "0", "output_per_mtok": USD_PER_TOKEN_OUT}
-                      for m in ("gpt-4o-mini", "gpt-4o", "llama-3.3-70b-versatile", "claude-haiku-4-5")]
-            assert admin.put(f"/accounts/{account}/gateways/g/prices", json={"prices": prices}).status_code == 200
-            if credits_usd:
-                assert admin.post(f"/accounts/{account}/credits/topups",
-                                  json={"amount_usd": credits_usd, "idempotency_key": "seed"}).status_code == 201
+        account = self.operator.new_account(credits_usd=credits_usd, models=MODELS, **settings)
         return account, f"{self.gateway.url}/v1/{account}/g"
 
     def rule(self, account: str, **spec: Any) -> dict[str, Any]:
-        with self.admin() as admin:
-            answer = admin.post(f"/accounts/{account}/gateways/g/spend-limits", json=spec)
-        assert answer.status_code == 201, answer.text
-        return answer.json()["result"]  # type: ignore[no-any-return]
+        return self.operator.rule(account, **spec)
 
     def buckets(self, account: str, rule_id: str) -> list[dict[str, Any]]:
-        with self.admin() as admin:
-            return admin.get(f"/accounts/{account}/gateways/g/spend-limits/{rule_id}").json()["result"]["buckets"]
+        return self.operator.buckets(account, rule_id)
 
     def credits(self, account: str) -> dict[str, Any]:
-        with self.admin() as admin:
-            return admin.get(f"/accounts/{account}/credits").json()["result"]  # type: ignore[no-any-return]
+        return self.operator.credits(account)
 
 
 @pytest.fixture(scope="package")

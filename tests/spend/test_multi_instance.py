@@ -12,7 +12,7 @@ import pytest
 
 from gateway.db import Database
 from gateway.limits.invariants import assert_all_invariants
-from tests.cluster import GatewayProcess, gateway_env, start_all
+from tests.cluster import GatewayProcess, gateway_env, running
 from tests.spend.conftest import ADMIN, SpendStack
 
 ROUNDS = 10
@@ -21,12 +21,8 @@ ROUNDS = 10
 @pytest.fixture(scope="module")
 def three_gateways(spend_stack: SpendStack, database_url: str) -> Iterator[list[GatewayProcess]]:
     env = gateway_env(database_url, ADMIN, {"openai": spend_stack.fakes["openai"].url + "/v1"})
-    processes = start_all([GatewayProcess(env) for _ in range(3)])
-    try:
+    with running([GatewayProcess(env) for _ in range(3)]) as processes:
         yield processes
-    finally:
-        for p in processes:
-            p.stop()
 
 
 async def burst(urls: list[str], path: str, n: int, headers: dict[str, str]) -> list[httpx.Response]:
