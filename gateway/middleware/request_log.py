@@ -99,12 +99,11 @@ class RequestLog:
             raise
         finally:
             request_id_var.reset(token)
+            if ex.status_code is None:
+                ex.status_code = status
             if self.observe is not None:
-                if ex.status_code is None:
-                    ex.status_code = status
                 self.observe(ex, time.perf_counter() - ex.started)
             if collect and gateway is not None:
-                ex.status_code = ex.status_code if ex.status_code is not None else status
                 self.writer.submit(self.row(ex, status, bytes(captured) if payloads else None),
                                    gateway.settings.log_retention)
 
