@@ -16,7 +16,7 @@ from starlette.requests import Request
 from gateway.admin.api import AdminError, AdminRouter, Created, Page, json_body, not_found
 from gateway.admin.gateways import ensure_gateway
 from gateway.limits.policies import validate_policy
-from gateway.limits.rules import Rule, RuleError
+from gateway.limits.rules import Rule, RuleError, json_safe
 from gateway.limits.store import LimitStore, bucket_status
 from gateway.money import usd_str
 from gateway.routes.graph import RouteError
@@ -57,7 +57,8 @@ async def rule_view(services: Any, rule: Rule, now: datetime) -> dict[str, Any]:
     buckets = await bucket_status(services.db, rule, now)
     return {
         "id": rule.id, **rule.raw,
-        "buckets": [{"key": b["key"], "window_start": b["window_start"].isoformat(),
+        # json_safe: a key stored before keys were made safe may decode to NaN or a lone surrogate
+        "buckets": [{"key": json_safe(b["key"]), "window_start": b["window_start"].isoformat(),
                      "spent_usd": usd_str(b["spent_nano"]), "pending_usd": usd_str(b["pending_nano"]),
                      "remaining_usd": usd_str(b["remaining_nano"])} for b in buckets],
     }

@@ -6,12 +6,23 @@ distinct value has its own bucket) or `{"equals": v}` (the rule applies only whe
 without a value for a split dimension falls in that dimension's `null` bucket. `cf.user.groups` is a list: with
 `equals` the rule applies when the list contains the value; with `split` the request counts in one bucket per
 group, so a member of two groups spends from both groups' budgets.
+
+A bucket key is the canonical JSON of the request's split values, and it is shown as JSON again (the 429 body,
+the admin bucket view), so every key is built to survive that: values JSON cannot carry (NaN and infinities,
+strings with lone surrogates) are written as strings (`"NaN"`, `"Infinity"`, `"-Infinity"`, U+FFFD for each lone
+surrogate), which merges them with those strings' buckets - spend counted together, never lost. Finite floats
+keep their exact JSON (`1e+308`, and `-0.0` apart from `0.0`). A key longer than `MAX_KEY_CHARS` (the key is part
+of a btree primary key, and Postgres refuses index rows past about 2.7 kB) has each value whose JSON is longer
+than `MAX_KEY_VALUE_CHARS` replaced by `"sha256:<hex of that JSON>"`: still one bucket per distinct value.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -20,6 +31,8 @@ from gateway.limits.windows import WINDOW_TYPES, WINDOWS, Window
 from gateway.money import InvalidAmount, parse_usd, to_nano
 
 MAX_RULES_PER_GATEWAY = 20
+MAX_KEY_CHARS = 2000
+MAX_KEY_VALUE_CHARS = 64
 IDENTITY_DIMENSIONS = ("cf.user_id", "cf.user.email", "cf.user.groups", "cf.service_token")
 ActionKind = Literal["block", "fallback", "monitor"]
 
@@ -68,8 +81,41 @@ class Rule:
                 choices.append([(dim.name, v) for v in values])
             else:
                 choices.append([(dim.name, value)])
-        return [json.dumps(dict(combo), sort_keys=True, separators=(",", ":"))
-                for combo in itertools.product(*choices)]
+        return [_key(combo) for combo in itertools.product(*choices)]
+
+
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _key_value(value: Any) -> Any:
+    """A split value as a bucket key holds it: something JSON (and UTF-8) can carry."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, str) and not value.isascii():
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    return value
+
+
+def _key(combo: tuple[tuple[str, Any], ...]) -> str:
+    values = {name: _key_value(value) for name, value in combo}
+    key = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    if len(key) <= MAX_KEY_CHARS:
+        return key
+    for name, value in values.items():
+        encoded = json.dumps(value)
+        if len(encoded) > MAX_KEY_VALUE_CHARS:
+            values[name] = "sha256:" + hashlib.sha256(encoded.encode()).hexdigest()
+    return json.dumps(values, sort_keys=True, separators=(",", ":"))
+
+
+def json_safe(value: Any) -> Any:
+    """A decoded bucket key (or part of one) that JSON answers can render: keys stored before bucket keys were
+    made safe may still hold NaN, infinities or lone surrogates."""
+    if isinstance(value, dict):
+        return {json_safe(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return _key_value(value)
 
 
 def parse_rule(rule_id: str, data: Any) -> Rule:
