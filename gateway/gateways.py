@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -22,8 +23,19 @@ from gateway.db import Database
 
 log = logging.getLogger("spendgate.gateways")
 
-ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Account and gateway ids. `\Z`, not `$`: Python's `$` also matches before a trailing newline, so "acme\n" would
+# pass. ID_PATTERN is the same rule for JSON Schema, where `$` means the end.
+ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}\Z")
+ID_PATTERN = "^[a-z0-9][a-z0-9_-]{0,62}$"
 RETENTION_STRATEGIES = ("STOP_INSERTING", "DELETE_OLDEST")
+# Bounds that keep settings inside the columns and parameters they end up in (the log writer's row count is a
+# BIGINT query parameter); both are far beyond any real use.
+MAX_LOG_ROWS = 10**12
+MAX_CACHE_TTL_S = 365 * 24 * 3600
+
+
+def valid_id(value: str) -> bool:
+    return ID_RE.match(value) is not None
 
 
 class SettingsError(ValueError):
@@ -80,11 +92,12 @@ def _validate(name: str, value: Any) -> Any:
             raise SettingsError(name, f"{name} must be an integer between 1 and 1000000")
         return value
     if name == "cache_ttl":
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise SettingsError(name, f"{name} must be a non-negative integer of seconds or null")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not 0 <= value <= MAX_CACHE_TTL_S):
+            raise SettingsError(name, f"{name} must be an integer of seconds from 0 to {MAX_CACHE_TTL_S}, or null")
         return value
     if name == "alert_webhook":
-        if value is not None and (not isinstance(value, str) or not value.startswith(("http://", "https://"))):
+        if value is not None and not _http_url(value):
             raise SettingsError(name, f"{name} must be an http(s) URL or null")
         return value
     if name == "log_retention":
@@ -95,8 +108,8 @@ def _validate(name: str, value: Any) -> Any:
                 name, 'log_retention must be {"max_rows": N, "strategy": "STOP_INSERTING|DELETE_OLDEST"}'
             )
         rows = value.get("max_rows")
-        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-            raise SettingsError(name, "log_retention.max_rows must be a positive integer")
+        if isinstance(rows, bool) or not isinstance(rows, int) or not 1 <= rows <= MAX_LOG_ROWS:
+            raise SettingsError(name, f"log_retention.max_rows must be an integer from 1 to {MAX_LOG_ROWS}")
         strategy = value.get("strategy", "STOP_INSERTING")
         if strategy not in RETENTION_STRATEGIES:
             raise SettingsError(name, "log_retention.strategy must be STOP_INSERTING or DELETE_OLDEST")
@@ -106,6 +119,15 @@ def _validate(name: str, value: Any) -> Any:
             raise SettingsError(name, "rate_limit must be an object or null")
         return value
     raise SettingsError(name, f"unknown setting {name!r}")  # pragma: no cover - guarded by from_json
+
+
+def _http_url(value: Any) -> bool:
+    if not isinstance(value, str) or len(value) > 2000 or not value.startswith(("http://", "https://")):
+        return False
+    try:
+        return bool(urlsplit(value).hostname)
+    except ValueError:  # "http://[::1": urlsplit raises on a broken IPv6 host
+        return False
 
 
 @dataclass(frozen=True)
@@ -163,9 +185,9 @@ class GatewayStore:
         cached = self._cache.peek(key)
         if cached is not None:
             return cached
-        if not ID_RE.match(account_id):
+        if not valid_id(account_id):
             raise UnknownAccount(account_id)
-        if not ID_RE.match(gateway_id):
+        if not valid_id(gateway_id):
             raise UnknownGateway(gateway_id)
         return await self._cache.get(key, lambda: self._load(account_id, gateway_id))
 

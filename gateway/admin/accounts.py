@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -19,9 +17,12 @@ from gateway.admin.api import (
     not_found,
     page_params,
     str_field,
+    text_cursor,
+    time_id_cursor,
+    time_range,
     usd_field,
 )
-from gateway.gateways import ID_RE
+from gateway.gateways import ID_PATTERN, valid_id
 from gateway.ledger import AutoTopUp, Ledger, LedgerError, SpendingLimit
 from gateway.money import usd_str
 
@@ -35,19 +36,6 @@ async def ensure_account(db: Any, account: str) -> None:
         raise not_found(f"account {account!r}")
 
 
-def parse_time(request: Request, name: str) -> datetime | None:
-    raw = request.query_params.get(name)
-    if not raw:
-        return None
-    try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise AdminError(422, f"{name} must be an ISO 8601 time, e.g. 2026-11-01T00:00:00Z", name) from None
-    if value.tzinfo is None:
-        raise AdminError(422, f"{name} must include a time zone (Z or +00:00)", name)
-    return value
-
-
 def ledger_error(exc: LedgerError) -> AdminError:
     status = {"unknown_account": 404, "id_conflict": 409, "insufficient_credit": 409}.get(exc.reason, 422)
     return AdminError(status, str(exc))
@@ -58,7 +46,7 @@ async def list_accounts(request: Request, services: Any) -> Page:
     cursor, limit = page_params(request)
     rows = await services.db.pool.fetch(
         "SELECT id, created_at FROM accounts WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2",
-        cursor, limit + 1,
+        text_cursor(cursor), limit + 1,
     )
     items = [{"id": r["id"], "created_at": r["created_at"].isoformat()} for r in rows[:limit]]
     return Page(items, encode_cursor(items[-1]["id"]) if len(rows) > limit else None)
@@ -66,12 +54,12 @@ async def list_accounts(request: Request, services: Any) -> Page:
 
 @router.route("POST", "/accounts", "Create an account (and its credit ledger)",
               body={"type": "object", "required": ["id"], "properties": {"id": {"type": "string",
-                                                                                  "pattern": ID_RE.pattern}}})
+                                                                                  "pattern": ID_PATTERN}}})
 async def create_account(request: Request, services: Any) -> Created:
     data = await json_body(request)
     account = str_field(data, "id", max_length=63)
     assert account is not None
-    if not ID_RE.match(account):
+    if not valid_id(account):
         raise AdminError(422, "id must be 1-63 characters: lowercase letters, digits, '-' or '_'", "id")
     async with services.db.pool.acquire() as conn, conn.transaction():
         try:
@@ -125,6 +113,11 @@ async def create_topup(request: Request, services: Any, account: str) -> Created
         tid, replayed = await services.ledger.top_up(account, amount, key)
     except LedgerError as exc:
         raise ledger_error(exc) from None
+    except asyncpg.NumericValueOutOfRangeError:
+        # A balance (the account's, or the funding account's total of all top-ups) would pass BIGINT nano-USD;
+        # the transfer is one SQL statement, so nothing of it was posted.
+        raise AdminError(422, "amount_usd would take a ledger balance past its maximum "
+                              "(about 9.2 billion USD)", "amount_usd") from None
     result = {"id": str(tid), "amount_usd": usd_str(amount), "idempotency_key": key, "replayed": replayed,
               "credits": await credits_view(services.ledger, account)}
     return Created(result, 200 if replayed else 201)
@@ -156,14 +149,9 @@ async def delete_auto_topup(request: Request, services: Any, account: str) -> di
               query={"from": "ISO 8601 start (inclusive)", "to": "ISO 8601 end (exclusive)"}, paginated=True)
 async def get_statement(request: Request, services: Any, account: str) -> Page:
     await ensure_account(services.db, account)
-    start, end = parse_time(request, "from"), parse_time(request, "to")
+    start, end = time_range(request)
     cursor, limit = page_params(request)
-    after = None
-    if cursor is not None:
-        try:
-            after = (datetime.fromisoformat(cursor[0]), uuid.UUID(cursor[1]))
-        except (TypeError, ValueError, IndexError):
-            raise AdminError(422, "invalid cursor", "cursor") from None
+    after = time_id_cursor(cursor)
     rows = await services.ledger.statement(account, start=start, end=end, after=after, limit=limit + 1)
     items = [{"id": str(r.id), "created_at": r.created_at.isoformat(), "code": r.code,
               "amount_usd": usd_str(r.amount_nano) if r.amount_nano >= 0 else "-" + usd_str(-r.amount_nano),

@@ -12,17 +12,25 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
+import re
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.db import unavailable
 from gateway.errors import json_error
-from gateway.money import InvalidAmount, parse_usd, to_nano
+from gateway.gateways import valid_id
+from gateway.money import BIGINT_MAX, InvalidAmount, parse_usd, to_nano
+from gateway.text import text_problem
 
 log = logging.getLogger("spendgate.admin")
 
@@ -87,18 +95,77 @@ class AdminRouter:
 
 
 # -- request helpers -------------------------------------------------------------------------------------------
+#
+# Everything an operator sends is checked here before any handler or query sees it: a body is a JSON object of
+# bounded size and depth, without NaN/Infinity, without integers past BIGINT and without control characters or
+# lone surrogates in any string (Postgres cannot store NUL in text or JSONB, and a newline in an id or a name is
+# never meant); path parameters and query parameters get the same text check. A refusal is a 4xx naming the field.
+
+MAX_BODY_BYTES = 1_000_000
+MAX_DEPTH = 32  # deeper than any admin body is; bounds the recursion of everything that walks the body later
+MAX_PARAM_CHARS = 2000
+MAX_CURSOR_CHARS = 1000
+MAX_PAGE = 500
+ID_PATHS = ("account", "gateway")  # path parameters that are account or gateway ids
+PATH_NOUNS = {"key_id": "provider key", "token_id": "token", "rule_id": "rule", "policy_id": "policy",
+              "log_id": "log", "name": "route", "slug": "custom provider"}
+
+
+def shown(text: str) -> str:
+    """An operator's value as it may appear in a message: escaped and short."""
+    text = repr(text)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _walk(data: Any) -> None:
+    """Refuse deep nesting, huge integers and unstorable text anywhere in a parsed body (iteratively)."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise AdminError(422, f"nested deeper than {MAX_DEPTH} levels", where or None)
+        if isinstance(value, str):
+            problem = text_problem(value)
+            if problem:
+                raise AdminError(422, f"{where or 'body'} {problem}", where or None)
+        elif isinstance(value, float) and not math.isfinite(value):  # NaN, Infinity, or 1e400 parsed as inf
+            raise AdminError(422, f"{where} must be a finite number", where or None)
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > BIGINT_MAX:
+            raise AdminError(422, f"{where} is out of range", where or None)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                path = f"{where}.{key}" if where else key
+                problem = text_problem(key)
+                if problem:
+                    raise AdminError(422, f"a field name {problem}", shown(path))
+                stack.append((item, path, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused (413) as soon as it passes MAX_BODY_BYTES rather than after it is all in memory."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise AdminError(413, "request body too large")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > 1_000_000:
-        raise AdminError(413, "request body too large")
+    raw = await _read_body(request)
     try:
         data = json.loads(raw or b"{}")
+    except RecursionError:  # "[" * 100000: the parser recurses once per level
+        raise AdminError(422, f"body is nested deeper than {MAX_DEPTH} levels") from None
     except ValueError:
         raise AdminError(422, "body must be a JSON object") from None
     if not isinstance(data, dict):
         raise AdminError(422, "body must be a JSON object")
+    _walk(data)
     return data
 
 
@@ -127,26 +194,98 @@ def str_field(data: dict[str, Any], name: str, *, choices: tuple[str, ...] | Non
     return value
 
 
+def check_path(params: dict[str, str]) -> None:
+    """A path parameter that cannot name anything (an account id outside the id pattern, a control character)
+    is a 404 before any query runs."""
+    for name, value in params.items():
+        valid = valid_id(value) if name in ID_PATHS else len(value) <= 200 and text_problem(value) is None
+        if not valid:
+            raise not_found(f"{PATH_NOUNS.get(name, name)} {shown(value)}")
+
+
+def check_query(request: Request) -> None:
+    for name, value in request.query_params.multi_items():
+        for text in (name, value):
+            problem = text_problem(text)
+            if problem or len(text) > MAX_PARAM_CHARS:
+                field = name if text_problem(name) is None and len(name) <= 100 else shown(name)
+                raise AdminError(422, f"query parameter {shown(name)} {problem or 'is too long'}", field)
+
+
 def page_params(request: Request) -> tuple[Any, int]:
-    """(decoded cursor or None, limit) from ?cursor=&limit=."""
+    """(decoded cursor or None, limit) from ?cursor=&limit=. The cursor's shape is the endpoint's to check
+    (`text_cursor`, `time_id_cursor`)."""
     raw_limit = request.query_params.get("limit", "100")
-    try:
-        limit = int(raw_limit)
-    except ValueError:
-        raise AdminError(422, "limit must be an integer", "limit") from None
-    if not 1 <= limit <= 500:
-        raise AdminError(422, "limit must be between 1 and 500", "limit")
+    if not re.fullmatch(r"[0-9]{1,6}", raw_limit) or not 1 <= int(raw_limit) <= MAX_PAGE:
+        raise AdminError(422, f"limit must be an integer between 1 and {MAX_PAGE}", "limit")
+    limit = int(raw_limit)
     cursor = request.query_params.get("cursor")
     if not cursor:
         return None, limit
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise invalid_cursor()
     try:
         return json.loads(base64.urlsafe_b64decode(cursor.encode())), limit
-    except ValueError:
-        raise AdminError(422, "invalid cursor", "cursor") from None
+    except (ValueError, RecursionError):
+        raise invalid_cursor() from None
+
+
+def invalid_cursor() -> AdminError:
+    return AdminError(422, "invalid cursor: pass result_info.next_cursor as it was returned", "cursor")
+
+
+def text_cursor(cursor: Any) -> str | None:
+    """A cursor that is one id (lists ordered by id)."""
+    if cursor is None:
+        return None
+    if not isinstance(cursor, str) or len(cursor) > 200 or text_problem(cursor):
+        raise invalid_cursor()
+    return cursor
+
+
+def time_id_cursor(cursor: Any) -> tuple[datetime, uuid.UUID] | None:
+    """A cursor that is [created_at ISO time with zone, row UUID] (lists ordered by time, then id)."""
+    if cursor is None:
+        return None
+    if not (isinstance(cursor, list) and len(cursor) == 2 and all(isinstance(c, str) for c in cursor)):
+        raise invalid_cursor()
+    try:
+        at, row_id = datetime.fromisoformat(cursor[0]), uuid.UUID(cursor[1])
+        if at.tzinfo is None:
+            raise ValueError("naive time")
+        return at.astimezone(UTC), row_id
+    except (ValueError, OverflowError):
+        raise invalid_cursor() from None
 
 
 def encode_cursor(value: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(value, default=str).encode()).decode()
+
+
+def parse_time(request: Request, name: str) -> datetime | None:
+    """An ISO 8601 time with a zone from the query, in UTC (a time that falls outside datetime's range in UTC is
+    refused here, not in the database driver)."""
+    raw = request.query_params.get(name)
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise AdminError(422, f"{name} must be an ISO 8601 time, e.g. 2026-11-01T00:00:00Z", name) from None
+    if value.tzinfo is None:
+        raise AdminError(422, f"{name} must include a time zone (Z or +00:00)", name)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise AdminError(422, f"{name} is out of range", name) from None
+
+
+def time_range(request: Request) -> tuple[datetime | None, datetime | None]:
+    """?from= (inclusive) and ?to= (exclusive); `to` before `from` is a mistake, not an empty page."""
+    start, end = parse_time(request, "from"), parse_time(request, "to")
+    if start is not None and end is not None and end < start:
+        raise AdminError(422, "to must not be earlier than from", "to")
+    return start, end
 
 
 # -- the app ---------------------------------------------------------------------------------------------------
@@ -155,9 +294,24 @@ def encode_cursor(value: Any) -> str:
 def _wrap(endpoint: Endpoint, context: Any) -> Callable[[Request], Awaitable[Response]]:
     async def handle(request: Request) -> Response:
         try:
+            check_path(request.path_params)
+            check_query(request)
             outcome = await endpoint.handler(request, context, **request.path_params)
         except AdminError as exc:
             return json_error(exc.status, exc.message, field=exc.field)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            # Input the checks above let through and the database refused: still the operator's input, so a
+            # 4xx; logged, because every such case is a check missing here.
+            log.warning("admin %s %s: the database refused the input: %s", request.method, request.url.path, exc)
+            status = 409 if isinstance(exc, asyncpg.UniqueViolationError) else 422
+            return json_error(status, f"the database refused the input: {exc.__class__.__name__}")
+        except Exception as exc:
+            # The admin app is mounted outside the proxy's ServerErrors layer: answer in the same JSON shape.
+            if unavailable(exc):
+                log.warning("admin %s %s: database unavailable: %s", request.method, request.url.path, exc)
+                return json_error(503, "database unavailable; retry shortly", retryable=True)
+            log.exception("admin %s %s failed", request.method, request.url.path)
+            return json_error(500, "internal error")
         status = 200
         if isinstance(outcome, Created):
             outcome, status = outcome.result, outcome.status

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -12,14 +12,17 @@ from starlette.requests import Request
 
 from gateway.admin.accounts import ensure_account
 from gateway.admin.api import AdminError, AdminRouter, Created, Page, json_body, not_found, str_field
-from gateway.gateways import ID_RE, GatewaySettings, SettingsError
+from gateway.gateways import ID_PATTERN, GatewaySettings, SettingsError, valid_id
+from gateway.money import InvalidAmount, parse_usd
 from gateway.settings import PROVIDERS
 
 router = AdminRouter("gateways and providers")
 
 SETTINGS_SCHEMA: dict[str, Any] = {"type": "object", "description": "any of the gateway settings of SPEC §9",
                    "properties": {name: {} for name in GatewaySettings().to_json()}}
-SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
+# `\Z`, not `$` (which also matches before a trailing newline); SLUG_PATTERN is the rule for JSON Schema.
+SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,40}\Z")
+SLUG_PATTERN = "^[a-z0-9][a-z0-9-]{0,40}$"
 
 
 async def ensure_gateway(db: Any, account: str, gateway: str) -> dict[str, Any]:
@@ -56,13 +59,13 @@ async def list_gateways(request: Request, services: Any, account: str) -> Page:
 
 @router.route("POST", "/accounts/{account}/gateways", "Create a gateway",
               body={**SETTINGS_SCHEMA, "required": ["id"],
-                    "properties": {"id": {"type": "string", "pattern": ID_RE.pattern},
+                    "properties": {"id": {"type": "string", "pattern": ID_PATTERN},
                                    **SETTINGS_SCHEMA["properties"]}})
 async def create_gateway(request: Request, services: Any, account: str) -> Created:
     await ensure_account(services.db, account)
     data = await json_body(request)
     gateway_id = str_field(data, "id", max_length=63)
-    if not ID_RE.match(gateway_id or ""):
+    if not valid_id(gateway_id or ""):
         raise AdminError(422, "id must be 1-63 characters: lowercase letters, digits, '-' or '_'", "id")
     settings = validate_settings({k: v for k, v in data.items() if k != "id"})
     try:
@@ -188,7 +191,7 @@ async def list_custom(request: Request, services: Any, account: str, gateway: st
 @router.route("POST", "/accounts/{account}/gateways/{gateway}/custom-providers",
               "Register an OpenAI-compatible server, served at /v1/{a}/{g}/custom-{slug}/...",
               body={"type": "object", "required": ["slug", "base_url"],
-                    "properties": {"slug": {"type": "string", "pattern": SLUG_RE.pattern},
+                    "properties": {"slug": {"type": "string", "pattern": SLUG_PATTERN},
                                    "base_url": {"type": "string", "format": "uri"}}})
 async def create_custom(request: Request, services: Any, account: str, gateway: str) -> Created:
     await ensure_gateway(services.db, account, gateway)
@@ -197,8 +200,12 @@ async def create_custom(request: Request, services: Any, account: str, gateway: 
     if not SLUG_RE.match(slug or ""):
         raise AdminError(422, "slug must be lowercase letters, digits and '-'", "slug")
     base_url = str_field(data, "base_url", max_length=2000)
-    parts = urlsplit(base_url or "")
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(base_url or "")
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # "http://[::1": urlsplit raises on a broken IPv6 host
+        valid = False
+    if not valid:
         raise AdminError(422, "base_url must be an http(s) URL", "base_url")
     try:
         row = await services.db.pool.fetchrow(
@@ -238,17 +245,14 @@ PRICES_SCHEMA = {
 
 
 def _price(value: Any, field: str) -> Decimal | None:
+    """USD per million tokens: a decimal string, zero up to money.MAX_USD, at most 9 decimal places (Postgres
+    NUMERIC would take a thousand digits, and the cost of a request would then overflow nano-USD)."""
     if value is None:
         return None
-    if isinstance(value, bool | float) or not isinstance(value, str | int):
-        raise AdminError(422, f"{field} must be a decimal string (USD per million tokens)", field)
     try:
-        amount = Decimal(str(value))
-    except InvalidOperation:
-        raise AdminError(422, f"{field} must be a decimal string (USD per million tokens)", field) from None
-    if not amount.is_finite() or amount < 0:
-        raise AdminError(422, f"{field} must be zero or more", field)
-    return amount
+        return parse_usd(value, field=field, allow_zero=True)
+    except InvalidAmount as exc:
+        raise AdminError(422, f"{exc} (USD per million tokens)", field) from None
 
 
 def price_view(row: Any) -> dict[str, Any]:
@@ -275,6 +279,7 @@ async def put_prices(request: Request, services: Any, account: str, gateway: str
     if not isinstance(items, list) or len(items) > 1000:
         raise AdminError(422, "prices must be a list (at most 1000 entries)", "prices")
     rows = []
+    seen: set[tuple[str, str | None]] = set()
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise AdminError(422, "each price must be an object", f"prices[{i}]")
@@ -285,6 +290,9 @@ async def put_prices(request: Request, services: Any, account: str, gateway: str
         values = [_price(item.get(f), f"prices[{i}].{f}") for f in PRICE_FIELDS]
         if values[0] is None or values[1] is None:
             raise AdminError(422, "input_per_mtok and output_per_mtok are required", f"prices[{i}]")
+        if (provider, model) in seen:
+            raise AdminError(422, f"a second price for {provider}/{model}", f"prices[{i}]")
+        seen.add((provider, model))
         rows.append((account, gateway, provider, model, *values))
     async with services.db.pool.acquire() as conn, conn.transaction():
         await conn.execute("DELETE FROM price_overrides WHERE account_id = $1 AND gateway_id = $2", account, gateway)

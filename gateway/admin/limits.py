@@ -17,7 +17,7 @@ from gateway.admin.api import AdminError, AdminRouter, Created, Page, json_body,
 from gateway.admin.gateways import ensure_gateway
 from gateway.limits.policies import validate_policy
 from gateway.limits.rules import Rule, RuleError, json_safe
-from gateway.limits.store import LimitStore, bucket_status
+from gateway.limits.store import LimitStore, TooManyRules, bucket_status
 from gateway.money import usd_str
 from gateway.routes.graph import RouteError
 from gateway.routes.store import RouteNotFound, RouteStore
@@ -86,8 +86,7 @@ async def create_rule(request: Request, services: Any, account: str, gateway: st
     try:
         rule = await _store(services).create_rule(account, gateway, data)
     except RuleError as exc:
-        status = 409 if "at most" in str(exc) else 422
-        raise AdminError(status, str(exc), exc.field) from None
+        raise AdminError(409 if isinstance(exc, TooManyRules) else 422, str(exc), exc.field) from None
     return Created(await rule_view(services, rule, services.clock()))
 
 

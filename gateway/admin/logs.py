@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import re
 import uuid
-from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
 
-from gateway.admin.accounts import parse_time
-from gateway.admin.api import AdminError, AdminRouter, Page, encode_cursor, json_body, not_found, page_params
+from gateway.admin.api import (
+    AdminError,
+    AdminRouter,
+    Page,
+    encode_cursor,
+    json_body,
+    not_found,
+    page_params,
+    time_id_cursor,
+    time_range,
+)
 from gateway.admin.gateways import ensure_gateway
 
 router = AdminRouter("logs")
@@ -51,13 +60,12 @@ async def list_logs(request: Request, services: Any, account: str, gateway: str)
         if q.get(name):
             add(f"{name} = ?", q[name])
     if q.get("status_code"):
-        try:
-            add("status_code = ?", int(q["status_code"]))
-        except ValueError:
-            raise AdminError(422, "status_code must be an integer", "status_code") from None
-    if q.get("success") in ("true", "false"):
+        add("status_code = ?", status_filter(q["status_code"]))
+    if q.get("success"):
+        if q["success"] not in ("true", "false"):
+            raise AdminError(422, "success must be true or false", "success")
         add("success = ?", q["success"] == "true")
-    start, end = parse_time(request, "from"), parse_time(request, "to")
+    start, end = time_range(request)
     if start:
         add("created_at >= ?", start)
     if end:
@@ -66,17 +74,16 @@ async def list_logs(request: Request, services: Any, account: str, gateway: str)
         if q.get(name):
             add(f"identity->>'{name}' = ?", q[name])
     if q.get("group"):
-        add("identity->'groups' ? ?", q["group"])
+        # jsonb_exists is the `?` operator; spelled out so it is not mistaken for a placeholder
+        add("jsonb_exists(identity->'groups', ?)", q["group"])
     for key, value in q.items():
         if key.startswith("metadata."):
-            add("metadata->>'" + key[9:].replace("'", "''") + "' = ?", value)
+            args.append(key.removeprefix("metadata."))
+            add(f"metadata->>${len(args)}::text = ?", value)
     cursor, limit = page_params(request)
-    if cursor is not None:
-        try:
-            at, last = datetime.fromisoformat(cursor[0]), uuid.UUID(cursor[1])
-        except (TypeError, ValueError, IndexError):
-            raise AdminError(422, "invalid cursor", "cursor") from None
-        args += [at, last]
+    after = time_id_cursor(cursor)
+    if after is not None:
+        args += list(after)
         where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
     args.append(limit + 1)
     rows = await services.db.pool.fetch(
@@ -87,6 +94,12 @@ async def list_logs(request: Request, services: Any, account: str, gateway: str)
     if len(rows) > limit:
         next_cursor = encode_cursor([rows[limit - 1]["created_at"].isoformat(), str(rows[limit - 1]["id"])])
     return Page(items, next_cursor)
+
+
+def status_filter(raw: str) -> int:
+    if not re.fullmatch(r"[0-9]{3}", raw) or not 100 <= int(raw) <= 599:
+        raise AdminError(422, "status_code must be an HTTP status code (100-599)", "status_code")
+    return int(raw)
 
 
 async def _one(services: Any, account: str, gateway: str, log_id: str) -> Any:
@@ -113,7 +126,7 @@ async def get_log(request: Request, services: Any, account: str, gateway: str, l
 async def patch_log(request: Request, services: Any, account: str, gateway: str, log_id: str) -> dict[str, Any]:
     row = await _one(services, account, gateway, log_id)
     data = await json_body(request)
-    if data.get("feedback") not in (1, -1) or isinstance(data.get("feedback"), bool):
+    if type(data.get("feedback")) is not int or data["feedback"] not in (1, -1):  # not True, not 1.0
         raise AdminError(422, "feedback must be 1 or -1", "feedback")
     await services.db.pool.execute("UPDATE request_logs SET feedback = $2 WHERE id = $1", row["id"], data["feedback"])
     return log_view({**dict(row), "feedback": data["feedback"]})

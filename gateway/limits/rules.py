@@ -24,7 +24,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from gateway.limits.windows import WINDOW_TYPES, WINDOWS, Window
@@ -187,8 +187,12 @@ def _parse_alerts(alerts: Any) -> tuple[Decimal, ...]:
     for a in alerts:
         if isinstance(a, bool) or not isinstance(a, int | float | str):
             raise RuleError("alert_at", "alert_at fractions must be numbers in (0, 1]")
-        value = Decimal(repr(a)) if isinstance(a, float) else Decimal(str(a))
-        if not 0 < value <= 1:
+        try:
+            value = Decimal(repr(a)) if isinstance(a, float) else Decimal(str(a))
+        except InvalidOperation:
+            raise RuleError("alert_at", "alert_at fractions must be numbers in (0, 1]") from None
+        # NaN first: comparing a NaN Decimal raises instead of answering False
+        if not value.is_finite() or not 0 < value <= 1:
             raise RuleError("alert_at", "alert_at fractions must be in (0, 1]")
         out.append(value)
     return tuple(sorted(set(out)))

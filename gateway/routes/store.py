@@ -15,7 +15,8 @@ from gateway.db import Database
 from gateway.gateways import GatewayStore
 from gateway.routes.graph import RouteError, validate
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")  # `\Z`: Python's `$` also matches before a final newline
+MAX_VERSION = 2**31 - 1  # route_versions.version is an integer column
 
 
 class RouteNotFound(LookupError):
@@ -98,8 +99,8 @@ class RouteStore:
         return [dict(r) for r in rows]
 
     async def deploy(self, account: str, gateway: str, name: str, version: Any) -> None:
-        if isinstance(version, bool) or not isinstance(version, int):
-            raise RouteError("version", "version must be an integer")
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+            raise RouteError("version", f"version must be an integer from 1 to {MAX_VERSION}")
         status = await self.db.pool.execute(
             """UPDATE routes r SET deployed_version = $4
                 WHERE r.account_id = $1 AND r.gateway_id = $2 AND r.name = $3
