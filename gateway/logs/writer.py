@@ -25,6 +25,8 @@ import re
 import time
 from typing import Any
 
+import sqlalchemy as sa
+
 from gateway.db import Database, unavailable
 from gateway.logs.schema import COLUMNS, request_logs
 
@@ -40,9 +42,10 @@ TEXT_COLUMNS = tuple(c.name for c in request_logs.columns
                      if c.name in COLUMNS and c.name not in JSON_COLUMNS and c.type.python_type is str)
 # What a row refused alone loses first: what clients chose (their JSON and bodies) ...
 CLIENT_COLUMNS = ("metadata", "identity", "request_body", "response_body")
-# ... and then everything but what identifies it (a column the table requires keeps its value).
-BARE_COLUMNS = ("id", "account_id", "gateway_id", "created_at", "status_code", "success", "cached", "step",
-                "custom_cost", "zdr_applied")
+# ... and then everything but what identifies it and what the table requires (read from the schema, so that a
+# NOT NULL column added later is kept too: a NULL there would make the bare row fail as well).
+REQUIRED_COLUMNS = tuple(c.name for c in request_logs.columns if c.name in COLUMNS and not c.nullable)
+BOOLEAN_COLUMNS = frozenset(c.name for c in request_logs.columns if isinstance(c.type, sa.Boolean))
 NOTE = "[log writer]"
 REPLACEMENT = "\ufffd"
 
@@ -180,9 +183,8 @@ def _fallbacks(row: dict[str, Any], exc: BaseException) -> list[tuple[str, dict[
     without_client["error"] = _with_note(row.get("error"), f"metadata, identity and bodies dropped: the row was "
                                                            f"refused ({reason})")
     bare: dict[str, Any] = {c: None for c in COLUMNS}
-    bare.update({c: row.get(c) for c in BARE_COLUMNS})
-    bare.update(metadata={}, success=bool(row.get("success")), cached=bool(row.get("cached")),
-                custom_cost=bool(row.get("custom_cost")), zdr_applied=bool(row.get("zdr_applied")))
+    bare.update({c: bool(row.get(c)) if c in BOOLEAN_COLUMNS else row.get(c) for c in REQUIRED_COLUMNS})
+    bare["metadata"] = {}
     step, status = row.get("step"), row.get("status_code")
     bare["step"] = step if isinstance(step, int) and 0 <= step < 2**31 else 0
     bare["status_code"] = status if isinstance(status, int) and 100 <= status <= 999 else None

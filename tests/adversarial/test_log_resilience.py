@@ -16,13 +16,14 @@ import pytest
 
 from gateway.db import Database
 from gateway.logs.schema import COLUMNS
-from gateway.logs.writer import NOTE, LogWriter, clean_row
+from gateway.logs.writer import BOOLEAN_COLUMNS, NOTE, LogWriter, clean_row
 
 SECRET = "sk-live-secret-in-a-body-1234567890"
 
 
 def good_row(account: str, gateway: str = "g", **overrides: Any) -> dict[str, Any]:
     row: dict[str, Any] = {c: None for c in COLUMNS}
+    row.update({c: False for c in BOOLEAN_COLUMNS})  # flags the table requires, whichever exist
     row.update(
         id=uuid.uuid4(), account_id=account, gateway_id=gateway, created_at=datetime.now(UTC),
         provider="openai", model="gpt-4o-mini", path="/v1/chat/completions", status_code=200, success=True,
