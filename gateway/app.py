@@ -17,6 +17,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from gateway.admin.app import admin_app
 from gateway.admin.token import ensure_admin_token
 from gateway.db import Database
+from gateway.errors import json_error
 from gateway.limits.planner import RouterPlanner
 from gateway.middleware.access_identity import AccessIdentity, JWTVerifier
 from gateway.middleware.attribution import Attribution
@@ -42,6 +43,20 @@ class _StartServices:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not self.services.started:
             await self.services.start()
+        await self.app(scope, receive, send)
+
+
+class _RefuseNewlines:
+    """A path with a line feed never reaches routing: Starlette's mounts do not match one, so it would answer a
+    plain-text 404. 400 JSON instead (other control characters reach the chain, which refuses and logs them)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "\n" in scope["path"]:
+            await json_error(400, "the path contains a line feed")(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 
@@ -131,6 +146,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
     )
     app.state.services = services
     app.add_middleware(_StartServices, services=services)
+    app.add_middleware(_RefuseNewlines)
     # Behind a load balancer: client address and scheme from X-Forwarded-* only when the peer is a trusted proxy
     # (SPENDGATE_TRUSTED_PROXIES, default loopback).
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from starlette.types import Receive, Scope
 
     from gateway.gateways import Gateway
+    from gateway.providers.target import Target
 
 BillingMode = Literal["byok", "unified"]
 
@@ -53,6 +54,54 @@ class BodyTooLarge(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class GatewayPath:
+    """`/{account}/{gateway}/{provider}/{rest}` relative to the chain's mount point (gateway/paths.py).
+
+    `error` says why the path cannot be served (dot segments, encoded delimiters, control characters...): the
+    router answers 400 with it, and nothing is forwarded."""
+
+    account: str
+    gateway: str
+    provider: str  # "openai", "anthropic", "google-ai-studio", "grok", "groq", "custom-{slug}" or "compat"
+    rest: str  # the provider path after the provider segment, normalised, without a leading slash
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A provider endpoint the gateway understands: it can bound its cost, so the gateway's keys may serve it."""
+
+    name: str  # "chat/completions", "responses", "embeddings", "messages", "count_tokens", "generateContent", ...
+    generates: bool  # produces output tokens (an output limit applies)
+
+
+@dataclass
+class Call:
+    """The canonical call: what the gateway understood of the request, built once by one parser
+    (gateway/providers/call.py) before any rule, policy, estimate or key decision. Every later layer reads this,
+    and the forwarder sends exactly this: the URL from `provider` + `path` + `query`, the body from `body`."""
+
+    method: str
+    provider: str  # the provider that serves it (for compat: the provider named in `model`)
+    path: str  # the provider path, normalised (for compat: the upstream path the translation targets)
+    query: str  # re-encoded from the parsed query
+    endpoint: Endpoint | None  # None: not an endpoint the gateway understands (pass-through keys only)
+    model: str | None
+    stream: bool
+    choices: int  # `n` / `candidateCount`
+    output_limit: int | None  # per choice; the number reserved for (None: no output, e.g. embeddings)
+    output_limit_given: bool  # the client set it (else the gateway's default was reserved)
+    limit_field: str | None  # where the limit goes in the body ("max_tokens", "generationConfig.maxOutputTokens")
+    body: Any  # the parsed JSON body (None when there was none)
+    raw_body: bytes = b""  # the decoded body, forwarded as is only to unrecognised pass-through endpoints
+    compat: bool = False
+
+    @property
+    def output_bound(self) -> int:
+        return (self.output_limit or 0) * self.choices
+
+
 @dataclass
 class Exchange:
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -65,6 +114,10 @@ class Exchange:
     provider: str | None = None
     model: str | None = None
     path: str | None = None
+    where: GatewayPath | None = None  # the parsed request path (gateway/paths.py)
+    call: Call | None = None  # the canonical call (gateway/providers/call.py)
+    target: Target | None = None  # where the call goes and who pays (gateway/providers/target.py)
+    refusal: Any = None  # why the call was refused before anything went upstream (kept: the answer never changes)
     # who asks, and what they say about themselves
     identity: Identity | None = None
     authenticated: bool = False
@@ -76,14 +129,20 @@ class Exchange:
     zdr_reason: str | None = None
     step: int = 0
     # the request body, read once
-    body: bytes | None = None
-    json_body: Any = None
+    body: bytes | None = None  # as received
+    decoded_body: bytes | None = None  # its Content-Encoding undone
+    json_body: Any = None  # parsed strictly (gateway/providers/call.py); None when there is none
+    json_error: Exception | None = None  # why the body is not JSON (refused where JSON is needed)
     # spend limits
     reservation: Any = None
     budget_remaining_usd: Decimal | None = None
     # what came back
     status_code: int | None = None
     usage: Usage = field(default_factory=Usage)
+    usage_estimated: bool = False  # the provider sent no usage (the client left): estimated, see docs/refusals.md
+    upstream_sent: bool = False  # the call was handed to the provider (it may bill us from here on)
+    delivered_events: int = 0  # stream events with generated text relayed to the client
+    delivered_text: int = 0  # bytes of generated text in them (for a client that leaves mid-stream)
     cost_usd: Decimal | None = None
     custom_cost: bool = False
     ttfb_ms: float | None = None
@@ -94,6 +153,7 @@ class Exchange:
     collect_log: bool | None = None
     collect_payload: bool | None = None
     response_body: bytes | None = None
+    body_too_large: bool = False
 
     @classmethod
     def of(cls, scope: Scope) -> Exchange:
@@ -107,6 +167,8 @@ class Exchange:
         """Read the request body once (later callers get the kept copy). Raises BodyTooLarge past `limit`."""
         if self.body is not None:
             return self.body
+        if self.body_too_large:
+            raise BodyTooLarge(f"request body exceeds {limit} bytes")
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -117,6 +179,9 @@ class Exchange:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
+                # sticky: a second reader must not read on from where this one stopped and find a "body"
+                self.body_too_large = True
+                self.request_size = size
                 raise BodyTooLarge(f"request body exceeds {limit} bytes")
             chunks.append(chunk)
             more = message.get("more_body", False)

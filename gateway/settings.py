@@ -72,7 +72,7 @@ class Settings:
     jwks_url: str | None = None
     jwt_groups_claim: str = "groups"
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
-    max_body_bytes: int = 32 * 1024 * 1024
+    max_body_bytes: int = 32 * 1024 * 1024  # request bodies, once decoded too (413 past it)
     db_pool_min: int = 2
     db_pool_max: int = 20
     hold_ttl_seconds: int = 900  # a reservation the sweeper may expire after this (its instance died)
@@ -119,6 +119,7 @@ class Settings:
             jwks_url=get("SPENDGATE_JWKS_URL"),
             jwt_groups_claim=get("SPENDGATE_JWT_GROUPS_CLAIM") or "groups",
             trusted_proxies=tuple(p.strip() for p in (proxies or "127.0.0.1,::1").split(",") if p.strip()),
+            max_body_bytes=int(get("SPENDGATE_MAX_BODY_BYTES") or 32 * 1024 * 1024),
             db_pool_max=int(get("SPENDGATE_DB_POOL_MAX") or 20),
             hold_ttl_seconds=int(get("SPENDGATE_HOLD_TTL_SECONDS") or 900),
             sweep_interval_seconds=float(get("SPENDGATE_SWEEP_INTERVAL_S") or 5.0),

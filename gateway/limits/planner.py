@@ -1,14 +1,15 @@
 """RouterPlanner: what SpendLimits needs to know about a request, from the ProviderRouter's own target.
 
 `plan` resolves the target exactly as the router will (`ProviderRouter.prepare`, kept on the request), then
-bounds the cost (gateway/limits/estimate.py) with the model's unit prices: a price override of the gateway, the
+bounds the cost (gateway/providers/estimate.py) with the model's unit prices: a price override of the gateway, the
 request's `cf-aig-custom-cost`, or genai-prices (input at the dearer of the uncached and cache-write rates, the
 top tier of tiered prices). A request the router would refuse (bad header, unknown gateway, no key…) gets no
 plan: the router answers it with its own error, and nothing is reserved.
 
-`inject_max_tokens` (gateway setting): a request without an output limit gets the gateway's
-`default_max_output_tokens` written into its body (the field its API uses), so that it cannot cost more than it
-reserved.
+The output limit is the call's (gateway/providers/output_limit.py: one rule resolves every limit field, and the
+same number is what the provider receives; `inject_max_tokens` writes the gateway's default into a call that set
+none). An estimate past `MAX_ESTIMATE_NANO` is refused (400) rather than reserved: it could only come from
+absurd prices and limits, and it keeps every sum of reservations far inside BIGINT.
 
 `retarget` moves the request to a fallback model. Decided where the spec is silent:
 - on the compat endpoint, any provider: the body's `model` changes and the target is resolved again (the key
@@ -24,18 +25,18 @@ billed us, so we never under-bill; nothing when no 2xx answer came back.
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 from starlette.types import Receive, Scope
 
 from gateway.exchange import Exchange
-from gateway.limits.estimate import token_bound
 from gateway.middleware.spend_limits import Plan
-from gateway.money import to_nano
-from gateway.paths import GatewayPath, locate
+from gateway.money import from_nano, to_nano
 from gateway.pricing import unit_prices
+from gateway.providers.call import off_loop
+from gateway.providers.estimate import input_token_bound
 from gateway.providers.router import ProviderRouter, RequestRefused
 from gateway.providers.target import Target
 
@@ -51,16 +52,7 @@ def attributes_of(exchange: Exchange, target: Target | None = None) -> dict[str,
     return attributes
 
 
-def _limit_field(target: Target) -> str | None:
-    if target.provider == "google-ai-studio" and not target.compat:
-        return "generationConfig.maxOutputTokens"
-    if target.path.rstrip("/").endswith("responses"):
-        return "max_output_tokens"
-    if target.path.rstrip("/").endswith("embeddings"):
-        return None
-    if target.provider == "openai" and not target.compat:
-        return "max_completion_tokens"
-    return "max_tokens"
+MAX_ESTIMATE_NANO = 1_000_000 * 1_000_000_000  # one million USD for one call
 
 
 class RouterPlanner:
@@ -72,14 +64,18 @@ class RouterPlanner:
             target = await self.router.prepare(scope, receive)
         except RequestRefused:
             return None
-        if target.model is None or exchange.gateway is None or exchange.account_id is None:
+        call = exchange.call
+        if call is None or call.endpoint is None or target.model is None or exchange.account_id is None:
             return None
-        settings = exchange.gateway.settings
-        embeddings = target.path.rstrip("/").endswith("embeddings")
-        bound = token_bound(exchange.json_body, settings.default_max_output_tokens, embeddings=embeddings)
-        if settings.inject_max_tokens and not bound.output_limit_given and not embeddings:
-            self._inject_limit(exchange, target, settings.default_max_output_tokens)
-        estimate = self._estimate_nano(target, bound.input_tokens, bound.output_tokens)
+        body = call.body
+        input_tokens = await off_loop(len(exchange.decoded_body or b""), lambda: input_token_bound(body))
+        estimate = self._estimate_nano(target, input_tokens, call.output_bound)
+        if estimate is not None and estimate > MAX_ESTIMATE_NANO:
+            exchange.refusal = RequestRefused(
+                400, f"the worst-case cost of this request (${from_nano(estimate)}) is past what the gateway "
+                     f"accepts for one call (${from_nano(MAX_ESTIMATE_NANO)})")
+            exchange.target = None
+            return None
         return Plan(target.provider, f"{target.provider}/{target.model}", target.billing_mode, exchange.account_id,
                     estimate, attributes_of(exchange, target))
 
@@ -95,58 +91,44 @@ class RouterPlanner:
         worst: Decimal = input_tokens * prices.input + output_tokens * prices.output
         return to_nano(worst, round_up=True)
 
-    @staticmethod
-    def _inject_limit(exchange: Exchange, target: Target, limit: int) -> None:
-        body = exchange.json_body
-        field = _limit_field(target)
-        if not isinstance(body, dict) or field is None:
-            return
-        if "." in field:
-            outer, inner = field.split(".")
-            config: dict[str, Any] = body[outer] if isinstance(body.get(outer), dict) else {}
-            body = {**body, outer: {**config, inner: limit}}
-        else:
-            body = {**body, field: limit}
-        exchange.json_body = body
-        exchange.body = json.dumps(body).encode()
-
     async def retarget(self, scope: Scope, exchange: Exchange, model: str) -> bool:
-        state = scope.setdefault("state", {})
-        current: Target | None = state.get("target")
-        where = locate(scope)
-        body = exchange.json_body
+        """Parse the call again with another model (the one parser: nothing here edits a body by hand)."""
+        current, where, body = exchange.target, exchange.where, exchange.json_body
         provider, _, name = model.partition("/")
-        previous = (exchange.json_body, exchange.body, state.get("gateway_path"))
         if current is None or where is None or not isinstance(body, dict) or not name:
             return False
         if provider != current.provider and current.passthrough:
             return False
+        previous = (exchange.json_body, where, exchange.call, current)
         if current.compat:
-            body = {**body, "model": model}
+            exchange.json_body = {**body, "model": model}
         elif provider != current.provider:
             return False
         elif provider == "google-ai-studio":
             verb = "streamGenerateContent" if current.stream else "generateContent"
-            rest = where.rest.split("models/")[0] + f"models/{name}:{verb}"
-            state["gateway_path"] = GatewayPath(where.account, where.gateway, where.provider, rest)
+            version = where.rest.split("/", 1)[0]
+            exchange.where = replace(where, rest=f"{version}/models/{name}:{verb}")
         else:
-            body = {**body, "model": name}
-        exchange.json_body, exchange.body = body, json.dumps(body).encode()
-        state["target"] = None
+            exchange.json_body = {**body, "model": name}
+        exchange.target = exchange.call = None
         try:
             await self.router.prepare(scope, _no_receive)
         except RequestRefused:
-            exchange.json_body, exchange.body, state["gateway_path"] = previous
-            state["target"] = current
+            exchange.json_body, exchange.where, exchange.call, exchange.target = previous
+            exchange.refusal = None
             return False
         return True
 
     def actual_nano(self, exchange: Exchange, plan: Plan) -> int:
-        if exchange.status_code is None or not 200 <= exchange.status_code < 300:
+        if exchange.cost_usd is not None and (exchange.usage_estimated or _succeeded(exchange)):
+            return to_nano(exchange.cost_usd)  # reported, or estimated for a client that left (still billed)
+        if not _succeeded(exchange):
             return 0
-        if exchange.cost_usd is not None:
-            return to_nano(exchange.cost_usd)
         return plan.estimate_nano or 0
+
+
+def _succeeded(exchange: Exchange) -> bool:
+    return exchange.status_code is not None and 200 <= exchange.status_code < 300
 
 
 async def _no_receive() -> Any:  # the body is already kept on the Exchange

@@ -23,7 +23,6 @@ that served), and the router's `cf-aig-step` (0 = the first model tried, n = the
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -32,10 +31,11 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import json_error
-from gateway.exchange import BodyTooLarge, Exchange, Usage
+from gateway.exchange import Exchange, Usage
 from gateway.limits.planner import attributes_of
 from gateway.limits.store import LimitStore, bucket_remaining
 from gateway.paths import locate
+from gateway.providers.call import CallRefused, read_json
 from gateway.providers.options import MAX_ATTEMPTS
 from gateway.routes.graph import ModelStep, walk
 from gateway.routes.store import RouteStore
@@ -92,15 +92,12 @@ class DynamicRoutes:
             return
         ex = Exchange.of(scope)
         try:
-            await ex.read_body(receive, self.max_body_bytes)
-        except BodyTooLarge as exc:
-            ex.status_code, ex.error = 413, str(exc)
-            await json_error(413, str(exc))(scope, receive, send)
+            encoding = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"content-encoding"),
+                            None)
+            body = await read_json(ex, receive, encoding, self.max_body_bytes)
+        except CallRefused:
+            await self.app(scope, receive, send)  # the router answers with the same refusal (kept on the Exchange)
             return
-        try:
-            body = json.loads(ex.body or b"")
-        except ValueError:
-            body = None
         model = body.get("model") if isinstance(body, dict) else None
         if not isinstance(model, str) or not model.startswith(PREFIX):
             await self.app(scope, receive, send)
@@ -138,7 +135,6 @@ class DynamicRoutes:
             nonlocal tried, last, served
             attempt_body = {**body, "model": step.model}
             _reset(ex, attempt_body, tried)
-            scope["state"]["target"] = None
             gate = _Attempt(send, [*route_headers, (b"cf-aig-route-element", step.element_id.encode())],
                             can_fall_back="fallback" in elements[step.element_id])
             tried += 1
@@ -161,8 +157,11 @@ class DynamicRoutes:
 
 
 def _reset(ex: Exchange, body: dict[str, Any], step: int) -> None:
-    """Start a fresh attempt: the new body, and nothing left from the previous attempt's answer."""
-    ex.json_body, ex.body = body, json.dumps(body).encode()
+    """Start a fresh attempt: the new body (parsed again into a call by the router), and nothing left from the
+    previous attempt's call or answer."""
+    ex.json_body = body
+    ex.call = ex.target = ex.refusal = None
+    ex.usage_estimated = ex.upstream_sent = False
     ex.step = step
     ex.status_code = ex.error = ex.cost_usd = ex.ttfb_ms = ex.response_body = None
     ex.usage = Usage()

@@ -62,7 +62,7 @@ class RequestLog:
         token = request_id_var.set(ex.request_id)
         where = locate(scope)
         gateway = None
-        if where is not None:
+        if where is not None and where.account:
             try:
                 gateway = ex.gateway = await self.gateways.get(where.account, where.gateway)
             except (UnknownAccount, UnknownGateway):
@@ -120,10 +120,12 @@ class RequestLog:
             "ttfb_ms": None if ex.ttfb_ms is None else Decimal(str(round(ex.ttfb_ms, 3))),
             "tokens_in": u.input_tokens, "tokens_out": u.output_tokens, "tokens_cache_read": u.cache_read_tokens,
             "tokens_cache_write": u.cache_write_tokens, "cost_usd": ex.cost_usd, "custom_cost": ex.custom_cost,
+            "usage_estimated": ex.usage_estimated,
             "billing_mode": ex.billing_mode, "zdr_applied": ex.zdr_applied, "zdr_reason": ex.zdr_reason,
             "identity": identity, "metadata": ex.metadata, "request_size": ex.request_size,
             "response_size": ex.response_size, "error": ex.error,
-            "request_body": _text(ex.body) if ex.collect_payload else None,
+            "request_body": _text(ex.decoded_body if ex.decoded_body is not None else ex.body)
+            if ex.collect_payload else None,
             "response_body": _text(ex.response_body if ex.response_body is not None else captured)
             if ex.collect_payload else None,
         }

@@ -1,7 +1,7 @@
 """SpendLimits: reserve the worst case before the call, settle the actual cost after it, exactly once.
 
 For every request with a known target (provider and model), the layer asks its `CostPlanner` for the plan
-(billing mode, tenant, worst-case cost; see gateway/limits/estimate.py), checks identity policies (403), and in
+(billing mode, tenant, worst-case cost; see gateway/providers/estimate.py), checks identity policies (403), and in
 one round trip reserves the estimate in every matching bucket and, on unified billing, as a credit hold. Then:
 
 - all granted: call inward; `cf-aig-budget-remaining` goes on the response; after the response body has fully

@@ -68,13 +68,6 @@ class AnthropicFormat:
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"x-api-key": key, "anthropic-version": "2023-06-01"}
 
-    def model_of(self, path: str, body: Any) -> str | None:
-        model = body.get("model") if isinstance(body, dict) else None
-        return model if isinstance(model, str) else None
-
-    def is_stream(self, path: str, query: str, body: Any) -> bool:
-        return isinstance(body, dict) and body.get("stream") is True
-
     def prepare(self, path: str, body: Any, stream: bool) -> tuple[Any, bool]:
         return body, False
 
@@ -83,9 +76,6 @@ class AnthropicFormat:
 
     def stream_usage(self, path: str, hide_usage_chunk: bool) -> AnthropicStreamUsage:
         return AnthropicStreamUsage()
-
-    def max_output_tokens(self, body: Any) -> int | None:
-        return as_int(body.get("max_tokens")) if isinstance(body, dict) else None
 
     def error_body(self, status: int, message: str) -> dict[str, Any]:
         return {"type": "error", "error": {"type": "gateway_error", "message": message}}

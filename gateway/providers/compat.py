@@ -2,8 +2,8 @@
 
 Requests: system and developer messages become Anthropic's `system` / Gemini's `systemInstruction`; consecutive
 messages of one role are merged (Anthropic requires alternation); images by https URL or `data:` base64;
-assistant `tool_calls` and `tool` results; `tools` and `tool_choice`; `max_tokens` / `max_completion_tokens`
-(Anthropic requires one: `DEFAULT_MAX_TOKENS` when absent), `temperature`, `top_p`, `stop`.
+assistant `tool_calls` and `tool` results; `tools` and `tool_choice`; the output limit as the call resolved it
+(one number, the one reserved for: gateway/providers/output_limit.py), `temperature`, `top_p`, `stop`.
 Responses and streams come back as `chat.completion` and `chat.completion.chunk` objects, with a final usage
 chunk when the client asked for `stream_options.include_usage`. Not supported (400): `n` > 1, audio and file
 content parts.
@@ -17,7 +17,6 @@ import time
 import uuid
 from typing import Any
 
-DEFAULT_MAX_TOKENS = 4096
 SSE_DONE = b"data: [DONE]\n\n"
 
 
@@ -125,15 +124,6 @@ def _stop(body: dict[str, Any]) -> list[str] | None:
     raise CompatError("stop must be a string or a list of strings", "stop")
 
 
-def _max_tokens(body: dict[str, Any]) -> int | None:
-    value = body.get("max_completion_tokens", body.get("max_tokens"))
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise CompatError("max_tokens must be a positive integer", "max_tokens")
-    return value
-
-
 def _arguments(call: dict[str, Any]) -> Any:
     raw = (call.get("function") or {}).get("arguments") or "{}"
     try:
@@ -165,7 +155,8 @@ def _anthropic_block(part: dict[str, Any]) -> dict[str, Any]:
     return {"type": "image", "source": {"type": "base64", "media_type": part["media_type"], "data": part["data"]}}
 
 
-def to_anthropic_request(body: dict[str, Any], model: str) -> dict[str, Any]:
+def to_anthropic_request(body: dict[str, Any], model: str, max_tokens: int) -> dict[str, Any]:
+    """`max_tokens`: the call's resolved output limit (gateway/providers/output_limit.py), the reserved number."""
     messages = _check_common(body)
     system: list[str] = []
     turns: list[dict[str, Any]] = []
@@ -191,7 +182,7 @@ def to_anthropic_request(body: dict[str, Any], model: str) -> dict[str, Any]:
         else:  # tool
             add("user", [{"type": "tool_result", "tool_use_id": m.get("tool_call_id"),
                           "content": _text_of(m.get("content"))}])
-    out: dict[str, Any] = {"model": model, "messages": turns, "max_tokens": _max_tokens(body) or DEFAULT_MAX_TOKENS}
+    out: dict[str, Any] = {"model": model, "messages": turns, "max_tokens": max_tokens}
     if system:
         out["system"] = "\n\n".join(system)
     for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p")):
@@ -333,7 +324,8 @@ def _gemini_part(part: dict[str, Any]) -> dict[str, Any]:
     return {"inlineData": {"mimeType": part["media_type"], "data": part["data"]}}
 
 
-def to_gemini_request(body: dict[str, Any]) -> dict[str, Any]:
+def to_gemini_request(body: dict[str, Any], max_tokens: int | None) -> dict[str, Any]:
+    """`max_tokens`: the call's resolved output limit when it is sent (None: the client set none)."""
     messages = _check_common(body)
     system: list[str] = []
     contents: list[dict[str, Any]] = []
@@ -367,8 +359,8 @@ def to_gemini_request(body: dict[str, Any]) -> dict[str, Any]:
     if system:
         out["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
     config: dict[str, Any] = {}
-    if _max_tokens(body) is not None:
-        config["maxOutputTokens"] = _max_tokens(body)
+    if max_tokens is not None:
+        config["maxOutputTokens"] = max_tokens
     if body.get("temperature") is not None:
         config["temperature"] = body["temperature"]
     if body.get("top_p") is not None:

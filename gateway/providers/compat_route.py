@@ -12,13 +12,14 @@ unified billing applies as on the native routes.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from starlette.types import Scope, Send
 
-from gateway.exchange import Exchange
+from gateway.exchange import Call, Exchange
 from gateway.gateways import Gateway
+from gateway.providers.call import off_loop, parse_call
 from gateway.providers.compat import (
     SSE_DONE,
     AnthropicStream,
@@ -34,11 +35,16 @@ from gateway.providers.compat import (
     to_gemini_request,
 )
 from gateway.providers.forward import UpstreamFailure, response_headers
+from gateway.providers.left_early import delivered_text
+from gateway.providers.openai import dumps
 from gateway.providers.options import RequestOptions
 from gateway.providers.sse import SSEParser
 from gateway.providers.store import ProviderConfigSnapshot
 from gateway.providers.target import Target, TargetError, resolve
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.providers.router import ProviderRouter
 
 MAX_COMPAT_RESPONSE = 32 * 1024 * 1024
 
@@ -53,9 +59,13 @@ def split_model(value: Any) -> tuple[str, str]:
 
 
 def compat_target(ex: Exchange, gateway: Gateway, settings: Settings, config: ProviderConfigSnapshot, rest: str,
-                  headers: dict[str, str], body: Any, options: RequestOptions) -> Target:
-    if rest.strip("/") != "chat/completions":
+                  headers: dict[str, str], body: Any, options: RequestOptions, limits: tuple[int, bool]) -> Target:
+    """Parse the compat call (ex.call: the provider's upstream endpoint, the Chat Completions body with its output
+    limit resolved) and resolve its target. `limits`: the gateway's (default_max_output_tokens, inject_max_tokens)."""
+    if rest != "chat/completions":
         raise TargetError(404, "the compat endpoint is /compat/chat/completions")
+    if ex.json_error is not None:
+        raise ex.json_error
     if not isinstance(body, dict):
         raise TargetError(400, "the body must be a JSON object")
     provider, model = split_model(body.get("model"))
@@ -65,31 +75,37 @@ def compat_target(ex: Exchange, gateway: Gateway, settings: Settings, config: Pr
     elif provider == "google-ai-studio":
         verb = "streamGenerateContent" if stream else "generateContent"
         path, query = f"v1beta/models/{model}:{verb}", "alt=sse" if stream else ""
+    elif provider == "grok":
+        path, query = "v1/chat/completions", ""
     else:
         path, query = "chat/completions", ""
+    ex.call = parse_call(method="POST", provider=provider, path=path, query=query, body=body, raw_body=b"",
+                         default_output=limits[0], inject_limit=limits[1], compat=True, model=model)
+    if ex.call.endpoint is None:
+        raise TargetError(400, f"model {model!r} cannot be served by {provider} through the compat endpoint")
     scheme, _, token = headers.get("authorization", "").partition(" ")
     client_key = token.strip() if scheme.lower() == "bearer" and token.strip() else None
-    target = resolve(exchange=ex, gateway=gateway, settings=settings, config=config, provider=provider, path=path,
-                     query=query, headers=headers, body=body, options=options, model=model, compat=True,
-                     client_key=client_key)
-    target.stream = stream
-    return target
+    return resolve(exchange=ex, gateway=gateway, settings=settings, config=config, call=ex.call, headers=headers,
+                   options=options, client_key=client_key)
 
 
-def upstream_body(target: Target, body: dict[str, Any]) -> tuple[Any, bool]:
-    """(body for the provider, hide the usage chunk)."""
+def upstream_body(target: Target, call: Call) -> tuple[Any, bool]:
+    """(body for the provider, hide the usage chunk): the call's body, translated, with its resolved limit."""
     assert target.model is not None
+    body = call.body
     if target.provider == "anthropic":
-        return to_anthropic_request(body, target.model), False
+        assert call.output_limit is not None
+        return to_anthropic_request(body, target.model, call.output_limit), False
     if target.provider == "google-ai-studio":
-        return to_gemini_request(body), False
+        return to_gemini_request(body, call.output_limit if call.limit_field else None), False
     return target.adapter.prepare(target.path, {**body, "model": target.model}, target.stream)
 
 
-async def serve_compat(router: Any, scope: Scope, send: Send, ex: Exchange, target: Target) -> None:
-    body = ex.json_body
+async def serve_compat(router: ProviderRouter, scope: Scope, send: Send, ex: Exchange, target: Target) -> None:
+    call = ex.call
+    assert call is not None
     try:
-        payload, hide = upstream_body(target, body)
+        payload, hide = await off_loop(len(ex.decoded_body or b""), lambda: upstream_body(target, call))
     except CompatError as exc:
         error = openai_error(400, str(exc), "invalid_request_error")
         error["error"]["param"] = exc.param
@@ -97,9 +113,10 @@ async def serve_compat(router: Any, scope: Scope, send: Send, ex: Exchange, targ
         ex.status_code, ex.error = 400, str(exc)
         return
     try:
-        response = await router.open(scope, ex, target, payload, None)
+        content = await off_loop(len(ex.decoded_body or b""), lambda: dumps(payload))
+        response = await router.open(scope, ex, target, content)
     except UpstreamFailure as exc:
-        await router._refuse(send, ex, exc.status, str(exc), target)
+        await router.refuse(send, ex, exc.status, str(exc), target)
         return
     try:
         if response.status_code >= 400:
@@ -122,7 +139,7 @@ async def serve_compat(router: Any, scope: Scope, send: Send, ex: Exchange, targ
         # provider rather than a 500. `ex.status_code` keeps the provider's status, as in ProviderRouter._relay: a
         # 2xx answer that broke settles as a stream that died without usage (the full reservation).
         message = f"{target.provider} broke the connection before its answer was complete: {type(exc).__name__}"
-        await router._refuse(send, ex, 502, message, target)
+        await router.refuse(send, ex, 502, message, target)
         ex.status_code = response.status_code
     finally:
         await response.aclose()
@@ -137,7 +154,7 @@ async def _read(response: Any) -> bytes:
     return bytes(data)
 
 
-async def _json(router: Any, send: Send, ex: Exchange, target: Target, response: Any) -> None:
+async def _json(router: ProviderRouter, send: Send, ex: Exchange, target: Target, response: Any) -> None:
     raw = await _read(response)
     try:
         data = json.loads(raw)
@@ -162,9 +179,11 @@ async def _json(router: Any, send: Send, ex: Exchange, target: Target, response:
     await _send_raw(send, response.status_code, encoded, headers)
 
 
-async def _stream(router: Any, send: Send, ex: Exchange, target: Target, response: Any, hide: bool) -> None:
+async def _stream(router: ProviderRouter, send: Send, ex: Exchange, target: Target, response: Any, hide: bool) -> None:
     assert target.model is not None
-    include_usage = bool((ex.json_body.get("stream_options") or {}).get("include_usage"))
+    assert ex.call is not None
+    options = ex.call.body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
     translator: AnthropicStream | GeminiStream | None = None
     if target.provider == "anthropic":
         translator = AnthropicStream(target.model, include_usage)
@@ -189,6 +208,10 @@ async def _stream(router: Any, send: Send, ex: Exchange, target: Target, respons
             out = bytearray()
             for event in parser.feed(chunk):
                 hidden = reader.on_event(event)
+                text = delivered_text(event.data)
+                if text:
+                    ex.delivered_events += 1
+                    ex.delivered_text += text
                 if translator is None:
                     if not hidden:
                         out += event.raw

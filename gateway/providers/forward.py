@@ -20,6 +20,8 @@ HOP_BY_HOP = {
     "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding",
 }
 KEY_HEADERS = {"authorization", "x-api-key", "x-goog-api-key"}
+# headers that move a call to another provider account, project or billing scope: never with the gateway's keys
+ACCOUNT_HEADERS = {"openai-organization", "openai-project", "x-goog-user-project", "anthropic-organization"}
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 DEFAULT_FIRST_BYTE_TIMEOUT_S = 300.0
 
@@ -40,14 +42,19 @@ class UpstreamTimeout(UpstreamFailure):
     status = 504
 
 
-def upstream_headers(headers: Iterable[tuple[bytes, bytes]], auth: dict[str, str] | None) -> dict[str, str]:
-    """Client headers minus hop-by-hop, cf-aig-*, cf-access-* (and the key headers when we set the key)."""
+def upstream_headers(headers: Iterable[tuple[bytes, bytes]], auth: dict[str, str] | None,
+                     gateway_key: bool = False) -> dict[str, str]:
+    """Client headers minus hop-by-hop, cf-aig-*, cf-access-*, Content-Encoding (the body goes decoded), the key
+    headers when we set the key, and the account-moving headers when the key is the gateway's."""
     out: dict[str, str] = {}
     for raw_name, raw_value in headers:
         name = raw_name.decode("latin-1").lower()
-        if name in HOP_BY_HOP or name.startswith(("cf-aig-", "cf-access-", "x-forwarded-")) or name == "cookie":
+        if name in HOP_BY_HOP or name.startswith(("cf-aig-", "cf-access-", "x-forwarded-")) or name in (
+                "cookie", "content-encoding"):
             continue
         if auth is not None and name in KEY_HEADERS:
+            continue
+        if gateway_key and name in ACCOUNT_HEADERS:
             continue
         out[name] = raw_value.decode("latin-1")
     out["accept-encoding"] = "identity"  # usage is read from the body as it passes

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -13,8 +12,6 @@ from urllib.parse import parse_qs
 from gateway.exchange import Usage
 from gateway.providers.base import as_int
 from gateway.providers.sse import Event
-
-MODEL_IN_PATH = re.compile(r"models/([^/:]+):")
 
 
 def usage_of(data: Any) -> Usage | None:
@@ -61,13 +58,6 @@ class GoogleFormat:
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"x-goog-api-key": key}
 
-    def model_of(self, path: str, body: Any) -> str | None:
-        match = MODEL_IN_PATH.search(path)
-        return match.group(1) if match else None
-
-    def is_stream(self, path: str, query: str, body: Any) -> bool:
-        return ":streamGenerateContent" in path
-
     def prepare(self, path: str, body: Any, stream: bool) -> tuple[Any, bool]:
         return body, False
 
@@ -79,11 +69,6 @@ class GoogleFormat:
 
     def stream_usage(self, path: str, hide_usage_chunk: bool) -> GeminiStreamUsage:
         return GeminiStreamUsage()
-
-    def max_output_tokens(self, body: Any) -> int | None:
-        if not isinstance(body, dict) or not isinstance(body.get("generationConfig"), dict):
-            return None
-        return as_int(body["generationConfig"].get("maxOutputTokens"))
 
     def error_body(self, status: int, message: str) -> dict[str, Any]:
         return {"error": {"code": status, "message": message, "status": "GATEWAY_ERROR"}}

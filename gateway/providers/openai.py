@@ -84,13 +84,6 @@ class OpenAIFormat:
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {key}"}
 
-    def model_of(self, path: str, body: Any) -> str | None:
-        model = body.get("model") if isinstance(body, dict) else None
-        return model if isinstance(model, str) else None
-
-    def is_stream(self, path: str, query: str, body: Any) -> bool:
-        return isinstance(body, dict) and body.get("stream") is True
-
     def prepare(self, path: str, body: Any, stream: bool) -> tuple[Any, bool]:
         if not stream or not path.rstrip("/").endswith("chat/completions") or not isinstance(body, dict):
             return body, False
@@ -106,15 +99,6 @@ class OpenAIFormat:
 
     def stream_usage(self, path: str, hide_usage_chunk: bool) -> OpenAIStreamUsage:
         return OpenAIStreamUsage(hide_usage_chunk)
-
-    def max_output_tokens(self, body: Any) -> int | None:
-        if not isinstance(body, dict):
-            return None
-        for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-            value = as_int(body.get(name))
-            if value is not None:
-                return value
-        return None
 
     def error_body(self, status: int, message: str) -> dict[str, Any]:
         return {"error": {"message": message, "type": "gateway_error", "param": None, "code": status}}

@@ -12,6 +12,7 @@ BACKOFFS = ("constant", "linear", "exponential")
 MAX_ATTEMPTS = 5
 MAX_RETRY_DELAY_MS = 5000
 MAX_TIMEOUT_MS = 30 * 60 * 1000
+MAX_PRICE_PER_TOKEN = Decimal(1000)  # USD; far above any model, and keeps every cost inside nano-USD's range
 
 
 class HeaderError(ValueError):
@@ -102,6 +103,6 @@ def parse_custom_cost(raw: str) -> CustomCost:
             values[key] = Decimal(str(value))
         except InvalidOperation:
             raise HeaderError(name, f"{name}.{key} must be a number") from None
-        if not values[key].is_finite() or values[key] < 0:
-            raise HeaderError(name, f"{name}.{key} must be a non-negative number")
+        if not values[key].is_finite() or not 0 <= values[key] <= MAX_PRICE_PER_TOKEN:
+            raise HeaderError(name, f"{name}.{key} must be a number from 0 to {MAX_PRICE_PER_TOKEN} (USD per token)")
     return CustomCost(values["per_token_in"], values["per_token_out"])

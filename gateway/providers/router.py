@@ -25,16 +25,20 @@ from typing import Any
 import httpx
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.exchange import BodyTooLarge, Exchange, Usage
+from gateway.exchange import Exchange, Usage
 from gateway.gateways import GatewayStore, UnknownAccount, UnknownGateway
 from gateway.paths import locate
 from gateway.pricing import cost_of
+from gateway.providers.call import CallRefused, LimitError, off_loop, parse_call, read_json
+from gateway.providers.estimate import input_token_bound
 from gateway.providers.forward import (
     UpstreamFailure,
     response_headers,
     send_with_retries,
     upstream_headers,
 )
+from gateway.providers.left_early import delivered_text, estimated_usage
+from gateway.providers.openai import dumps
 from gateway.providers.options import HeaderError, parse_options
 from gateway.providers.sse import SSEParser
 from gateway.providers.store import ProviderStore
@@ -50,11 +54,12 @@ CAPTURE = 64 * 1024
 class RequestRefused(Exception):
     """A request refused before anything went upstream."""
 
-    def __init__(self, status: int, message: str, header: str | None = None) -> None:
+    def __init__(self, status: int, message: str, header: str | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.header = header
+        self.param = param
 
 
 def make_client(max_connections: int = 1000) -> httpx.AsyncClient:
@@ -67,8 +72,20 @@ def make_client(max_connections: int = 1000) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(30.0, read=600.0, pool=30.0))
 
 
+# headers every layer must read the same way: sent twice, one layer could read the first and another the last
+SINGLE_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "content-encoding", "content-type",
+                            "cf-access-jwt-assertion"})
+
+
 def header_map(scope: Scope) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    """Lower-cased names to values; a `cf-aig-*`, key or encoding header sent twice is refused (400)."""
+    out: dict[str, str] = {}
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.decode("latin-1").lower()
+        if name in out and (name in SINGLE_HEADERS or name.startswith("cf-aig-")):
+            raise RequestRefused(400, f"the {name} header was sent more than once", name)
+        out[name] = raw_value.decode("latin-1")
+    return out
 
 
 class ProviderRouter:
@@ -83,14 +100,27 @@ class ProviderRouter:
     # -- planning -------------------------------------------------------------------------------------------
 
     async def prepare(self, scope: Scope, receive: Receive) -> Target:
-        """Resolve the request's target once (kept in scope state); raises RequestRefused."""
-        state = scope.setdefault("state", {})
-        if state.get("target") is not None:
-            return state["target"]  # type: ignore[no-any-return]
+        """Resolve the request's call and target once (kept on the Exchange); raises RequestRefused, the same
+        refusal every time it is asked (a later reader must never get further than the first one did)."""
         ex = Exchange.of(scope)
+        if ex.target is not None:
+            return ex.target
+        if isinstance(ex.refusal, RequestRefused):
+            raise ex.refusal
+        try:
+            target = await self._prepare(scope, receive, ex)
+        except RequestRefused as exc:
+            ex.refusal = exc
+            raise
+        ex.target = target
+        return target
+
+    async def _prepare(self, scope: Scope, receive: Receive, ex: Exchange) -> Target:
         where = locate(scope)
         if where is None:
             raise RequestRefused(404, "expected /v1/{account}/{gateway}/{provider}/{path}")
+        if where.error is not None:
+            raise RequestRefused(400, where.error)
         try:
             gateway = ex.gateway or await self.gateways.get(where.account, where.gateway)
         except UnknownAccount:
@@ -98,7 +128,7 @@ class ProviderRouter:
         except UnknownGateway:
             raise RequestRefused(404, f"unknown gateway {where.gateway!r}") from None
         ex.gateway = gateway
-        headers = header_map(scope)
+        headers = header_map(scope)  # raises RequestRefused
         try:
             options = parse_options(headers)
         except HeaderError as exc:
@@ -106,37 +136,38 @@ class ProviderRouter:
         if options.custom_cost is not None and not gateway.settings.allow_custom_cost:
             raise RequestRefused(400, "cf-aig-custom-cost is not allowed on this gateway", "cf-aig-custom-cost")
         try:
-            body = await ex.read_body(receive, self.settings.max_body_bytes)
-        except BodyTooLarge as exc:
-            raise RequestRefused(413, str(exc)) from None
-        parsed: Any = None
-        if body:
-            try:
-                parsed = json.loads(body)
-            except ValueError:
-                if where.provider == "compat":
-                    raise RequestRefused(400, "the body must be JSON") from None
-        ex.json_body = parsed
-        config = await self.providers.get(where.account, where.gateway)
-        query = scope.get("query_string", b"").decode("latin-1")
-        try:
+            body = await read_json(ex, receive, headers.get("content-encoding"), self.settings.max_body_bytes)
+            config = await self.providers.get(where.account, where.gateway)
+            query = scope.get("query_string", b"").decode("latin-1")
+            limits = (gateway.settings.default_max_output_tokens, gateway.settings.inject_max_tokens)
             if where.provider == "compat":
                 from gateway.providers.compat_route import compat_target
 
-                target = compat_target(ex, gateway, self.settings, config, where.rest, headers, parsed, options)
+                target = compat_target(ex, gateway, self.settings, config, where.rest, headers, body, options,
+                                       limits)
             else:
-                target = resolve(exchange=ex, gateway=gateway, settings=self.settings, config=config,
-                                 provider=where.provider, path=where.rest, query=query, headers=headers,
-                                 body=parsed, options=options)
+                ex.call = parse_call(method=scope["method"], provider=where.provider, path=where.rest, query=query,
+                                     body=body, raw_body=ex.decoded_body or b"", default_output=limits[0],
+                                     inject_limit=limits[1], json_error=ex.json_error)
+                target = resolve(exchange=ex, gateway=gateway, settings=self.settings, config=config, call=ex.call,
+                                 headers=headers, options=options)
+        except CallRefused as exc:
+            raise RequestRefused(exc.status, exc.message, exc.header, exc.param) from None
+        except LimitError as exc:
+            raise RequestRefused(400, str(exc), param=exc.field) from None
         except TargetError as exc:
             raise RequestRefused(exc.status, exc.message) from None
+        call = ex.call
+        assert call is not None
+        if call.endpoint is not None and not target.compat:
+            body, hide = target.adapter.prepare(call.path, call.body, call.stream)
+            target.content = await off_loop(len(ex.decoded_body or b""), lambda: dumps(body))
+            target.hide_usage_chunk = hide
+        else:
+            target.content = call.raw_body
         ex.provider, ex.model, ex.billing_mode = target.provider, target.model, target.billing_mode
         ex.custom_cost = options.custom_cost is not None
-        state["target"] = target
         return target
-
-    def retarget(self, scope: Scope, target: Target) -> None:
-        scope.setdefault("state", {})["target"] = target
 
     # -- the ASGI app ------------------------------------------------------------------------------------------
 
@@ -147,21 +178,20 @@ class ProviderRouter:
         try:
             target = await self.prepare(scope, receive)
         except RequestRefused as exc:
-            await self._refuse(send, ex, exc.status, exc.message, None, header=exc.header)
+            await self.refuse(send, ex, exc.status, exc.message, None, header=exc.header, param=exc.param)
             return
         await self._serve_while_connected(scope, receive, send, ex, target)
 
     async def _serve_while_connected(self, scope: Scope, receive: Receive, send: Send, ex: Exchange,
                                      target: Target) -> None:
-        """Serve the call, but stop waiting for upstream if the client leaves before any answer started.
+        """Serve the call, and stop it as soon as the client leaves.
 
-        Why: the ASGI server does not cancel a request whose client went away, it only says so on `receive` (which
-        nothing else reads once the body is kept). Without this watch, a client that gave up on a hanging upstream
-        kept its call — and the call's spend reservation and credit hold — open until the upstream answered or the
-        first-byte timeout (300 s without `cf-aig-request-timeout`) passed. Now the wait is cancelled, the call
-        ends as 499 (client closed request; no 2xx, so nothing is billed) and SpendLimits releases at once.
-        Once the answer started, nothing changes: the response runs to its end (sends to a gone client are dropped,
-        the usage still arrives and is billed).
+        The ASGI server does not cancel a request whose client went away, it only says so on `receive` (which
+        nothing else reads once the body is kept). So the call runs beside a watch on `receive`: when the client
+        leaves, the call is cancelled wherever it is, which closes the upstream connection (a provider stops
+        generating what nobody reads; the money is the user's). Before the first byte, the answer is 499; after
+        it, the stream just ends. Either way, once the call was handed to the provider it is billed what the
+        gateway can know of it (gateway/providers/left_early.py), never $0, and SpendLimits settles at once.
         """
         started = False
 
@@ -181,7 +211,7 @@ class ProviderRouter:
         try:
             await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
             gone = watch.done() and not watch.cancelled() and watch.exception() is None and watch.result()
-            if gone and not work.done() and not started:
+            if gone and not work.done():
                 work.cancel()
             await asyncio.wait({work})
         finally:
@@ -192,34 +222,49 @@ class ProviderRouter:
                 work.cancel()
                 await asyncio.wait({work})
         if work.cancelled():
-            await self._refuse(send, ex, 499, f"the client went away before {target.provider} answered", target)
+            await self._bill_left_early(ex, target)
+            if not started:
+                await self.refuse(send, ex, 499, f"the client went away before {target.provider} answered", target)
+            else:
+                ex.error = f"the client went away; the {target.provider} call was stopped"
             return
         work.result()  # re-raise what the call raised
 
-    def build_request(self, scope: Scope, ex: Exchange, target: Target, body: Any, raw: bytes | None) -> httpx.Request:
+    async def _bill_left_early(self, ex: Exchange, target: Target) -> None:
+        call = ex.call
+        if not ex.upstream_sent or call is None or call.endpoint is None:
+            return  # nothing reached the provider, or nothing the gateway can price
+        body = call.body
+        bound = await off_loop(len(ex.decoded_body or b""), lambda: input_token_bound(body))
+        cap = call.output_bound if call.limit_field is not None else None
+        ex.usage = estimated_usage(ex.usage, bound, ex.delivered_events, ex.delivered_text, cap)
+        ex.usage_estimated = True
+        ex.cost_usd = cost_of(target.provider, target.model, ex.usage, at=datetime.fromtimestamp(ex.started_at, UTC),
+                              override=target.price, custom=target.options.custom_cost)
+
+    def build_request(self, scope: Scope, ex: Exchange, target: Target, content: bytes) -> httpx.Request:
+        """The upstream request: the URL from the recognised endpoint, the body the gateway understood."""
         auth = target.adapter.auth_headers(target.key) if target.key is not None else None
-        headers = upstream_headers(scope["headers"], auth)
-        content = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
-        if raw is None and body is not None:
+        headers = upstream_headers(scope["headers"], auth, gateway_key=not target.passthrough)
+        if ex.call is not None and ex.call.endpoint is not None:
             headers["content-type"] = "application/json"
         url = target.adapter.upstream_url(target.base_url, target.path, target.query)
         return self.client.build_request(scope["method"], url, headers=headers, content=content)
 
-    async def open(self, scope: Scope, ex: Exchange, target: Target, body: Any, raw: bytes | None
-                   ) -> httpx.Response:
-        request = self.build_request(scope, ex, target, body, raw)
+    async def open(self, scope: Scope, ex: Exchange, target: Target, content: bytes) -> httpx.Response:
+        request = self.build_request(scope, ex, target, content)
+        ex.upstream_sent = True  # from here on the provider may have the prompt, and may bill for it
         response, _attempts = await send_with_retries(self.client, request, target.options, target.provider)
         ex.ttfb_ms = (time.perf_counter() - ex.started) * 1000
         ex.status_code = response.status_code
         return response
 
     async def forward(self, scope: Scope, send: Send, ex: Exchange, target: Target) -> None:
-        body, hide = target.adapter.prepare(target.path, ex.json_body, target.stream)
-        raw = ex.body if body is ex.json_body else None
+        hide = target.hide_usage_chunk
         try:
-            response = await self.open(scope, ex, target, body, raw)
+            response = await self.open(scope, ex, target, target.content)
         except UpstreamFailure as exc:
-            await self._refuse(send, ex, exc.status, str(exc), target)
+            await self.refuse(send, ex, exc.status, str(exc), target)
             return
         try:
             content_type = response.headers.get("content-type", "")
@@ -261,7 +306,7 @@ class ProviderRouter:
                     break
         except httpx.HTTPError as exc:
             message = f"{target.provider} broke the connection before its answer was complete: {type(exc).__name__}"
-            await self._refuse(send, ex, 502, message, target)
+            await self.refuse(send, ex, 502, message, target)
             ex.status_code = response.status_code
             return
         headers = response_headers(response) + self.gateway_headers(ex, target)
@@ -310,6 +355,10 @@ class ProviderRouter:
                 for event in parser.feed(chunk):
                     if not reader.on_event(event):
                         out += event.raw
+                        text = delivered_text(event.data)
+                        if text:
+                            ex.delivered_events += 1
+                            ex.delivered_text += text
                 if out:
                     size += len(out)
                     await send({"type": "http.response.body", "body": bytes(out), "more_body": True})
@@ -322,8 +371,9 @@ class ProviderRouter:
             self.record_cost(ex, target, reader.usage)
         await send({"type": "http.response.body", "body": b""})
 
-    async def _refuse(self, send: Send, ex: Exchange, status: int, message: str, target: Target | None,
-                      header: str | None = None) -> None:
+    async def refuse(self, send: Send, ex: Exchange, status: int, message: str, target: Target | None,
+                     header: str | None = None, param: str | None = None) -> None:
+        """Answer an error in the shape the client's API expects (the provider's, or OpenAI's on compat)."""
         ex.status_code = status
         ex.error = message
         if target is not None and target.compat:
@@ -337,6 +387,8 @@ class ProviderRouter:
             error: dict[str, Any] = {"message": message}
             if header:
                 error["header"] = header
+            if param:
+                error["param"] = param
             payload = {"success": False, "error": error}
         body = json.dumps(payload).encode()
         await send({"type": "http.response.start", "status": status,

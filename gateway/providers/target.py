@@ -11,13 +11,14 @@ null cost, unless the gateway sets `block_unpriced`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from urllib.parse import parse_qsl
 
-from gateway.exchange import BillingMode, Exchange
+from gateway.exchange import BillingMode, Call, Exchange
 from gateway.gateways import Gateway
 from gateway.pricing import PriceOverride, unit_prices
 from gateway.providers.anthropic import AnthropicFormat
 from gateway.providers.base import Adapter
+from gateway.providers.call import QUERY_PARAMETERS
 from gateway.providers.google import GoogleFormat
 from gateway.providers.openai import OpenAIFormat
 from gateway.providers.options import RequestOptions
@@ -55,6 +56,8 @@ class Target:
     price: PriceOverride | None
     compat: bool = False
     passthrough: bool = False  # the client sent its own provider key
+    content: bytes = b""  # the body forwarded upstream (native routes; compat translates the call's body)
+    hide_usage_chunk: bool = False  # the gateway asked for stream usage the client did not ask for
 
 
 def adapter_for(provider: str) -> Adapter:
@@ -78,14 +81,13 @@ def base_url_for(provider: str, settings: Settings, config: ProviderConfigSnapsh
 
 
 def resolve(
-    *, exchange: Exchange, gateway: Gateway, settings: Settings, config: ProviderConfigSnapshot, provider: str,
-    path: str, query: str, headers: dict[str, str], body: Any, options: RequestOptions, model: str | None = None,
-    compat: bool = False, client_key: str | None = None,
+    *, exchange: Exchange, gateway: Gateway, settings: Settings, config: ProviderConfigSnapshot, call: Call,
+    headers: dict[str, str], options: RequestOptions, client_key: str | None = None,
 ) -> Target:
+    """Where `call` goes and who pays. Raises TargetError."""
+    provider, path, query, model, compat = call.provider, call.path, call.query, call.model, call.compat
     adapter = adapter_for(provider)
     base = base_url_for(provider, settings, config, False)
-    model = model or adapter.model_of(path, body)
-    stream = adapter.is_stream(path, query, body)
     price = config.price(provider, model)
     if not compat:
         client_key = adapter.client_key(headers, query)
@@ -99,6 +101,9 @@ def resolve(
         raise TargetError(400, f"no {provider} key stored under alias {options.byok_alias!r} on this gateway")
     else:
         mode = "unified"
+        if options.custom_cost is not None:
+            raise TargetError(400, "cf-aig-custom-cost is refused on unified billing: the gateway's own money is "
+                                   "charged at its own prices")
         if gateway.settings.byok_only:
             raise TargetError(400, f"this gateway accepts only your own keys (byok_only): send a {provider} key")
         if options.no_wholesale:
@@ -116,6 +121,8 @@ def resolve(
             else:
                 exchange.zdr_applied = False
                 exchange.zdr_reason = f"{provider} has no zero-data-retention configuration; standard one used"
+    if not client_key:
+        _check_gateway_key_call(call, options)
     if exchange.zdr_requested and mode == "byok":
         exchange.zdr_applied, exchange.zdr_reason = False, "zero data retention applies only to unified billing"
     unpriced = price is None and options.custom_cost is None and unit_prices(provider, model) is None
@@ -126,5 +133,15 @@ def resolve(
             + ("unified billing cannot charge for it" if mode == "unified" else "this gateway blocks it")
             + ": add a price with PUT /admin/accounts/{a}/gateways/{g}/prices or use your own key",
         )
-    return Target(provider, adapter, base, path, query, key, mode, model, stream, options, price, compat,
+    return Target(provider, adapter, base, path, query, key, mode, model, call.stream, options, price, compat,
                   passthrough=bool(client_key))
+
+
+def _check_gateway_key_call(call: Call, options: RequestOptions) -> None:
+    """The gateway's keys (stored or its own) serve only what the gateway understands and can price."""
+    if call.endpoint is None:
+        raise TargetError(403, f"{call.method} /{call.path} is not an endpoint this gateway serves with its "
+                               f"{call.provider} keys (send your own key for it; see docs/refusals.md)")
+    allowed = QUERY_PARAMETERS.get(call.provider, frozenset())
+    for name in {name for name, _ in parse_qsl(call.query, keep_blank_values=True)} - allowed:
+        raise TargetError(400, f"query parameter {name!r} is not understood on {call.endpoint.name}")

@@ -71,12 +71,23 @@ class Recorded:
         return self.json
 
 
+@dataclass(frozen=True)
+class Seen:
+    """Any request that reached the fake, routed or not: what a gateway key could have been sent to."""
+
+    method: str
+    path: str  # as sent on the wire (raw, percent-encoding kept)
+    headers: dict[str, str]  # lowercased names
+
+
 @dataclass
 class Recorder:
-    """Requests received by one fake app, oldest first (`app.state.recorder`, also `app.state.requests`)."""
+    """Requests received by one fake app, oldest first (`app.state.recorder`, also `app.state.requests`).
+    `seen` holds every request that reached the app, including those no route matched."""
 
     requests: list[Recorded] = field(default_factory=list)
     failures: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    seen: list[Seen] = field(default_factory=list)
 
     @property
     def last(self) -> Recorded:
@@ -89,6 +100,7 @@ class Recorder:
     def clear(self) -> None:
         self.requests.clear()
         self.failures.clear()
+        self.seen.clear()
 
 
 class FakeApp(Starlette):
@@ -102,6 +114,10 @@ class FakeApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            raw = scope.get("raw_path") or scope["path"].encode()
+            self.recorder.seen.append(Seen(scope["method"], raw.decode("latin-1"),
+                                           {k.decode("latin-1").lower(): v.decode("latin-1")
+                                            for k, v in scope["headers"]}))
             # uvicorn passes a bound method of its request cycle; its transport lets `cut` close the socket cleanly
             scope["fake.transport"] = getattr(getattr(send, "__self__", None), "transport", None)
         await super().__call__(scope, receive, send)

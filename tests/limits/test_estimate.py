@@ -2,21 +2,30 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.limits.estimate import BASE_OVERHEAD, IMAGE_TOKENS, input_token_bound, output_token_bound, token_bound
+from gateway.providers import output_limit
+from gateway.providers.estimate import BASE_OVERHEAD, IMAGE_TOKENS, input_token_bound
+from gateway.providers.output_limit import LimitError, resolve
+
+
+def _bound(fields: output_limit.LimitFields, body: dict[str, object], default: int = 4096) -> tuple[int, bool]:
+    limit = resolve(fields, body, default)
+    return limit.tokens * limit.choices, limit.given
 
 
 def test_output_limits_by_provider_field() -> None:
-    assert output_token_bound({"max_tokens": 100}, 4096) == (100, True)
-    assert output_token_bound({"max_completion_tokens": 50, "n": 3}, 4096) == (150, True)
-    assert output_token_bound({"max_output_tokens": 70}, 4096) == (70, True)
+    assert _bound(output_limit.MESSAGES, {"max_tokens": 100}) == (100, True)
+    assert _bound(output_limit.CHAT, {"max_completion_tokens": 50, "n": 3}) == (150, True)
+    assert _bound(output_limit.RESPONSES, {"max_output_tokens": 70}) == (70, True)
     gemini = {"generationConfig": {"maxOutputTokens": 30, "candidateCount": 2}}
-    assert output_token_bound(gemini, 4096) == (60, True)
-    assert output_token_bound({"messages": []}, 4096) == (4096, False)
-    assert output_token_bound({"max_tokens": True}, 10) == (10, False)
-    assert output_token_bound({"input": "x"}, 4096, embeddings=True) == (0, True)
+    assert _bound(output_limit.GEMINI, gemini) == (60, True)
+    assert _bound(output_limit.CHAT, {"messages": []}) == (4096, False)
+    assert _bound(output_limit.CHAT, {"max_tokens": None, "max_completion_tokens": None}) == (4096, False)
+    with pytest.raises(LimitError):
+        resolve(output_limit.CHAT, {"max_tokens": True}, 10)
 
 
 def test_images_count_a_fixed_bound_not_their_bytes() -> None:
@@ -40,4 +49,3 @@ def test_tool_schemas_count_keys_and_values() -> None:
         "type": "object", "properties": {"location": {"type": "string"}}}}}]
     bare = input_token_bound({"messages": []})
     assert input_token_bound({"messages": [], "tools": tools}) - bare >= len(json.dumps(tools)) // 2
-    assert token_bound({"max_tokens": 5}, 10).output_tokens == 5

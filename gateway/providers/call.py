@@ -1,0 +1,289 @@
+"""The canonical call: one parser turns the raw request into `Exchange.call`, and every later layer reads only that.
+
+Money leaks wherever two pieces of code read the same input differently (the gateway and the provider, the
+estimate and the translation). So the request is read once, here, before any rule, policy, estimate, key or ZDR
+decision, and the forwarder sends exactly what was understood: the upstream URL from the recognised endpoint,
+the body re-encoded from the parsed JSON with the reserved output limit written in. What cannot be represented
+faithfully is refused (docs/refusals.md):
+
+- the body: read once (413 past the size limit, for every later reader too); a `Content-Encoding` of gzip,
+  deflate, br or zstd decoded within the same limit, any other 415; JSON that is not valid, nests deeper than
+  `MAX_DEPTH`, or contains NaN / Infinity / a number that overflows → 400;
+- the endpoint: recognised per provider (method and path, `ENDPOINTS`); an unrecognised one is only served with
+  the client's own key (the target refuses the gateway's keys for it, 403);
+- the model: a string of printable ASCII without spaces (it ends up in a header and a URL); on Gemini it comes
+  from the path and must look like a model name;
+- the output limit: gateway/providers/output_limit.py;
+- `stream` must be a boolean; query parameters are parsed and re-encoded (on the gateway's keys only the ones
+  the endpoint understands pass, target.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import zlib
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from starlette.types import Receive
+
+from gateway.exchange import BodyTooLarge, Call, Endpoint, Exchange
+from gateway.providers import output_limit
+from gateway.providers.output_limit import LimitError, LimitFields
+
+MAX_DEPTH = 64
+OFF_LOOP_BYTES = 256 * 1024  # bodies larger than this are parsed and encoded in a worker thread
+_MODEL = re.compile(r"[\x21-\x7e]{1,256}")
+_GEMINI = re.compile(r"(v1beta|v1)/models/([A-Za-z0-9][A-Za-z0-9._-]{0,127}):"
+                     r"(generateContent|streamGenerateContent|countTokens|embedContent)")
+
+CHAT = Endpoint("chat/completions", generates=True)
+RESPONSES = Endpoint("responses", generates=True)
+EMBEDDINGS = Endpoint("embeddings", generates=False)
+MESSAGES = Endpoint("messages", generates=True)
+COUNT_TOKENS = Endpoint("count_tokens", generates=False)
+GEMINI_ENDPOINTS = {
+    "generateContent": Endpoint("generateContent", generates=True),
+    "streamGenerateContent": Endpoint("streamGenerateContent", generates=True),
+    "countTokens": Endpoint("countTokens", generates=False),
+    "embedContent": Endpoint("embedContent", generates=False),
+}
+_OPENAI_PATHS = {"chat/completions": CHAT, "responses": RESPONSES, "embeddings": EMBEDDINGS}
+# grok's base URL has no /v1 (its SDK paths carry it); the other OpenAI-format bases end in /v1
+ENDPOINTS: dict[str, dict[str, Endpoint]] = {
+    "openai": _OPENAI_PATHS,
+    "groq": _OPENAI_PATHS,
+    "grok": {f"v1/{path}": endpoint for path, endpoint in _OPENAI_PATHS.items()},
+    "anthropic": {"v1/messages": MESSAGES, "v1/messages/count_tokens": COUNT_TOKENS},
+}
+# query parameters the recognised endpoints understand (anything else is refused on the gateway's keys)
+QUERY_PARAMETERS: dict[str, frozenset[str]] = {
+    "google-ai-studio": frozenset({"alt"}),
+    "anthropic": frozenset({"beta"}),
+}
+
+
+class CallRefused(Exception):
+    """The request cannot be represented faithfully: refused before anything goes upstream."""
+
+    def __init__(self, status: int, message: str, header: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.header = header
+        self.param = param
+
+
+# -- the body -------------------------------------------------------------------------------------------------------
+
+
+def _gunzip(data: bytes, limit: int, wbits: int) -> bytes:
+    decoder = zlib.decompressobj(wbits)
+    out = decoder.decompress(data, limit + 1)
+    if len(out) > limit:
+        raise CallRefused(413, f"request body exceeds {limit} bytes once decoded")
+    if decoder.unconsumed_tail or not decoder.eof:
+        raise CallRefused(400, "the request body is not valid for its Content-Encoding", header="content-encoding")
+    return out
+
+
+def _brotli(data: bytes, limit: int) -> bytes:
+    import brotli
+
+    decoder = brotli.Decompressor()
+    out = bytearray()
+    step = 64 * 1024
+    for start in range(0, len(data), step):
+        out += decoder.process(data[start:start + step])
+        if len(out) > limit:
+            raise CallRefused(413, f"request body exceeds {limit} bytes once decoded")
+    if not decoder.is_finished():
+        raise CallRefused(400, "the request body is not valid for its Content-Encoding", header="content-encoding")
+    return bytes(out)
+
+
+def _zstd(data: bytes, limit: int) -> bytes:
+    import zstandard
+
+    reader = zstandard.ZstdDecompressor().stream_reader(data)
+    out = bytes(reader.read(limit + 1))
+    if len(out) > limit:
+        raise CallRefused(413, f"request body exceeds {limit} bytes once decoded")
+    return out
+
+
+def decode_body(data: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body with its Content-Encoding undone, never larger than `limit` (a small bomb stops at the limit)."""
+    codings = [c.strip().lower() for c in (encoding or "").split(",") if c.strip()]
+    if not codings or codings == ["identity"]:
+        return data
+    for coding in reversed(codings):  # applied in order, undone in reverse
+        try:
+            if coding in ("gzip", "x-gzip"):
+                data = _gunzip(data, limit, 16 + zlib.MAX_WBITS)
+            elif coding == "deflate":
+                try:
+                    data = _gunzip(data, limit, zlib.MAX_WBITS)
+                except zlib.error:  # some clients send raw deflate without the zlib wrapper
+                    data = _gunzip(data, limit, -zlib.MAX_WBITS)
+            elif coding == "br":
+                data = _brotli(data, limit)
+            elif coding == "zstd":
+                data = _zstd(data, limit)
+            elif coding != "identity":
+                raise CallRefused(415, f"Content-Encoding {coding!r} is not supported (gzip, deflate, br, zstd)",
+                                  header="content-encoding")
+        except CallRefused:
+            raise
+        except Exception:
+            raise CallRefused(400, "the request body is not valid for its Content-Encoding",
+                              header="content-encoding") from None
+    return data
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+def _depth_ok(value: Any) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return False
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
+    return True
+
+
+def load_json(data: bytes) -> Any:
+    """Strict JSON: NaN, Infinity and numbers that overflow a double are refused, so is nesting past MAX_DEPTH."""
+    try:
+        value = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise CallRefused(400, f"the JSON body nests deeper than {MAX_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CallRefused(400, f"the body is not valid JSON: {str(exc)[:120]}") from None
+    if not _depth_ok(value):
+        raise CallRefused(400, f"the JSON body nests deeper than {MAX_DEPTH} levels")
+    return value
+
+
+async def off_loop(size: int, work: Callable[[], Any]) -> Any:
+    """Run `work` in a thread when the body is large, so one big body does not stall every other client."""
+    if size > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(work)
+    return work()
+
+
+async def read_json(ex: Exchange, receive: Receive, encoding: str | None, limit: int) -> Any:
+    """The request body, read once (413), decoded (415), parsed strictly. A body that is not JSON is kept as
+    `ex.json_error`: only an endpoint the gateway understands needs JSON (parse_call refuses it there)."""
+    if ex.decoded_body is None:
+        try:
+            raw = await ex.read_body(receive, limit)
+        except BodyTooLarge as exc:
+            raise CallRefused(413, str(exc)) from None
+        ex.decoded_body = await off_loop(len(raw), lambda: decode_body(raw, encoding, limit))
+        decoded = ex.decoded_body
+        if decoded:
+            try:
+                ex.json_body = await off_loop(len(decoded), lambda: load_json(decoded))
+            except CallRefused as exc:
+                ex.json_error = exc
+    return ex.json_body
+
+
+# -- the call -------------------------------------------------------------------------------------------------------
+
+
+def recognise(provider: str, method: str, path: str) -> tuple[Endpoint | None, str | None]:
+    """(the endpoint, the model named in the path) — (None, None) for what the gateway does not understand."""
+    if method != "POST":
+        return None, None
+    if provider == "google-ai-studio":
+        match = _GEMINI.fullmatch(path)
+        return (GEMINI_ENDPOINTS[match.group(3)], match.group(2)) if match else (None, None)
+    table = ENDPOINTS.get(provider) or (_OPENAI_PATHS if provider.startswith("custom-") else {})
+    return table.get(path), None
+
+
+def limit_fields(provider: str, endpoint: Endpoint, compat: bool = False) -> LimitFields | None:
+    if not endpoint.generates:
+        return None
+    if endpoint is CHAT:
+        return output_limit.CHAT if provider == "openai" or compat else output_limit.CHAT_OTHER
+    if endpoint is RESPONSES:
+        return output_limit.RESPONSES
+    if endpoint is MESSAGES:
+        return output_limit.MESSAGES
+    return output_limit.GEMINI
+
+
+def model_name(value: Any, field: str = "model") -> str:
+    if not isinstance(value, str) or not _MODEL.fullmatch(value):
+        raise CallRefused(400, f"{field} must be a model name (1-256 printable characters, no spaces)", param=field)
+    return value
+
+
+def canonical_query(query: str) -> str:
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query), max_num_fields=32)
+    except ValueError:
+        raise CallRefused(400, "the query string is not valid") from None
+    for name, value in pairs:
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name + value):
+            raise CallRefused(400, "the query string contains a control character")
+    return urlencode(pairs)
+
+
+def parse_call(*, method: str, provider: str, path: str, query: str, body: Any, raw_body: bytes,
+               default_output: int, inject_limit: bool, compat: bool = False, model: str | None = None,
+               json_error: Exception | None = None) -> Call:
+    """Build the canonical call. `body` is the strictly parsed JSON (or None); `model` is given for compat,
+    where the body's `model` names the provider too. Raises CallRefused (or LimitError) for what cannot be
+    represented faithfully."""
+    endpoint, path_model = recognise(provider, method, path)
+    query = canonical_query(query)
+    if endpoint is None:
+        return Call(method, provider, path, query, None, None, False, 1, None, False, None, body, raw_body, compat)
+    if json_error is not None:
+        raise json_error
+    if not isinstance(body, dict):
+        raise CallRefused(400, f"the body of {endpoint.name} must be a JSON object")
+    if provider == "google-ai-studio":
+        model = path_model
+        stream = endpoint.name == "streamGenerateContent"
+    else:
+        model = model_name(model if model is not None else body.get("model"))
+        asked = body.get("stream")
+        if asked is not None and not isinstance(asked, bool):
+            raise CallRefused(400, "stream must be true or false", param="stream")
+        stream = bool(asked)
+    # compat bodies are Chat Completions whatever the provider; the translation carries the resolved number
+    fields = output_limit.CHAT if compat else limit_fields(provider, endpoint, compat)
+    if fields is None:
+        return Call(method, provider, path, query, endpoint, model, stream, 1, None, True, None, body, raw_body,
+                    compat)
+    limit = output_limit.resolve(fields, body, default_output)
+    # Anthropic requires max_tokens (natively and through compat): the reserved number is always written there
+    include = limit.given or inject_limit or endpoint is MESSAGES
+    body = output_limit.write(fields, body, limit, include=include)
+    return Call(method, provider, path, query, endpoint, model, stream, limit.choices, limit.tokens, limit.given,
+                limit.field if include else None, body, raw_body, compat)
+
+
+__all__ = ["CallRefused", "LimitError", "decode_body", "load_json", "off_loop", "parse_call", "recognise"]
