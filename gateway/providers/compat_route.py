@@ -58,12 +58,15 @@ def split_model(value: Any) -> tuple[str, str]:
     return provider, model
 
 
-def compat_target(ex: Exchange, gateway: Gateway, settings: Settings, config: ProviderConfigSnapshot, rest: str,
-                  headers: dict[str, str], body: Any, options: RequestOptions, limits: tuple[int, bool]) -> Target:
+def compat_target(ex: Exchange, gateway: Gateway, settings: Settings, config: ProviderConfigSnapshot, method: str,
+                  rest: str, headers: dict[str, str], body: Any, options: RequestOptions,
+                  limits: tuple[int, bool]) -> Target:
     """Parse the compat call (ex.call: the provider's upstream endpoint, the Chat Completions body with its output
     limit resolved) and resolve its target. `limits`: the gateway's (default_max_output_tokens, inject_max_tokens)."""
     if rest != "chat/completions":
         raise TargetError(404, "the compat endpoint is /compat/chat/completions")
+    if method != "POST":
+        raise TargetError(405, f"the compat endpoint answers POST, not {method}")
     if ex.json_error is not None:
         raise ex.json_error
     if not isinstance(body, dict):

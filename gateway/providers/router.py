@@ -143,8 +143,8 @@ class ProviderRouter:
             if where.provider == "compat":
                 from gateway.providers.compat_route import compat_target
 
-                target = compat_target(ex, gateway, self.settings, config, where.rest, headers, body, options,
-                                       limits)
+                target = compat_target(ex, gateway, self.settings, config, scope["method"], where.rest, headers,
+                                       body, options, limits)
             else:
                 ex.call = parse_call(method=scope["method"], provider=where.provider, path=where.rest, query=query,
                                      body=body, raw_body=ex.decoded_body or b"", default_output=limits[0],
@@ -249,7 +249,8 @@ class ProviderRouter:
         if ex.call is not None and ex.call.endpoint is not None:
             headers["content-type"] = "application/json"
         url = target.adapter.upstream_url(target.base_url, target.path, target.query)
-        return self.client.build_request(scope["method"], url, headers=headers, content=content)
+        method = ex.call.method if ex.call is not None else scope["method"]
+        return self.client.build_request(method, url, headers=headers, content=content)
 
     async def open(self, scope: Scope, ex: Exchange, target: Target, content: bytes) -> httpx.Response:
         request = self.build_request(scope, ex, target, content)
