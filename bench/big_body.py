@@ -3,7 +3,8 @@
     .venv/bin/python bench/big_body.py [--seconds 10] [--senders 2] [--mb 7]
 
 Upstream (fake OpenAI) and gateway each run in their own process (uvicorn, one worker). `--senders` clients post
-a chat completion whose one message is `--mb` MB of text, back to back, on a pass-through key; meanwhile a prober
+a chat completion of `--mb` MB made of many small messages (a long conversation: what JSON parsing, the
+cost estimate and re-encoding spend their time on), back to back, on a pass-through key; meanwhile a prober
 asks `/healthz` every 20 ms. Prints the prober's latency percentiles without the large bodies (idle) and with
 them (loaded), and how many large bodies were served:
 {"bench":"big_body","idle_p50_ms":..,"loaded_p50_ms":..,"loaded_p99_ms":..,"loaded_max_ms":..,"big_bodies":N}
@@ -61,9 +62,10 @@ async def run(database_url: str, seconds: float, senders: int, mb: float) -> Non
                 assert r.status == 201, await r.text()
         url = f"http://127.0.0.1:{gw_port}/v1/{account}/default/openai/chat/completions"
         health = f"http://127.0.0.1:{gw_port}/healthz"
-        text = "lorem ipsum " * int(mb * 1024 * 1024 / 12)
-        payload = json.dumps({"model": "gpt-4o-mini", "max_tokens": 10,
-                              "messages": [{"role": "user", "content": text}]}).encode()
+        # many small parts, as a long conversation or a large tool schema has: what costs parsing time
+        part = {"role": "user", "content": [{"type": "text", "text": "lorem ipsum dolor sit amet"}]}
+        count = int(mb * 1024 * 1024 / len(json.dumps(part)))
+        payload = json.dumps({"model": "gpt-4o-mini", "max_tokens": 10, "messages": [part] * count}).encode()
         await send_big(url, payload, 0.1)  # warm-up
         idle = await probe(health, 3)
         loaded, *served = await asyncio.gather(probe(health, seconds),

@@ -96,6 +96,7 @@ class Call:
     body: Any  # the parsed JSON body (None when there was none)
     raw_body: bytes = b""  # the decoded body, forwarded as is only to unrecognised pass-through endpoints
     compat: bool = False
+    input_bound: int = 0  # worst-case input tokens (gateway/providers/estimate.py)
 
     @property
     def output_bound(self) -> int:
@@ -133,6 +134,7 @@ class Exchange:
     decoded_body: bytes | None = None  # its Content-Encoding undone
     json_body: Any = None  # parsed strictly (gateway/providers/call.py); None when there is none
     json_error: Exception | None = None  # why the body is not JSON (refused where JSON is needed)
+    input_bound: int = 0  # the body's worst-case input tokens (gateway/providers/estimate.py), from the one parse
     # spend limits
     reservation: Any = None
     budget_remaining_usd: Decimal | None = None

@@ -35,8 +35,6 @@ from gateway.exchange import Exchange
 from gateway.middleware.spend_limits import Plan
 from gateway.money import from_nano, to_nano
 from gateway.pricing import unit_prices
-from gateway.providers.call import off_loop
-from gateway.providers.estimate import input_token_bound
 from gateway.providers.router import ProviderRouter, RequestRefused
 from gateway.providers.target import Target
 
@@ -67,9 +65,7 @@ class RouterPlanner:
         call = exchange.call
         if call is None or call.endpoint is None or target.model is None or exchange.account_id is None:
             return None
-        body = call.body
-        input_tokens = await off_loop(len(exchange.decoded_body or b""), lambda: input_token_bound(body))
-        estimate = self._estimate_nano(target, input_tokens, call.output_bound)
+        estimate = self._estimate_nano(target, call.input_bound, call.output_bound)
         if estimate is not None and estimate > MAX_ESTIMATE_NANO:
             exchange.refusal = RequestRefused(
                 400, f"the worst-case cost of this request (${from_nano(estimate)}) is past what the gateway "

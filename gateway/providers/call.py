@@ -21,22 +21,28 @@ faithfully is refused (docs/refusals.md):
 from __future__ import annotations
 
 import asyncio
-import json
-import math
+import gc
 import re
+import threading
 import zlib
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+import orjson
 from starlette.types import Receive
 
 from gateway.exchange import BodyTooLarge, Call, Endpoint, Exchange
 from gateway.providers import output_limit
+from gateway.providers.estimate import NestedTooDeep, input_token_bound
 from gateway.providers.output_limit import LimitError, LimitFields
 
 MAX_DEPTH = 64
+# the bound is measured once, when the body is parsed; a fallback or a dynamic route changes only the model (at
+# most 256 characters) and a written limit: this much more covers both
+MODEL_SLACK = 300
 OFF_LOOP_BYTES = 256 * 1024  # bodies larger than this are parsed and encoded in a worker thread
+_LARGE_PARSE = threading.Lock()
 _MODEL = re.compile(r"[\x21-\x7e]{1,256}")
 _GEMINI = re.compile(r"(v1beta|v1)/models/([A-Za-z0-9][A-Za-z0-9._-]{0,127}):"
                      r"(generateContent|streamGenerateContent|countTokens|embedContent)")
@@ -145,41 +151,34 @@ def decode_body(data: bytes, encoding: str | None, limit: int) -> bytes:
     return data
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+def load_json(data: bytes) -> tuple[Any, int]:
+    """Strict JSON and its input bound (gateway/providers/estimate.py), in one pass each: NaN, Infinity, numbers
+    that overflow a double, invalid UTF-8 and lone surrogates are refused (orjson), and so is nesting past
+    MAX_DEPTH. Integers past 64 bits are read as floats (a limit field then fails its integer check)."""
+    if len(data) <= OFF_LOOP_BYTES:
+        return _load_json(data)
+    # A large body allocates a million objects: the collector would run over and over (a parsed body has no
+    # cycles, so it finds nothing) while the parse holds the interpreter lock. One large parse at a time, with the
+    # collector paused, keeps the event loop's waits short.
+    with _LARGE_PARSE:
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return _load_json(data)
+        finally:
+            if paused:
+                gc.enable()
 
 
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError("number out of range")
-    return value
-
-
-def _depth_ok(value: Any) -> bool:
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            return False
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
-    return True
-
-
-def load_json(data: bytes) -> Any:
-    """Strict JSON: NaN, Infinity and numbers that overflow a double are refused, so is nesting past MAX_DEPTH."""
+def _load_json(data: bytes) -> tuple[Any, int]:
     try:
-        value = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except RecursionError:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise CallRefused(400, f"the body is not valid JSON: {str(exc)[:160]}") from None
+    try:
+        return value, input_token_bound(value, MAX_DEPTH)
+    except NestedTooDeep:
         raise CallRefused(400, f"the JSON body nests deeper than {MAX_DEPTH} levels") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CallRefused(400, f"the body is not valid JSON: {str(exc)[:120]}") from None
-    if not _depth_ok(value):
-        raise CallRefused(400, f"the JSON body nests deeper than {MAX_DEPTH} levels")
-    return value
 
 
 async def off_loop(size: int, work: Callable[[], Any]) -> Any:
@@ -201,7 +200,7 @@ async def read_json(ex: Exchange, receive: Receive, encoding: str | None, limit:
         decoded = ex.decoded_body
         if decoded:
             try:
-                ex.json_body = await off_loop(len(decoded), lambda: load_json(decoded))
+                ex.json_body, ex.input_bound = await off_loop(len(decoded), lambda: load_json(decoded))
             except CallRefused as exc:
                 ex.json_error = exc
     return ex.json_body
@@ -252,10 +251,10 @@ def canonical_query(query: str) -> str:
 
 def parse_call(*, method: str, provider: str, path: str, query: str, body: Any, raw_body: bytes,
                default_output: int, inject_limit: bool, compat: bool = False, model: str | None = None,
-               json_error: Exception | None = None) -> Call:
+               json_error: Exception | None = None, input_bound: int = 0) -> Call:
     """Build the canonical call. `body` is the strictly parsed JSON (or None); `model` is given for compat,
-    where the body's `model` names the provider too. Raises CallRefused (or LimitError) for what cannot be
-    represented faithfully."""
+    where the body's `model` names the provider too; `input_bound` was measured when the body was parsed.
+    Raises CallRefused (or LimitError) for what cannot be represented faithfully."""
     endpoint, path_model = recognise(provider, method, path)
     query = canonical_query(query)
     if endpoint is None:
@@ -277,13 +276,13 @@ def parse_call(*, method: str, provider: str, path: str, query: str, body: Any, 
     fields = output_limit.CHAT if compat else limit_fields(provider, endpoint, compat)
     if fields is None:
         return Call(method, provider, path, query, endpoint, model, stream, 1, None, True, None, body, raw_body,
-                    compat)
+                    compat, input_bound + MODEL_SLACK)
     limit = output_limit.resolve(fields, body, default_output)
     # Anthropic requires max_tokens (natively and through compat): the reserved number is always written there
     include = limit.given or inject_limit or endpoint is MESSAGES
     body = output_limit.write(fields, body, limit, include=include)
     return Call(method, provider, path, query, endpoint, model, stream, limit.choices, limit.tokens, limit.given,
-                limit.field if include else None, body, raw_body, compat)
+                limit.field if include else None, body, raw_body, compat, input_bound + MODEL_SLACK)
 
 
 __all__ = ["CallRefused", "LimitError", "decode_body", "load_json", "off_loop", "parse_call", "recognise"]

@@ -83,7 +83,8 @@ def compat_target(ex: Exchange, gateway: Gateway, settings: Settings, config: Pr
     else:
         path, query = "chat/completions", ""
     ex.call = parse_call(method="POST", provider=provider, path=path, query=query, body=body, raw_body=b"",
-                         default_output=limits[0], inject_limit=limits[1], compat=True, model=model)
+                         default_output=limits[0], inject_limit=limits[1], compat=True, model=model,
+                         input_bound=ex.input_bound)
     if ex.call.endpoint is None:
         raise TargetError(400, f"model {model!r} cannot be served by {provider} through the compat endpoint")
     scheme, _, token = headers.get("authorization", "").partition(" ")

@@ -20,35 +20,59 @@ from typing import Any
 IMAGE_TOKENS = 6_000
 MESSAGE_OVERHEAD = 16
 BASE_OVERHEAD = 64
-_IMAGE_KEYS = {"image_url", "inlineData", "inline_data", "fileData", "file_data", "input_image"}
+_IMAGE_TYPES = ("image", "image_url", "input_image")
+
+
+class NestedTooDeep(ValueError):
+    pass
 
 
 def _is_image(node: dict[str, Any]) -> bool:
-    if node.get("type") in ("image", "image_url", "input_image"):
+    kind = node.get("type")
+    if kind is not None and kind in _IMAGE_TYPES:
         return True
-    return bool(_IMAGE_KEYS & node.keys())
+    return ("image_url" in node or "inlineData" in node or "inline_data" in node or "fileData" in node
+            or "file_data" in node or "input_image" in node)
 
 
-def input_token_bound(body: Any) -> int:
+def _scalar(value: Any) -> int:
+    """The bound of a string, number, boolean or null (containers are walked)."""
+    if type(value) is str:
+        return len(value) if value.isascii() else len(value.encode())
+    if value is None or value is True or value is False:
+        return 5
+    return len(repr(value))
+
+
+def input_token_bound(body: Any, max_depth: int | None = None) -> int:
+    """The input bound of a parsed JSON body, in one iterative walk (no recursion, whatever the nesting).
+    With `max_depth`, a body nested deeper raises NestedTooDeep."""
     total = BASE_OVERHEAD
-    stack = [body]
+    limit = max_depth if max_depth is not None else 1 << 62
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    pop, push = stack.pop, stack.append
     while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
+        node, depth = pop()
+        if depth > limit:
+            raise NestedTooDeep(f"nested deeper than {limit} levels")
+        if type(node) is dict:
             if _is_image(node):
                 total += IMAGE_TOKENS
                 continue
             if "role" in node:
                 total += MESSAGE_OVERHEAD
             for key, value in node.items():
-                total += len(key.encode())
-                stack.append(value)
-        elif isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, str):
-            total += len(node.encode())
-        elif isinstance(node, bool) or node is None:
-            total += 5
-        elif isinstance(node, int | float):
-            total += len(repr(node))
+                total += len(key) if key.isascii() else len(key.encode())
+                if type(value) is dict or type(value) is list:
+                    push((value, depth + 1))
+                else:
+                    total += _scalar(value)
+        elif type(node) is list:
+            for value in node:
+                if type(value) is dict or type(value) is list:
+                    push((value, depth + 1))
+                else:
+                    total += _scalar(value)
+        else:
+            total += _scalar(node)
     return total

@@ -8,9 +8,10 @@ hides that extra chunk from the client (it never asked for it). The Responses AP
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from gateway.exchange import Usage
 from gateway.providers.base import as_int
@@ -105,4 +106,5 @@ class OpenAIFormat:
 
 
 def dumps(body: Any) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode()
+    """Compact JSON (orjson: a tenth of the stdlib's time on large bodies, which matters on the event loop)."""
+    return orjson.dumps(body)

@@ -30,7 +30,6 @@ from gateway.gateways import GatewayStore, UnknownAccount, UnknownGateway
 from gateway.paths import locate
 from gateway.pricing import cost_of
 from gateway.providers.call import CallRefused, LimitError, off_loop, parse_call, read_json
-from gateway.providers.estimate import input_token_bound
 from gateway.providers.forward import (
     UpstreamFailure,
     response_headers,
@@ -148,7 +147,7 @@ class ProviderRouter:
             else:
                 ex.call = parse_call(method=scope["method"], provider=where.provider, path=where.rest, query=query,
                                      body=body, raw_body=ex.decoded_body or b"", default_output=limits[0],
-                                     inject_limit=limits[1], json_error=ex.json_error)
+                                     inject_limit=limits[1], json_error=ex.json_error, input_bound=ex.input_bound)
                 target = resolve(exchange=ex, gateway=gateway, settings=self.settings, config=config, call=ex.call,
                                  headers=headers, options=options)
         except CallRefused as exc:
@@ -234,10 +233,8 @@ class ProviderRouter:
         call = ex.call
         if not ex.upstream_sent or call is None or call.endpoint is None:
             return  # nothing reached the provider, or nothing the gateway can price
-        body = call.body
-        bound = await off_loop(len(ex.decoded_body or b""), lambda: input_token_bound(body))
         cap = call.output_bound if call.limit_field is not None else None
-        ex.usage = estimated_usage(ex.usage, bound, ex.delivered_events, ex.delivered_text, cap)
+        ex.usage = estimated_usage(ex.usage, call.input_bound, ex.delivered_events, ex.delivered_text, cap)
         ex.usage_estimated = True
         ex.cost_usd = cost_of(target.provider, target.model, ex.usage, at=datetime.fromtimestamp(ex.started_at, UTC),
                               override=target.price, custom=target.options.custom_cost)
