@@ -42,12 +42,39 @@ class Identity:
 
 @dataclass
 class Usage:
-    """Tokens a provider reported for one call. None = not reported."""
+    """What a provider reported for one call, whole (docs/cost-conformance.md). None = not reported.
+
+    Totals include their parts, as the price catalogue expects: `input_tokens` counts every prompt token (cached,
+    cache-written, audio and tool-use tokens included), `output_tokens` every generated one (reasoning and audio
+    included); `cache_write_1h_tokens` is the part of `cache_write_tokens` written for an hour (the rest for five
+    minutes). `web_searches` are server-side search requests billed per request; `service_tier` is the tier the
+    provider says served the call (it picks the price)."""
 
     input_tokens: int | None = None
     output_tokens: int | None = None
     cache_read_tokens: int | None = None
     cache_write_tokens: int | None = None
+    cache_write_1h_tokens: int | None = None
+    input_audio_tokens: int | None = None
+    cache_audio_read_tokens: int | None = None
+    output_audio_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    tool_prompt_tokens: int | None = None
+    web_searches: int | None = None
+    service_tier: str | None = None
+
+    def details(self) -> dict[str, int | str]:
+        """The components beyond the four token columns, for the log row (only those reported)."""
+        out: dict[str, int | str] = {}
+        for name in DETAIL_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+DETAIL_FIELDS = ("cache_write_1h_tokens", "input_audio_tokens", "cache_audio_read_tokens", "output_audio_tokens",
+                 "reasoning_tokens", "tool_prompt_tokens", "web_searches", "service_tier")
 
 
 class BodyTooLarge(Exception):
@@ -74,6 +101,7 @@ class Endpoint:
 
     name: str  # "chat/completions", "responses", "embeddings", "messages", "count_tokens", "generateContent", ...
     generates: bool  # produces output tokens (an output limit applies)
+    free: bool = False  # the provider does not bill it (token counting)
 
 
 @dataclass
@@ -97,6 +125,9 @@ class Call:
     raw_body: bytes = b""  # the decoded body, forwarded as is only to unrecognised pass-through endpoints
     compat: bool = False
     input_bound: int = 0  # worst-case input tokens (gateway/providers/estimate.py)
+    web_searches: int = 0  # billed searches its tools may run (reserved for)
+    audio_output: bool = False  # it asks for spoken output (priced at the audio rate)
+    service_tier: str | None = None  # the tier it asks for (priority costs more: reserved at its price)
 
     @property
     def output_bound(self) -> int:

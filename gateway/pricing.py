@@ -35,23 +35,51 @@ GENAI_PROVIDER = {
 
 @dataclass(frozen=True)
 class PriceOverride:
+    """An operator's prices for one model, USD per million tokens (web searches: per thousand). A component
+    without its own price takes its parent's: cache reads and writes the input price, 1-hour writes the cache-write
+    price, audio the text price. Web searches without a price are unpriced (the cost is unknown, never zero)."""
+
     input_per_mtok: Decimal
     output_per_mtok: Decimal
     cache_read_per_mtok: Decimal | None = None
     cache_write_per_mtok: Decimal | None = None
+    cache_write_1h_per_mtok: Decimal | None = None
+    input_audio_per_mtok: Decimal | None = None
+    output_audio_per_mtok: Decimal | None = None
+    web_search_per_k: Decimal | None = None
 
-    def cost(self, usage: Usage) -> Decimal:
-        cache_read = usage.cache_read_tokens or 0
-        cache_write = usage.cache_write_tokens or 0
-        uncached = max(0, (usage.input_tokens or 0) - cache_read - cache_write)
+    def cost(self, usage: Usage) -> Decimal | None:
+        read = usage.cache_read_tokens or 0
+        write = usage.cache_write_tokens or 0
+        write_1h = min(usage.cache_write_1h_tokens or 0, write)
+        audio_in = usage.input_audio_tokens or 0
+        audio_out = min(usage.output_audio_tokens or 0, usage.output_tokens or 0)
+        uncached_text = max(0, (usage.input_tokens or 0) - read - write - audio_in)
+        write_rate = _or(self.cache_write_per_mtok, self.input_per_mtok)
         total = (
-            uncached * self.input_per_mtok
-            + cache_read * (self.cache_read_per_mtok if self.cache_read_per_mtok is not None else self.input_per_mtok)
-            + cache_write * (self.cache_write_per_mtok if self.cache_write_per_mtok is not None
-                             else self.input_per_mtok)
-            + (usage.output_tokens or 0) * self.output_per_mtok
-        )
-        return total / MILLION
+            uncached_text * self.input_per_mtok
+            + audio_in * _or(self.input_audio_per_mtok, self.input_per_mtok)
+            + read * _or(self.cache_read_per_mtok, self.input_per_mtok)
+            + (write - write_1h) * write_rate
+            + write_1h * _or(self.cache_write_1h_per_mtok, write_rate)
+            + ((usage.output_tokens or 0) - audio_out) * self.output_per_mtok
+            + audio_out * _or(self.output_audio_per_mtok, self.output_per_mtok)
+        ) / MILLION
+        if usage.web_searches:
+            if self.web_search_per_k is None:
+                return None
+            total += usage.web_searches * self.web_search_per_k / 1000
+        return total
+
+    def prices_searches(self) -> bool:
+        return self.web_search_per_k is not None
+
+
+PRICE_FIELDS = tuple(PriceOverride.__dataclass_fields__)  # the admin API's and the table's names
+
+
+def _or(value: Decimal | None, default: Decimal) -> Decimal:
+    return default if value is None else value
 
 
 @dataclass(frozen=True)
@@ -65,48 +93,100 @@ class CustomCost:
 
 @dataclass(frozen=True)
 class UnitPrices:
-    """USD per token, for worst-case estimates before a call (input at the uncached rate)."""
+    """USD per token (per search), for worst-case estimates before a call (input at the dearer of the uncached
+    and cache-write rates). None: the component has no price for this model."""
 
     input: Decimal
     output: Decimal
+    output_audio: Decimal | None = None
+    search: Decimal | None = None
+
+
+def genai_usage(usage: Usage) -> dict[str, int]:
+    """The usage in the catalogue's terms: every total with its parts, each part clamped to its total (a provider
+    that reports a part larger than its whole is priced on the whole)."""
+    inp = usage.input_tokens or 0
+    out = usage.output_tokens or 0
+    write = min(usage.cache_write_tokens or 0, inp)
+    values = {
+        "input_tokens": inp,
+        "output_tokens": out,
+        "cache_read_tokens": min(usage.cache_read_tokens or 0, inp),
+        "cache_write_tokens": write,
+        "cache_write_1h_tokens": min(usage.cache_write_1h_tokens or 0, write),
+        "input_audio_tokens": min(usage.input_audio_tokens or 0, inp),
+        "output_audio_tokens": min(usage.output_audio_tokens or 0, out),
+        "output_reasoning_tokens": min(usage.reasoning_tokens or 0, out),
+        "input_tool_tokens": min(usage.tool_prompt_tokens or 0, inp),
+        "web_searches": usage.web_searches or 0,
+    }
+    if values["cache_read_tokens"] and values["input_audio_tokens"]:
+        # cached audio: as reported, else the least overlap the totals allow (the dearest reading)
+        least = max(0, values["cache_read_tokens"] + values["input_audio_tokens"] - inp)
+        reported = usage.cache_audio_read_tokens
+        values["cache_audio_read_tokens"] = least if reported is None else max(least, min(
+            reported, values["cache_read_tokens"], values["input_audio_tokens"]))
+    return {key: value for key, value in values.items() if value or key in ("input_tokens", "output_tokens")}
+
+
+def price_context(provider: str, usage: Usage) -> dict[str, str] | None:
+    """The catalogue's price variant for this call: OpenAI bills the tier its answer says served it."""
+    if provider == "openai" and usage.service_tier:
+        return {"service_tier": usage.service_tier}
+    return None
 
 
 def catalogue_cost(provider: str, model: str, usage: Usage, at: datetime | None = None) -> Decimal | None:
+    """The catalogue's price of `usage`, or None when the model is unknown or a component the call used has no
+    price for it (audio on a model priced for text only, web searches): unpriced, never billed as text or zero."""
     from genai_prices import Usage as GenaiUsage
     from genai_prices import calc_price
 
     provider_id = GENAI_PROVIDER.get(provider)
     if provider_id is None:
         return None
-    values = {
-        "input_tokens": usage.input_tokens or 0,
-        "output_tokens": usage.output_tokens or 0,
-        "cache_read_tokens": usage.cache_read_tokens or 0,
-        "cache_write_tokens": usage.cache_write_tokens or 0,
-    }
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            result = calc_price(GenaiUsage(**values), model_ref=model, provider_id=provider_id,
-                                genai_request_timestamp=at)
-    except LookupError:
+            result = calc_price(GenaiUsage(**genai_usage(usage)), model_ref=model, provider_id=provider_id,
+                                genai_request_timestamp=at, price_context=price_context(provider, usage))
+    except (LookupError, ValueError):
+        return None
+    if _unpriced_component(result.model_price, usage):
         return None
     return Decimal(result.total_price)
 
 
+def _unpriced_component(prices: object, usage: Usage) -> str | None:
+    """A component the call used that the catalogue has no price for on this model."""
+    if usage.input_audio_tokens and getattr(prices, "input_audio_mtok", None) is None:
+        return "input audio"
+    if usage.output_audio_tokens and getattr(prices, "output_audio_mtok", None) is None:
+        return "output audio"
+    if usage.web_searches and getattr(prices, "web_searches_kcount", None) is None:
+        return "web searches"
+    return None
+
+
 @lru_cache(maxsize=4096)
-def catalogue_unit_prices(provider: str, model: str) -> UnitPrices | None:
-    """Per-token prices for estimates: the price of one million input, and of one million output tokens.
+def catalogue_unit_prices(provider: str, model: str, tier: str | None = None) -> UnitPrices | None:
+    """Per-token prices for estimates: the price of ten million input, and of ten million output tokens.
 
     Tiered prices: uses the tier of a large prompt (10M tokens), so the estimate is an upper bound. Input is
-    priced at the dearer of the uncached and the cache-write rate (a prompt may be written to the cache)."""
+    priced at the dearer of the uncached and the cache-write rate (a prompt may be written to the cache), at the
+    service tier the request asks for."""
     big = 10_000_000
-    inp = catalogue_cost(provider, model, Usage(input_tokens=big, output_tokens=0))
-    out = catalogue_cost(provider, model, Usage(input_tokens=big, output_tokens=big))
-    written = catalogue_cost(provider, model, Usage(input_tokens=big, cache_write_tokens=big, output_tokens=0))
+    inp = catalogue_cost(provider, model, Usage(input_tokens=big, output_tokens=0, service_tier=tier))
+    out = catalogue_cost(provider, model, Usage(input_tokens=big, output_tokens=big, service_tier=tier))
+    written = catalogue_cost(provider, model, Usage(input_tokens=big, cache_write_tokens=big, output_tokens=0,
+                                                    service_tier=tier))
     if inp is None or out is None:
         return None
-    return UnitPrices(max(inp, written or inp) / big, (out - inp) / big)
+    spoken = catalogue_cost(provider, model, Usage(input_tokens=big, output_tokens=big, output_audio_tokens=big,
+                                                   service_tier=tier))
+    searches = catalogue_cost(provider, model, Usage(input_tokens=0, output_tokens=0, web_searches=1000))
+    return UnitPrices(max(inp, written or inp) / big, (out - inp) / big,
+                      None if spoken is None else (spoken - inp) / big, None if searches is None else searches / 1000)
 
 
 def cost_of(
@@ -124,10 +204,23 @@ def cost_of(
     return catalogue_cost(provider, model, usage, at)
 
 
-def unit_prices(provider: str, model: str | None, override: PriceOverride | None = None) -> UnitPrices | None:
+def unit_prices(provider: str, model: str | None, override: PriceOverride | None = None,
+                tier: str | None = None) -> UnitPrices | None:
     if override is not None:
-        dearest_input = max(override.input_per_mtok, override.cache_write_per_mtok or override.input_per_mtok)
-        return UnitPrices(dearest_input / MILLION, override.output_per_mtok / MILLION)
+        write = override.cache_write_per_mtok or override.input_per_mtok
+        dearest_input = max(override.input_per_mtok, write, override.cache_write_1h_per_mtok or write)
+        spoken = override.output_audio_per_mtok or override.output_per_mtok
+        search = None if override.web_search_per_k is None else override.web_search_per_k / 1000
+        return UnitPrices(dearest_input / MILLION, override.output_per_mtok / MILLION, spoken / MILLION, search)
     if model is None:
         return None
-    return catalogue_unit_prices(provider, model)
+    return catalogue_unit_prices(provider, model, tier if tier in ("priority", "fast") else None)
+
+
+def unpriced_component(prices: UnitPrices, searches: int, audio_output: bool) -> str | None:
+    """What a call asks for that has no price: unified billing cannot charge for it (refused before the call)."""
+    if searches and prices.search is None:
+        return "web searches"
+    if audio_output and prices.output_audio is None:
+        return "audio output"
+    return None

@@ -14,6 +14,7 @@ from gateway.admin.accounts import ensure_account
 from gateway.admin.api import AdminError, AdminRouter, Created, Page, json_body, not_found, str_field
 from gateway.gateways import ID_PATTERN, GatewaySettings, SettingsError, valid_id
 from gateway.money import InvalidAmount, parse_usd
+from gateway.pricing import PRICE_FIELDS
 from gateway.settings import PROVIDERS
 
 router = AdminRouter("gateways and providers")
@@ -234,13 +235,13 @@ async def delete_custom(request: Request, services: Any, account: str, gateway: 
 
 # -- price overrides -------------------------------------------------------------------------------------------
 
-PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cache_read_per_mtok", "cache_write_per_mtok")
 PRICES_SCHEMA = {
     "type": "object", "required": ["prices"],
     "properties": {"prices": {"type": "array", "items": {
         "type": "object", "required": ["provider", "model", "input_per_mtok", "output_per_mtok"],
         "properties": {"provider": {"type": "string"}, "model": {"type": "string"},
-                       **{f: {"type": "string", "description": "USD per million tokens"} for f in PRICE_FIELDS}}}}},
+                       **{f: {"type": "string", "description": "USD per 1,000 searches" if f.endswith("_per_k")
+                              else "USD per million tokens"} for f in PRICE_FIELDS}}}}},
 }
 
 
@@ -271,7 +272,8 @@ async def list_prices(request: Request, services: Any, account: str, gateway: st
 
 
 @router.route("PUT", "/accounts/{account}/gateways/{gateway}/prices",
-              "Replace the price overrides (USD per million tokens; provider '*' matches any)", body=PRICES_SCHEMA)
+              "Replace the price overrides (USD per million tokens, web searches per 1,000; provider '*' matches any)",
+              body=PRICES_SCHEMA)
 async def put_prices(request: Request, services: Any, account: str, gateway: str) -> Page:
     await ensure_gateway(services.db, account, gateway)
     data = await json_body(request)
@@ -297,8 +299,8 @@ async def put_prices(request: Request, services: Any, account: str, gateway: str
     async with services.db.pool.acquire() as conn, conn.transaction():
         await conn.execute("DELETE FROM price_overrides WHERE account_id = $1 AND gateway_id = $2", account, gateway)
         await conn.executemany(
-            "INSERT INTO price_overrides (account_id, gateway_id, provider, model, input_per_mtok, output_per_mtok, "
-            "cache_read_per_mtok, cache_write_per_mtok) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", rows,
+            f"INSERT INTO price_overrides (account_id, gateway_id, provider, model, {', '.join(PRICE_FIELDS)}) "
+            f"VALUES ({', '.join(f'${i}' for i in range(1, len(PRICE_FIELDS) + 5))})", rows,
         )
     services.providers.invalidate()
     page: Page = await list_prices(request, services, account, gateway)

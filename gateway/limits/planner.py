@@ -31,7 +31,7 @@ from typing import Any
 
 from starlette.types import Receive, Scope
 
-from gateway.exchange import Exchange
+from gateway.exchange import Call, Exchange
 from gateway.middleware.spend_limits import Plan
 from gateway.money import from_nano, to_nano
 from gateway.pricing import unit_prices
@@ -65,7 +65,7 @@ class RouterPlanner:
         call = exchange.call
         if call is None or call.endpoint is None or target.model is None or exchange.account_id is None:
             return None
-        estimate = self._estimate_nano(target, call.input_bound, call.output_bound)
+        estimate = self._estimate_nano(target, call)
         if estimate is not None and estimate > MAX_ESTIMATE_NANO:
             exchange.refusal = RequestRefused(
                 400, f"the worst-case cost of this request (${from_nano(estimate)}) is past what the gateway "
@@ -76,15 +76,19 @@ class RouterPlanner:
                     estimate, attributes_of(exchange, target))
 
     @staticmethod
-    def _estimate_nano(target: Target, input_tokens: int, output_tokens: int) -> int | None:
+    def _estimate_nano(target: Target, call: Call) -> int | None:
+        """The worst case: the input bound at the dearest input rate, the output bound at the output rate (the
+        audio rate when spoken output is asked for), the searches its tools may run, at the asked service tier."""
         custom = target.options.custom_cost
         if custom is not None:
-            usd = input_tokens * custom.per_token_in + output_tokens * custom.per_token_out
+            usd = call.input_bound * custom.per_token_in + call.output_bound * custom.per_token_out
             return to_nano(usd, round_up=True)
-        prices = unit_prices(target.provider, target.model, target.price)
+        prices = unit_prices(target.provider, target.model, target.price, call.service_tier)
         if prices is None:
             return None
-        worst: Decimal = input_tokens * prices.input + output_tokens * prices.output
+        output = max(prices.output, prices.output_audio or 0) if call.audio_output else prices.output
+        worst: Decimal = (call.input_bound * prices.input + call.output_bound * output
+                          + call.web_searches * (prices.search or 0))
         return to_nano(worst, round_up=True)
 
     async def retarget(self, scope: Scope, exchange: Exchange, model: str) -> bool:

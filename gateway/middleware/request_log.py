@@ -120,7 +120,7 @@ class RequestLog:
             "ttfb_ms": None if ex.ttfb_ms is None else Decimal(str(round(ex.ttfb_ms, 3))),
             "tokens_in": u.input_tokens, "tokens_out": u.output_tokens, "tokens_cache_read": u.cache_read_tokens,
             "tokens_cache_write": u.cache_write_tokens, "cost_usd": ex.cost_usd, "custom_cost": ex.custom_cost,
-            "usage_estimated": ex.usage_estimated,
+            "usage_estimated": ex.usage_estimated, "usage_details": u.details() or None,
             "billing_mode": ex.billing_mode, "zdr_applied": ex.zdr_applied, "zdr_reason": ex.zdr_reason,
             "identity": identity, "metadata": ex.metadata, "request_size": ex.request_size,
             "response_size": ex.response_size, "error": ex.error,

@@ -131,9 +131,13 @@ class SpendLimits:
         try:
             await self.app(scope, receive, self._with_budget_header(send, remaining))
         finally:
+            actual = self.planner.actual_nano(exchange, plan)
+            if exchange.cost_usd is None and actual:
+                # answered, but no price for what it used: charged its reservation, and the log says so (one number
+                # in the log, the bucket and the ledger)
+                exchange.cost_usd = from_nano(actual)
             # shielded: a call cancelled at the shutdown deadline still settles (Settlements.drain waits for it)
-            await asyncio.shield(self.settlements.settle(outcome.reservation_id,
-                                                         self.planner.actual_nano(exchange, plan), self.clock()))
+            await asyncio.shield(self.settlements.settle(outcome.reservation_id, actual, self.clock()))
 
     async def _reserve(self, exchange: Exchange, plan: Plan) -> Outcome | None:
         """None: nothing to reserve (no rule matched and no credit to hold, or the cost is unknown)."""

@@ -1,13 +1,14 @@
 """The Anthropic Messages wire format.
 
 Usage: `input_tokens` excludes cache reads and writes, so prompt tokens = input + cache_read + cache_write
-(what pricing expects). Streams report input and cache tokens in `message_start` and the output count in
-`message_delta` (cumulative).
+(what pricing expects); `cache_creation.ephemeral_1h_input_tokens` is the part written for an hour;
+`server_tool_use.web_search_requests` the searches billed per request. Streams report input and cache tokens in
+`message_start` and the output count in `message_delta` (cumulative: its fields replace, never add).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.exchange import Usage
@@ -16,26 +17,35 @@ from gateway.providers.sse import Event
 
 
 def usage_of(u: Any, previous: Usage | None = None) -> Usage | None:
+    """A `usage` object over what an earlier event of the same stream reported (`message_delta` is cumulative:
+    the fields it carries replace those of `message_start`, the others stay)."""
     if not isinstance(u, dict):
         return None
     prev = previous or Usage()
     read = as_int(u.get("cache_read_input_tokens"))
     write = as_int(u.get("cache_creation_input_tokens"))
-    base = as_int(u.get("input_tokens"))
     read = read if read is not None else prev.cache_read_tokens
     write = write if write is not None else prev.cache_write_tokens
-    if base is not None:
-        total_in: int | None = base + (read or 0) + (write or 0)
-    else:
-        total_in = prev.input_tokens
+    base = as_int(u.get("input_tokens"))
+    total_in = base + (read or 0) + (write or 0) if base is not None else prev.input_tokens
+    creation = u.get("cache_creation")
+    write_1h = as_int(creation.get("ephemeral_1h_input_tokens")) if isinstance(creation, dict) else None
+    tools = u.get("server_tool_use")
+    searches = as_int(tools.get("web_search_requests")) if isinstance(tools, dict) else None
     out = as_int(u.get("output_tokens"))
-    return Usage(total_in, out if out is not None else prev.output_tokens, read, write)
+    return replace(
+        prev, input_tokens=total_in, output_tokens=out if out is not None else prev.output_tokens,
+        cache_read_tokens=read, cache_write_tokens=write,
+        cache_write_1h_tokens=write_1h if write_1h is not None else prev.cache_write_1h_tokens,
+        web_searches=searches if searches is not None else prev.web_searches,
+    )
 
 
 @dataclass
 class AnthropicStreamUsage:
     usage: Usage = field(default_factory=Usage)
     model: str | None = None
+    final: bool = False  # message_delta came: the output count is final
 
     def on_event(self, event: Event) -> bool:
         if event.event == "message_start":
@@ -47,7 +57,9 @@ class AnthropicStreamUsage:
         elif event.event == "message_delta":
             data = event.json()
             if isinstance(data, dict):
-                self.usage = usage_of(data.get("usage"), self.usage) or self.usage
+                found = usage_of(data.get("usage"), self.usage)
+                if found is not None:
+                    self.usage, self.final = found, True
         return False
 
 

@@ -18,6 +18,7 @@ class StreamUsage(Protocol):
 
     usage: Usage
     model: str | None
+    final: bool  # the provider sent its final usage (else the router estimates what it did not see)
 
     def on_event(self, event: Event) -> bool: ...
 

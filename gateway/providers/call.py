@@ -51,11 +51,11 @@ CHAT = Endpoint("chat/completions", generates=True)
 RESPONSES = Endpoint("responses", generates=True)
 EMBEDDINGS = Endpoint("embeddings", generates=False)
 MESSAGES = Endpoint("messages", generates=True)
-COUNT_TOKENS = Endpoint("count_tokens", generates=False)
+COUNT_TOKENS = Endpoint("count_tokens", generates=False, free=True)
 GEMINI_ENDPOINTS = {
     "generateContent": Endpoint("generateContent", generates=True),
     "streamGenerateContent": Endpoint("streamGenerateContent", generates=True),
-    "countTokens": Endpoint("countTokens", generates=False),
+    "countTokens": Endpoint("countTokens", generates=False, free=True),
     "embedContent": Endpoint("embedContent", generates=False),
 }
 _OPENAI_PATHS = {"chat/completions": CHAT, "responses": RESPONSES, "embeddings": EMBEDDINGS}
@@ -249,6 +249,41 @@ def canonical_query(query: str) -> str:
     return urlencode(pairs)
 
 
+DEFAULT_SEARCHES = 10  # searches reserved for a web search tool that sets no max_uses
+
+
+def web_searches_asked(body: dict[str, Any]) -> int:
+    """How many billed searches the request's tools may run (the reservation counts them): an Anthropic web search
+    tool's `max_uses`, else DEFAULT_SEARCHES; one for Gemini's Google Search grounding; DEFAULT_SEARCHES for
+    OpenAI's web search tool."""
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return 0
+    total = 0
+    for tool in tools:
+        if not isinstance(tool, dict):
+            continue
+        kind = tool.get("type")
+        if isinstance(kind, str) and kind.startswith("web_search"):
+            uses = tool.get("max_uses")
+            total += uses if isinstance(uses, int) and not isinstance(uses, bool) and 0 < uses <= 1000 \
+                else DEFAULT_SEARCHES
+        elif {"googleSearch", "google_search", "googleSearchRetrieval", "google_search_retrieval"} & tool.keys():
+            total += 1
+    return total
+
+
+def audio_output_asked(body: dict[str, Any]) -> bool:
+    modalities = body.get("modalities")
+    if isinstance(modalities, list) and "audio" in modalities:
+        return True
+    config = body.get("generationConfig") or body.get("generation_config")
+    if isinstance(config, dict):
+        wanted = config.get("responseModalities") or config.get("response_modalities")
+        return isinstance(wanted, list) and "AUDIO" in wanted
+    return False
+
+
 def parse_call(*, method: str, provider: str, path: str, query: str, body: Any, raw_body: bytes,
                default_output: int, inject_limit: bool, compat: bool = False, model: str | None = None,
                json_error: Exception | None = None, input_bound: int = 0) -> Call:
@@ -278,11 +313,19 @@ def parse_call(*, method: str, provider: str, path: str, query: str, body: Any, 
         return Call(method, provider, path, query, endpoint, model, stream, 1, None, True, None, body, raw_body,
                     compat, input_bound + MODEL_SLACK)
     limit = output_limit.resolve(fields, body, default_output)
+    searches, audio_out = web_searches_asked(body), audio_output_asked(body)
     # Anthropic requires max_tokens (natively and through compat): the reserved number is always written there
     include = limit.given or inject_limit or endpoint is MESSAGES
     body = output_limit.write(fields, body, limit, include=include)
     return Call(method, provider, path, query, endpoint, model, stream, limit.choices, limit.tokens, limit.given,
-                limit.field if include else None, body, raw_body, compat, input_bound + MODEL_SLACK)
+                limit.field if include else None, body, raw_body, compat, input_bound + MODEL_SLACK, searches,
+                audio_out, _tier(body))
+
+
+def _tier(body: dict[str, Any]) -> str | None:
+    tier = body.get("service_tier")
+    return tier if isinstance(tier, str) and tier in ("priority", "fast", "flex", "default", "auto", "scale") \
+        else None
 
 
 __all__ = ["CallRefused", "LimitError", "decode_body", "load_json", "off_loop", "parse_call", "recognise"]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from starlette.types import Scope, Send
 
-from gateway.exchange import Call, Exchange
+from gateway.exchange import Call, Exchange, Usage
 from gateway.gateways import Gateway
 from gateway.providers.call import off_loop, parse_call
 from gateway.providers.compat import (
@@ -38,6 +38,7 @@ from gateway.providers.forward import UpstreamFailure, response_headers
 from gateway.providers.left_early import delivered_text
 from gateway.providers.openai import dumps
 from gateway.providers.options import RequestOptions
+from gateway.providers.router import reported
 from gateway.providers.sse import SSEParser
 from gateway.providers.store import ProviderConfigSnapshot
 from gateway.providers.target import Target, TargetError, resolve
@@ -141,10 +142,11 @@ async def serve_compat(router: ProviderRouter, scope: Scope, send: Send, ex: Exc
     except httpx.HTTPError as exc:
         # Only `_read` lets one out (`_stream` ends the stream itself), so nothing was sent yet: a 502 naming the
         # provider rather than a 500. `ex.status_code` keeps the provider's status, as in ProviderRouter._relay: a
-        # 2xx answer that broke settles as a stream that died without usage (the full reservation).
+        # 2xx answer that broke is billed what the gateway saw of it, estimated.
         message = f"{target.provider} broke the connection before its answer was complete: {type(exc).__name__}"
         await router.refuse(send, ex, 502, message, target)
         ex.status_code = response.status_code
+        router.record_cost(ex, target, Usage(), complete=False)
     finally:
         await response.aclose()
 
@@ -166,7 +168,8 @@ async def _json(router: ProviderRouter, send: Send, ex: Exchange, target: Target
         await _send_json(send, 502, openai_error(502, f"{target.provider} sent a body that is not JSON"))
         ex.status_code = 502
         return
-    router.record_cost(ex, target, target.adapter.usage_from_json(target.path, data))
+    usage = target.adapter.usage_from_json(target.path, data)
+    router.record_cost(ex, target, usage, complete=reported(usage))
     assert target.model is not None
     if target.provider == "anthropic":
         out = from_anthropic_response(data, target.model)
@@ -243,7 +246,7 @@ async def _stream(router: ProviderRouter, send: Send, ex: Exchange, target: Targ
         ex.error = f"{target.provider} stream broke: {type(exc).__name__}"
     finally:
         ex.response_size = size
-        router.record_cost(ex, target, reader.usage)
+        router.record_cost(ex, target, reader.usage, complete=reader.final)
     await send({"type": "http.response.body", "body": b""})
 
 

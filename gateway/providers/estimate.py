@@ -31,8 +31,15 @@ def _is_image(node: dict[str, Any]) -> bool:
     kind = node.get("type")
     if kind is not None and kind in _IMAGE_TYPES:
         return True
-    return ("image_url" in node or "inlineData" in node or "inline_data" in node or "fileData" in node
-            or "file_data" in node or "input_image" in node)
+    if "image_url" in node or "input_image" in node:
+        return True
+    # Gemini parts: only images have a fixed token count; audio and video count by their length, so their bytes
+    # (far more than their tokens) are walked like text
+    inline = node.get("inlineData") or node.get("inline_data") or node.get("fileData") or node.get("file_data")
+    if isinstance(inline, dict):
+        mime = inline.get("mimeType") or inline.get("mime_type")
+        return isinstance(mime, str) and mime.startswith("image/")
+    return False
 
 
 def _scalar(value: Any) -> int:

@@ -20,6 +20,7 @@ import logging
 import re
 import time
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -221,23 +222,15 @@ class ProviderRouter:
                 work.cancel()
                 await asyncio.wait({work})
         if work.cancelled():
-            await self._bill_left_early(ex, target)
+            if not started and ex.upstream_sent:
+                ex.status_code = 499  # the provider has the prompt: billed below as any call that ended early
+                self.record_cost(ex, target, ex.usage, complete=False)
             if not started:
                 await self.refuse(send, ex, 499, f"the client went away before {target.provider} answered", target)
             else:
                 ex.error = f"the client went away; the {target.provider} call was stopped"
             return
         work.result()  # re-raise what the call raised
-
-    async def _bill_left_early(self, ex: Exchange, target: Target) -> None:
-        call = ex.call
-        if not ex.upstream_sent or call is None or call.endpoint is None:
-            return  # nothing reached the provider, or nothing the gateway can price
-        cap = call.output_bound if call.limit_field is not None else None
-        ex.usage = estimated_usage(ex.usage, call.input_bound, ex.delivered_events, ex.delivered_text, cap)
-        ex.usage_estimated = True
-        ex.cost_usd = cost_of(target.provider, target.model, ex.usage, at=datetime.fromtimestamp(ex.started_at, UTC),
-                              override=target.price, custom=target.options.custom_cost)
 
     def build_request(self, scope: Scope, ex: Exchange, target: Target, content: bytes) -> httpx.Request:
         """The upstream request: the URL from the recognised endpoint, the body the gateway understood."""
@@ -279,11 +272,27 @@ class ProviderRouter:
             headers.append((b"cf-aig-model", target.model.encode("latin-1", "replace")))
         return headers
 
-    def record_cost(self, ex: Exchange, target: Target, usage: Usage) -> None:
+    def record_cost(self, ex: Exchange, target: Target, usage: Usage, *, complete: bool = True) -> None:
+        """The call's usage and cost, one number for the log, the `cf-aig-cost` header and the ledger.
+
+        `complete`: the provider sent its final usage. When it did not (a stream cut or stopped, a client that
+        left, an answer without usage) but the call was answered or handed to the provider, the usage is estimated
+        from what the gateway saw (gateway/providers/left_early.py) and the row says `usage_estimated`. An answer
+        that is an error (4xx/5xx from the provider) costs nothing; a free endpoint (token counting) costs 0."""
         ex.usage = usage
-        if ex.status_code is not None and ex.status_code < 400:
-            ex.cost_usd = cost_of(target.provider, target.model, usage, at=datetime.fromtimestamp(ex.started_at, UTC),
-                                  override=target.price, custom=target.options.custom_cost)
+        status = ex.status_code
+        if status is None or (status >= 400 and status != 499):
+            return
+        call = ex.call
+        if call is not None and call.endpoint is not None and call.endpoint.free:
+            ex.cost_usd = Decimal(0)
+            return
+        if not complete and ex.upstream_sent and call is not None and call.endpoint is not None:
+            cap = call.output_bound if call.limit_field is not None else None
+            ex.usage = estimated_usage(usage, call.input_bound, ex.delivered_events, ex.delivered_text, cap)
+            ex.usage_estimated = True
+        ex.cost_usd = cost_of(target.provider, target.model, ex.usage, at=datetime.fromtimestamp(ex.started_at, UTC),
+                              override=target.price, custom=target.options.custom_cost)
 
     async def _relay(self, send: Send, ex: Exchange, target: Target, response: httpx.Response) -> None:
         """Non-SSE: buffer up to the limit (for cf-aig-cost), stream the rest through.
@@ -306,6 +315,8 @@ class ProviderRouter:
             message = f"{target.provider} broke the connection before its answer was complete: {type(exc).__name__}"
             await self.refuse(send, ex, 502, message, target)
             ex.status_code = response.status_code
+            self._seen_text(ex, bytes(head))
+            self.record_cost(ex, target, Usage(), complete=False)
             return
         headers = response_headers(response) + self.gateway_headers(ex, target)
         if not overflow:
@@ -314,7 +325,10 @@ class ProviderRouter:
                 data = json.loads(head) if head else None
             except ValueError:
                 pass
-            self.record_cost(ex, target, target.adapter.usage_from_json(target.path, data))
+            usage = target.adapter.usage_from_json(target.path, data)
+            if not reported(usage):
+                self._seen_text(ex, bytes(head))
+            self.record_cost(ex, target, usage, complete=reported(usage))
             if ex.cost_usd is not None:
                 headers.append((b"cf-aig-cost", format(ex.cost_usd.normalize(), "f").encode()))
             headers.append((b"content-length", str(len(head)).encode()))
@@ -338,7 +352,10 @@ class ProviderRouter:
             ex.error = f"{target.provider} stream broke: {type(exc).__name__}"
         ex.response_size = size
         await send({"type": "http.response.body", "body": b""})
-        self.record_cost(ex, target, usage_from_fragments(target, first, tail))
+        usage = usage_from_fragments(target, first, tail)
+        if not reported(usage):
+            self._seen_text(ex, first + tail)
+        self.record_cost(ex, target, usage, complete=reported(usage) and ex.error is None)
 
     async def _stream_sse(self, send: Send, ex: Exchange, target: Target, response: httpx.Response,
                           hide: bool) -> None:
@@ -366,8 +383,15 @@ class ProviderRouter:
             ex.error = f"{target.provider} stream broke: {type(exc).__name__}"
         finally:
             ex.response_size = size
-            self.record_cost(ex, target, reader.usage)
+            self.record_cost(ex, target, reader.usage, complete=reader.final)
         await send({"type": "http.response.body", "body": b""})
+
+    @staticmethod
+    def _seen_text(ex: Exchange, body: bytes) -> None:
+        """Generated text in a JSON answer that came without usage (what an estimate counts as output)."""
+        text = delivered_text(body.decode("utf-8", "replace"))
+        if text:
+            ex.delivered_events, ex.delivered_text = ex.delivered_events + 1, ex.delivered_text + text
 
     async def refuse(self, send: Send, ex: Exchange, status: int, message: str, target: Target | None,
                      header: str | None = None, param: str | None = None) -> None:
@@ -405,6 +429,10 @@ async def _client_gone(receive: Receive) -> bool:
 
 
 _USAGE_RE = re.compile(rb'"(usage|usageMetadata)"\s*:\s*(\{[^{}]*(\{[^{}]*\}[^{}]*)*\})')
+
+
+def reported(usage: Usage) -> bool:
+    return usage.input_tokens is not None or usage.output_tokens is not None
 
 
 def usage_from_fragments(target: Target, head: bytes, tail: bytes) -> Usage:

@@ -50,5 +50,9 @@ price_overrides = sa.Table(
     sa.Column("output_per_mtok", sa.Numeric, nullable=False),
     sa.Column("cache_read_per_mtok", sa.Numeric),
     sa.Column("cache_write_per_mtok", sa.Numeric),
+    sa.Column("cache_write_1h_per_mtok", sa.Numeric),
+    sa.Column("input_audio_per_mtok", sa.Numeric),
+    sa.Column("output_audio_per_mtok", sa.Numeric),
+    sa.Column("web_search_per_k", sa.Numeric),  # USD per 1,000 searches
     sa.ForeignKeyConstraint(*_gateway_fk, ondelete="CASCADE"),
 )

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from gateway.config_cache import ConfigCache
 from gateway.db import Database
 from gateway.gateways import GatewayStore, cache_invalidator
-from gateway.pricing import PriceOverride
+from gateway.pricing import PRICE_FIELDS, PriceOverride
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,7 @@ class ProviderStore:
         return ProviderConfigSnapshot(
             {(r["provider"], r["alias"]): r["secret"] for r in keys},
             {r["slug"]: r["base_url"].rstrip("/") for r in custom},
-            {(r["provider"], r["model"]): PriceOverride(r["input_per_mtok"], r["output_per_mtok"],
-                                                        r["cache_read_per_mtok"], r["cache_write_per_mtok"])
-             for r in prices},
+            {(r["provider"], r["model"]): PriceOverride(**{f: r[f] for f in PRICE_FIELDS}) for r in prices},
         )
 
     def invalidate(self) -> None:

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 
 from gateway.exchange import BillingMode, Call, Exchange
 from gateway.gateways import Gateway
-from gateway.pricing import PriceOverride, unit_prices
+from gateway.pricing import PriceOverride, unit_prices, unpriced_component
 from gateway.providers.anthropic import AnthropicFormat
 from gateway.providers.base import Adapter
 from gateway.providers.call import QUERY_PARAMETERS
@@ -125,7 +125,14 @@ def resolve(
         _check_gateway_key_call(call, options)
     if exchange.zdr_requested and mode == "byok":
         exchange.zdr_applied, exchange.zdr_reason = False, "zero data retention applies only to unified billing"
-    unpriced = price is None and options.custom_cost is None and unit_prices(provider, model) is None
+    prices = unit_prices(provider, model, price, call.service_tier)
+    if mode == "unified" and prices is not None and call.endpoint is not None:
+        missing = unpriced_component(prices, call.web_searches, call.audio_output)
+        if missing:
+            raise TargetError(400, f"model {model!r} of {provider} has no price for {missing}, so unified billing "
+                                   "cannot charge for it: add one with PUT /admin/accounts/{a}/gateways/{g}/prices "
+                                   "or use your own key")
+    unpriced = price is None and options.custom_cost is None and prices is None
     if unpriced and (mode == "unified" or gateway.settings.block_unpriced):
         raise TargetError(
             400,

@@ -65,7 +65,8 @@ def anthropic_app() -> FakeApp:
                             "input": TOOL_INPUT})
         message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": body.get("model", "unknown"),
                    "content": content, "stop_reason": "tool_use" if len(content) > 1 else "end_turn",
-                   "stop_sequence": None, "usage": anthropic_usage(usage)}
+                   "stop_sequence": None, "usage": behaviour.raw_usage or anthropic_usage(usage),
+                   **(behaviour.extra or {})}
         if not body.get("stream"):
             return json_answer(request, behaviour, message)
         return stream(request, behaviour, _events(message, usage, behaviour))
@@ -78,6 +79,7 @@ def _events(message: dict[str, Any], usage: Usage, behaviour: Behaviour) -> Iter
     text, *tools = message["content"]
     start = {**message, "content": [], "stop_reason": None,
              "usage": {**message["usage"], "output_tokens": min(1, usage.output)}}
+    final = message["usage"] if behaviour.raw_usage else {"output_tokens": usage.output}
     yield sse_event("message_start", {"type": "message_start", "message": start})
     yield sse_event("content_block_start", {"type": "content_block_start", "index": 0,
                                             "content_block": {"type": "text", "text": ""}})
@@ -97,5 +99,5 @@ def _events(message: dict[str, Any], usage: Usage, behaviour: Behaviour) -> Iter
         yield sse_event("content_block_stop", {"type": "content_block_stop", "index": index})
     yield sse_event("message_delta", {"type": "message_delta",
                                       "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-                                      "usage": {"output_tokens": usage.output}})
+                                      "usage": final})
     yield sse_event("message_stop", {"type": "message_stop"})

@@ -17,6 +17,11 @@ Per-request behaviour, by request header (see `Behaviour`):
   `x-fake-fail-status: S` makes those failures answer S instead of 503
 - `x-fake-only-model: m` the failure behaviours (status, delay, fail-times) apply only to requests for model m
   (the body's `model`, or the model in a Gemini path); requests for other models are served normally
+- `x-fake-raw-usage: {...}` the usage object as the provider documents it, verbatim (OpenAI `usage`, Anthropic
+  `usage` — `message_start` gets it with `output_tokens: 1`, `message_delta` whole —, Gemini `usageMetadata`);
+  `x-fake-extra: {...}` fields merged into the answer (every chunk of an OpenAI stream, the last Gemini chunk, the
+  Responses `response`); `x-fake-end-event: response.incomplete` the Responses stream's last event;
+  `x-fake-groq-usage: 1` a stream's usage only in the finish chunk's `x_groq.usage`
 - `x-fake-output-bytes: N` about N extra bytes: JSON answers get a leading `"padding"` field, streams get extra
   text deltas of "x"; sent in 64 KiB chunks; the usage is not changed
 """
@@ -202,6 +207,10 @@ class Behaviour:
     only_model: str | None = None
     output_bytes: int = 0
     usage: dict[str, int] | None = None
+    raw_usage: dict[str, Any] | None = None  # x-fake-raw-usage: the usage object, verbatim, in the provider's shape
+    extra: dict[str, Any] | None = None  # x-fake-extra: fields merged into the answer (its last chunk when streamed)
+    end_event: str | None = None  # x-fake-end-event: the Responses stream's last event (response.incomplete...)
+    groq_usage: bool = False  # x-fake-groq-usage: stream usage only in the finish chunk's x_groq.usage
 
     @classmethod
     def from_headers(cls, headers: Any) -> Behaviour:
@@ -217,7 +226,15 @@ class Behaviour:
                    cut_after=int(cut) if cut not in (None, "") else None, fail_times=num("x-fake-fail-times"),
                    fail_key=headers.get("x-fake-key"), fail_status=num("x-fake-fail-status") or 503,
                    only_model=headers.get("x-fake-only-model") or None, output_bytes=num("x-fake-output-bytes"),
-                   usage=forced)
+                   usage=forced, raw_usage=_object(headers, "x-fake-raw-usage"), extra=_object(headers, "x-fake-extra"),
+                   end_event=headers.get("x-fake-end-event") or None, groq_usage=bool(headers.get("x-fake-groq-usage")))
+
+
+def _object(headers: Any, name: str) -> dict[str, Any] | None:
+    value = json.loads(headers.get(name) or "null")
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"{name} takes a JSON object")
+    return value
 
 
 def error_response(error: ErrorBody, status: int, message: str, behaviour: Behaviour | None = None) -> JSONResponse:

@@ -78,15 +78,17 @@ def gemini_app() -> FakeApp:
         if verb not in ("generateContent", "streamGenerateContent"):
             return error_response(gemini_error, 404, f"unknown method {verb!r}")
         reply = reply_text("gemini", prompt)
-        usage = gemini_usage(make_usage(prompt, reply, behaviour.usage))
+        usage = behaviour.raw_usage or gemini_usage(make_usage(prompt, reply, behaviour.usage))
         tool = _tool_name(body)
         call = {"functionCall": {"name": tool, "args": TOOL_ARGS}} if tool else None
         if verb == "generateContent":
             parts = [{"text": reply}, *([call] if call else [])]
             return json_answer(request, behaviour, {
                 "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
-                "usageMetadata": usage, "modelVersion": model, "responseId": "fake-response"})
-        chunks = _chunks(model, [*word_pieces(reply), *padding(behaviour.output_bytes)], call, usage)
+                "usageMetadata": usage, "modelVersion": model, "responseId": "fake-response",
+                **(behaviour.extra or {})})
+        chunks = _chunks(model, [*word_pieces(reply), *padding(behaviour.output_bytes)], call, usage,
+                         behaviour.extra or {})
         if request.query_params.get("alt") == "sse":
             return stream(request, behaviour, (sse_data(c, "\r\n\r\n") for c in chunks))
         return stream(request, behaviour, _json_array(chunks), "application/json")
@@ -96,9 +98,10 @@ def gemini_app() -> FakeApp:
     return app
 
 
-def _chunks(model: str, pieces: list[str], call: dict[str, Any] | None,
-            usage: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    running = {"promptTokenCount": usage["promptTokenCount"], "totalTokenCount": usage["promptTokenCount"]}
+def _chunks(model: str, pieces: list[str], call: dict[str, Any] | None, usage: dict[str, Any],
+            extra: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    running = {"promptTokenCount": usage.get("promptTokenCount", 0),
+               "totalTokenCount": usage.get("promptTokenCount", 0)}
     for i, piece in enumerate(pieces):
         last = i == len(pieces) - 1
         parts: list[dict[str, Any]] = [{"text": piece}, *([call] if call and last else [])]
@@ -106,7 +109,7 @@ def _chunks(model: str, pieces: list[str], call: dict[str, Any] | None,
         if last:
             candidate["finishReason"] = "STOP"
         yield {"candidates": [candidate], "usageMetadata": usage if last else running, "modelVersion": model,
-               "responseId": "fake-response"}
+               "responseId": "fake-response", **(extra if last else {})}
 
 
 def _json_array(chunks: Iterator[dict[str, Any]]) -> Iterator[bytes]:

@@ -83,10 +83,10 @@ def openai_app(prefix: str = "/v1") -> FakeApp:
             return refused
         messages = body.get("messages")
         reply = reply_text("openai", messages)
-        usage = chat_usage(make_usage(prompt_of("openai", body), reply, behaviour.usage))
+        usage = behaviour.raw_usage or chat_usage(make_usage(prompt_of("openai", body), reply, behaviour.usage))
         tool = _tool_name(body.get("tools"), messages)
         base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body.get("model", "unknown"),
-                "system_fingerprint": "fp_fake"}
+                "system_fingerprint": "fp_fake", **(behaviour.extra or {})}
         finish = "tool_calls" if tool else "stop"
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": reply, "refusal": None}
@@ -97,7 +97,7 @@ def openai_app(prefix: str = "/v1") -> FakeApp:
                 **base, "object": "chat.completion",
                 "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
                 "usage": usage})
-        include = bool((body.get("stream_options") or {}).get("include_usage"))
+        include = bool((body.get("stream_options") or {}).get("include_usage")) or behaviour.groq_usage
         return stream(request, behaviour, _chat_events(base, reply, tool, finish, usage if include else None,
                                                        behaviour))
 
@@ -106,7 +106,8 @@ def openai_app(prefix: str = "/v1") -> FakeApp:
         if refused:
             return refused
         reply = reply_text("openai", prompt_of("openai-responses", body))
-        usage = responses_usage(make_usage(prompt_of("openai-responses", body), reply, behaviour.usage))
+        usage = behaviour.raw_usage or responses_usage(make_usage(prompt_of("openai-responses", body), reply,
+                                                                  behaviour.usage))
         tool = _tool_name(body.get("tools"), body.get("input"))
         message = {"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
                    "content": [{"type": "output_text", "text": reply, "annotations": [], "logprobs": []}]}
@@ -119,8 +120,10 @@ def openai_app(prefix: str = "/v1") -> FakeApp:
             "model": body.get("model", "unknown"), "output": output, "error": None, "incomplete_details": None,
             "instructions": body.get("instructions"), "metadata": {}, "parallel_tool_calls": True,
             "temperature": 1.0, "top_p": 1.0, "tool_choice": "auto", "tools": body.get("tools") or [],
-            "text": {"format": {"type": "text"}}, "usage": usage,
+            "text": {"format": {"type": "text"}}, "usage": usage, **(behaviour.extra or {}),
         }
+        if behaviour.end_event == "response.incomplete":
+            response.update(status="incomplete", incomplete_details={"reason": "max_output_tokens"})
         if not body.get("stream"):
             return json_answer(request, behaviour, response)
         return stream(request, behaviour, _responses_events(response, reply, behaviour))
@@ -157,8 +160,10 @@ def _chat_events(base: dict[str, Any], reply: str, tool: str | None, finish: str
         obj: dict[str, Any] = {**base, "object": "chat.completion.chunk",
                                "choices": [{"index": 0, "delta": delta, "logprobs": None,
                                             "finish_reason": finish_reason}]}
-        if usage is not None:
+        if usage is not None and not behaviour.groq_usage:
             obj["usage"] = None
+        if finish_reason is not None and usage is not None and behaviour.groq_usage:
+            obj["x_groq"] = {"id": "req_fake", "usage": usage}  # Groq: the usage rides on the finish chunk
         return sse_data(obj)
 
     yield chunk({"role": "assistant", "content": "", "refusal": None})
@@ -172,7 +177,7 @@ def _chat_events(base: dict[str, Any], reply: str, tool: str | None, finish: str
         for part in ('{"city": ', '"Paris"}'):
             yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": part}}]})
     yield chunk({}, finish)
-    if usage is not None:
+    if usage is not None and not behaviour.groq_usage:
         yield sse_data({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
     yield b"data: [DONE]\n\n"
 
@@ -205,5 +210,5 @@ def _responses_events(response: dict[str, Any], reply: str, behaviour: Behaviour
         yield event("response.function_call_arguments.done", item_id=call["id"], output_index=index,
                     arguments=call["arguments"], name=call["name"])
         yield event("response.output_item.done", output_index=index, item=call)
-    yield event("response.completed", response=response)
+    yield event(behaviour.end_event or "response.completed", response=response)
 

@@ -142,14 +142,18 @@ async def test_streams_past_the_deadline_are_cut_but_still_settled(database_url:
     assert code in CLEAN_EXIT and took < 15, (code, took, gateway.log())
     assert all(not received.rstrip().endswith(b"[DONE]") for _, received in results)  # cut at the deadline
     # settled by the process itself before it exited, not left for the sweeper: a 2xx stream that ended without
-    # usage is billed its full reservation (the provider may have billed us)
+    # usage is billed what it delivered, estimated, and its log row says so with the same number
     reservations = await reservations_of(db, rule["id"])
     assert len(reservations) == 4 and all(r["settled"] and r["outcome"] == "settled" for r in reservations)
-    [bucket] = operator_buckets_after(database_url, account, rule["id"])
-    assert bucket["pending_usd"] == "0.00" and Decimal(bucket["spent_usd"]) == Decimal("0.40")
-    balance = await db.pool.fetchrow("SELECT * FROM reporting.balances WHERE account = $1", account)
-    assert balance["pending_usd"] == 0 and balance["balance_usd"] == Decimal("9.60")
     assert await log_rows(db, account) == 4
+    rows = await db.pool.fetch("SELECT cost_usd, usage_estimated FROM request_logs WHERE account_id = $1", account)
+    assert all(r["usage_estimated"] and r["cost_usd"] is not None for r in rows)
+    billed = sum(r["cost_usd"] for r in rows)
+    assert sum(r["actual"] for r in reservations) == billed * 10**9
+    [bucket] = operator_buckets_after(database_url, account, rule["id"])
+    assert bucket["pending_usd"] == "0.00" and Decimal(bucket["spent_usd"]) == billed
+    balance = await db.pool.fetchrow("SELECT * FROM reporting.balances WHERE account = $1", account)
+    assert balance["pending_usd"] == 0 and balance["balance_usd"] == Decimal(10) - billed
     await assert_all_invariants(db)
 
 

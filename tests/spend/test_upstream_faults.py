@@ -35,6 +35,9 @@ from tests.fakes import FakeServer, openai_app
 from tests.spend.conftest import ADMIN, SpendStack
 
 RESERVED = Decimal("0.10")  # max_tokens 100 at $0.001
+# a stream cut after its role chunk and one delta ("Hello", 5 bytes): estimated at max(1 event, 5 bytes / 4) = 2
+# output tokens (gateway/providers/left_early.py), inputs being free here
+CUT_ESTIMATE = Decimal("0.002")
 COST = Decimal("0.03")  # the 30 output tokens the fake reports
 CREDITS = Decimal("10")
 USAGE = {"x-fake-usage": json.dumps({"input": 3, "output": 30})}
@@ -122,6 +125,17 @@ async def _stream(client: httpx.AsyncClient, base: str, headers: dict[str, str])
     return r.status_code, [re.sub(rb'"created": \d+', b"", e) for e in data.split(b"\n\n") if e]
 
 
+async def last_row(db: Database, account: str, count: int) -> Any:
+    """The account's newest log row, once `count` rows were written (the writer batches)."""
+    for _ in range(100):
+        rows = await db.pool.fetch("SELECT * FROM request_logs WHERE account_id = $1 ORDER BY created_at DESC",
+                                   account)
+        if len(rows) >= count:
+            return rows[0]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{count} log rows were not written")
+
+
 async def test_connection_reset_mid_stream_ends_the_stream_and_settles(spend_stack: SpendStack,
                                                                       db: Database) -> None:
     account, base, rule_id = budgeted(spend_stack)
@@ -131,19 +145,23 @@ async def test_connection_reset_mid_stream_ends_the_stream_and_settles(spend_sta
         assert await settled(spend_stack, account, rule_id) == (COST, COST)
 
         # cut before the usage chunk: the stream ends where upstream broke (no [DONE] invented, no retry once
-        # bytes went to the client), and the full reservation is billed
+        # bytes went to the client), and what was delivered is billed, estimated, the same number in the log
         marker = uuid.uuid4().hex
         status, cut = await _stream(client, base, {"x-fake-cut-after": "2", **retried(marker)})
         assert status == 200 and cut == whole[:2]
         assert attempts(spend_stack, marker) == 1
-        assert await settled(spend_stack, account, rule_id) == (COST + RESERVED, COST + RESERVED)
+        assert await settled(spend_stack, account, rule_id) == (COST + CUT_ESTIMATE, COST + CUT_ESTIMATE)
+        row = await last_row(db, account, 2)
+        assert row["usage_estimated"] and row["cost_usd"] == CUT_ESTIMATE and row["tokens_out"] == 2
 
         # cut after the usage chunk (only [DONE] is missing): the usage is billed
         marker = uuid.uuid4().hex
         status, cut = await _stream(client, base, {"x-fake-cut-after": str(len(whole) - 1), **retried(marker)})
         assert status == 200 and cut == whole[:-1]
         assert attempts(spend_stack, marker) == 1
-        assert await settled(spend_stack, account, rule_id) == (2 * COST + RESERVED, 2 * COST + RESERVED)
+        assert await settled(spend_stack, account, rule_id) == (2 * COST + CUT_ESTIMATE, 2 * COST + CUT_ESTIMATE)
+        row = await last_row(db, account, 3)
+        assert not row["usage_estimated"] and row["cost_usd"] == COST
     await assert_all_invariants(db)
 
 
@@ -163,8 +181,11 @@ async def test_connection_reset_before_a_json_body_is_502_and_settles(spend_stac
     assert provider in r.json()["error"]["message"]
     recorded = spend_stack.recorder(provider).requests
     assert sum(1 for q in recorded if q.headers.get("x-test-id") == marker) == 1  # it answered 2xx: no retry
-    # the provider answered 200 and may have billed us: the full reservation, as for a stream that died
-    assert await settled(spend_stack, account, rule_id) == (RESERVED, RESERVED)
+    # the provider answered 200 and billed the prompt: estimated (inputs are free here, and no output was seen),
+    # and the log row says so with the same number
+    row = await last_row(db, account, 1)
+    assert row["usage_estimated"] and row["tokens_in"] > 0 and row["tokens_out"] == 0
+    assert await settled(spend_stack, account, rule_id) == (row["cost_usd"], row["cost_usd"]) == (0, 0)
     await assert_all_invariants(db)
 
 
