@@ -64,7 +64,9 @@ async def test_custom_providers_and_prices(admin: httpx.AsyncClient, account: st
     assert prices.status_code == 200, prices.text
     assert prices.json()["result"][0] == {"provider": "custom-vllm", "model": "llama", "input_per_mtok": "0.10",
                                           "output_per_mtok": "0.20", "cache_read_per_mtok": None,
-                                          "cache_write_per_mtok": None}
+                                          "cache_write_per_mtok": None, "cache_write_1h_per_mtok": None,
+                                          "input_audio_per_mtok": None, "output_audio_per_mtok": None,
+                                          "web_search_per_k": None}
     bad = await admin.put(f"/accounts/{account}/gateways/g/prices",
                           json={"prices": [{"provider": "openai", "model": "m", "input_per_mtok": 1.5,
                                             "output_per_mtok": "1"}]})

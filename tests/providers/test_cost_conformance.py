@@ -246,7 +246,8 @@ async def test_the_operators_prices_cover_each_component(stack: Stack, db: Datab
 
         with stack.admin() as admin:  # no web search price: unpriced, charged its reservation
             del price["web_search_per_k"]
-            assert admin.put(f"/accounts/{account}/gateways/default/prices", json={"prices": [price]}).status_code == 200
+            answer = admin.put(f"/accounts/{account}/gateways/default/prices", json={"prices": [price]})
+            assert answer.status_code == 200
         before = await credits(client, stack, account)
         answer = await client.post(f"{stack.base(account)}/anthropic/v1/messages", json=ANTHROPIC,
                                    headers={"x-fake-raw-usage": json.dumps(usage)})
