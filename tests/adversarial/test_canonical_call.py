@@ -304,6 +304,23 @@ async def test_duplicate_keys_reach_the_provider_as_the_gateway_read_them(hostil
     assert hostile.recorder("openai").last.body["max_tokens"] == 10
 
 
+@pytest.mark.parametrize("name", ["authorization", "cf-aig-byok-alias", "cf-aig-custom-cost", "content-encoding",
+                                  "cf-aig-metadata"])
+async def test_a_header_sent_twice_is_refused(hostile: HostileStack, name: str) -> None:
+    """One layer could read the first value and another the last (the key, the metadata a rule splits on)."""
+    _, base = hostile.new_gateway(credits_usd="5", allow_custom_cost=True)
+    hostile.clear()
+    values = {"authorization": ("Bearer sk-client", "Bearer sk-other"), "cf-aig-byok-alias": ("default", "x"),
+              "cf-aig-custom-cost": ('{"per_token_in": 1, "per_token_out": 1}', '{"per_token_in": 0}'),
+              "content-encoding": ("identity", "gzip"), "cf-aig-metadata": ('{"team": "a"}', '{"team": "b"}')}[name]
+    async with httpx.AsyncClient(timeout=30) as client:
+        answer = await client.post(f"{base}/openai/chat/completions", content=json.dumps(CHAT).encode(),
+                                   headers=[("content-type", "application/json"), (name, values[0]),
+                                            (name, values[1])])
+    assert answer.status_code == 400 and name in answer.text
+    assert hostile.seen() == []
+
+
 # -- the gateway's keys -------------------------------------------------------------------------------------------
 
 

@@ -203,6 +203,10 @@ def _responses_events(response: dict[str, Any], reply: str, behaviour: Behaviour
     yield event("response.content_part.done", **where, part={**part, "text": reply})
     yield event("response.output_item.done", output_index=0, item=message)
     for index, call in enumerate(calls, start=1):
+        if call.get("type") != "function_call":  # e.g. a web_search_call: added and done, nothing streamed
+            yield event("response.output_item.added", output_index=index, item={**call, "status": "in_progress"})
+            yield event("response.output_item.done", output_index=index, item=call)
+            continue
         yield event("response.output_item.added", output_index=index,
                     item={**call, "arguments": "", "status": "in_progress"})
         yield event("response.function_call_arguments.delta", item_id=call["id"], output_index=index,

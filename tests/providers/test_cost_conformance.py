@@ -67,6 +67,16 @@ CASES = [
          {"input_tokens": 100, "input_tokens_details": {"cached_tokens": 50}, "output_tokens": 300,
           "output_tokens_details": {"reasoning_tokens": 200}, "total_tokens": 400},
          50 * Decimal("1.1") / M + 50 * Decimal("0.275") / M + 300 * Decimal("4.4") / M),
+    # rule: web search tool calls $10 per 1,000 (one per web_search_call output item), on top of tokens
+    Case("openai responses web search calls", "openai", "responses",
+         {"model": "gpt-5", "input": "hi", "max_output_tokens": 4000, "tools": [{"type": "web_search"}]},
+         {"input_tokens": 100, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 50,
+          "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 150},
+         100 * Decimal("1.25") / M + 50 * Decimal(10) / M + 2 * Decimal(10) / 1000,
+         {"output": [{"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
+                      "content": [{"type": "output_text", "text": "Spain.", "annotations": []}]},
+                     {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+                     {"type": "web_search_call", "id": "ws_2", "status": "completed"}]}),
     # rule: claude-sonnet-4-5 $3/M input, $0.30/M cache read, $3.75/M 5-minute write, $6/M 1-hour write, $15/M out;
     # input_tokens excludes cache reads and writes
     Case("anthropic 1-hour cache writes", "anthropic", "v1/messages", ANTHROPIC,
