@@ -58,6 +58,7 @@ class Usage:
     input_audio_tokens: int | None = None
     cache_audio_read_tokens: int | None = None
     output_audio_tokens: int | None = None
+    output_image_tokens: int | None = None
     reasoning_tokens: int | None = None
     tool_prompt_tokens: int | None = None
     web_searches: int | None = None
@@ -74,7 +75,7 @@ class Usage:
 
 
 DETAIL_FIELDS = ("cache_write_1h_tokens", "input_audio_tokens", "cache_audio_read_tokens", "output_audio_tokens",
-                 "reasoning_tokens", "tool_prompt_tokens", "web_searches", "service_tier")
+                 "output_image_tokens", "reasoning_tokens", "tool_prompt_tokens", "web_searches", "service_tier")
 
 
 class BodyTooLarge(Exception):
@@ -127,6 +128,8 @@ class Call:
     input_bound: int = 0  # worst-case input tokens (gateway/providers/estimate.py)
     web_searches: int = 0  # billed searches its tools may run (reserved for)
     audio_output: bool = False  # it asks for spoken output (priced at the audio rate)
+    image_output: bool = False  # it asks for images (Gemini responseModalities IMAGE: the image rate)
+    searches_per_call: int = 0  # searches the model runs on every call without reporting them (search models)
     service_tier: str | None = None  # the tier it asks for (priority costs more: reserved at its price)
 
     @property
@@ -174,6 +177,7 @@ class Exchange:
     usage: Usage = field(default_factory=Usage)
     usage_estimated: bool = False  # the provider sent no usage (the client left): estimated, see docs/refusals.md
     upstream_sent: bool = False  # the call was handed to the provider (it may bill us from here on)
+    answer_finished: bool = False  # the stream's answer is complete (only its usage may still be to come)
     delivered_events: int = 0  # stream events with generated text relayed to the client
     delivered_text: int = 0  # bytes of generated text in them (for a client that leaves mid-stream)
     cost_usd: Decimal | None = None

@@ -100,6 +100,7 @@ class UnitPrices:
     output: Decimal
     output_audio: Decimal | None = None
     search: Decimal | None = None
+    output_image: Decimal | None = None
 
 
 def genai_usage(usage: Usage) -> dict[str, int]:
@@ -116,6 +117,7 @@ def genai_usage(usage: Usage) -> dict[str, int]:
         "cache_write_1h_tokens": min(usage.cache_write_1h_tokens or 0, write),
         "input_audio_tokens": min(usage.input_audio_tokens or 0, inp),
         "output_audio_tokens": min(usage.output_audio_tokens or 0, out),
+        "output_image_tokens": min(usage.output_image_tokens or 0, out),
         "output_reasoning_tokens": min(usage.reasoning_tokens or 0, out),
         "input_tool_tokens": min(usage.tool_prompt_tokens or 0, inp),
         "web_searches": usage.web_searches or 0,
@@ -133,6 +135,8 @@ def price_context(provider: str, usage: Usage) -> dict[str, str] | None:
     """The catalogue's price variant for this call: OpenAI bills the tier its answer says served it."""
     if provider == "openai" and usage.service_tier:
         return {"service_tier": usage.service_tier}
+    if provider == "anthropic" and usage.service_tier == "fast":
+        return {"speed": "fast"}  # Anthropic's fast mode: its own prices
     return None
 
 
@@ -163,6 +167,8 @@ def _unpriced_component(prices: object, usage: Usage) -> str | None:
         return "input audio"
     if usage.output_audio_tokens and getattr(prices, "output_audio_mtok", None) is None:
         return "output audio"
+    if usage.output_image_tokens and getattr(prices, "output_image_mtok", None) is None:
+        return "output images"
     if usage.web_searches and getattr(prices, "web_searches_kcount", None) is None:
         return "web searches"
     return None
@@ -173,20 +179,23 @@ def catalogue_unit_prices(provider: str, model: str, tier: str | None = None) ->
     """Per-token prices for estimates: the price of ten million input, and of ten million output tokens.
 
     Tiered prices: uses the tier of a large prompt (10M tokens), so the estimate is an upper bound. Input is
-    priced at the dearer of the uncached and the cache-write rate (a prompt may be written to the cache), at the
-    service tier the request asks for."""
+    priced at the dearer of the uncached and the (1-hour) cache-write rate (a prompt may be written to the cache),
+    at the service tier the request asks for."""
     big = 10_000_000
     inp = catalogue_cost(provider, model, Usage(input_tokens=big, output_tokens=0, service_tier=tier))
     out = catalogue_cost(provider, model, Usage(input_tokens=big, output_tokens=big, service_tier=tier))
-    written = catalogue_cost(provider, model, Usage(input_tokens=big, cache_write_tokens=big, output_tokens=0,
-                                                    service_tier=tier))
+    written = catalogue_cost(provider, model, Usage(input_tokens=big, cache_write_tokens=big, cache_write_1h_tokens=big,
+                                                    output_tokens=0, service_tier=tier))
     if inp is None or out is None:
         return None
     spoken = catalogue_cost(provider, model, Usage(input_tokens=big, output_tokens=big, output_audio_tokens=big,
                                                    service_tier=tier))
+    drawn = catalogue_cost(provider, model, Usage(input_tokens=big, output_tokens=big, output_image_tokens=big,
+                                                  service_tier=tier))
     searches = catalogue_cost(provider, model, Usage(input_tokens=0, output_tokens=0, web_searches=1000))
     return UnitPrices(max(inp, written or inp) / big, (out - inp) / big,
-                      None if spoken is None else (spoken - inp) / big, None if searches is None else searches / 1000)
+                      None if spoken is None else (spoken - inp) / big, None if searches is None else searches / 1000,
+                      None if drawn is None else (drawn - inp) / big)
 
 
 def cost_of(
@@ -211,16 +220,20 @@ def unit_prices(provider: str, model: str | None, override: PriceOverride | None
         dearest_input = max(override.input_per_mtok, write, override.cache_write_1h_per_mtok or write)
         spoken = override.output_audio_per_mtok or override.output_per_mtok
         search = None if override.web_search_per_k is None else override.web_search_per_k / 1000
-        return UnitPrices(dearest_input / MILLION, override.output_per_mtok / MILLION, spoken / MILLION, search)
+        return UnitPrices(dearest_input / MILLION, override.output_per_mtok / MILLION, spoken / MILLION, search,
+                          override.output_per_mtok / MILLION)
     if model is None:
         return None
     return catalogue_unit_prices(provider, model, tier if tier in ("priority", "fast") else None)
 
 
-def unpriced_component(prices: UnitPrices, searches: int, audio_output: bool) -> str | None:
+def unpriced_component(prices: UnitPrices, searches: int, audio_output: bool, image_output: bool = False
+                       ) -> str | None:
     """What a call asks for that has no price: unified billing cannot charge for it (refused before the call)."""
     if searches and prices.search is None:
         return "web searches"
     if audio_output and prices.output_audio is None:
         return "audio output"
+    if image_output and prices.output_image is None:
+        return "image output"
     return None

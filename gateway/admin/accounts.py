@@ -67,6 +67,8 @@ async def create_account(request: Request, services: Any) -> Created:
         except asyncpg.UniqueViolationError:
             raise AdminError(409, f"account {account!r} already exists", "id") from None
         await services.ledger.open_tenant(account, conn)
+        # every account has its `default` gateway from the start, so budgets can be set before the first call
+        await conn.execute("INSERT INTO gateways (account_id, id) VALUES ($1, 'default')", account)
     return Created({"id": row["id"], "created_at": row["created_at"].isoformat()})
 
 

@@ -27,13 +27,16 @@ SLUG_PATTERN = "^[a-z0-9][a-z0-9-]{0,40}$"
 
 
 async def ensure_gateway(db: Any, account: str, gateway: str) -> dict[str, Any]:
-    row = await db.pool.fetchrow(
-        "SELECT id, settings, created_at, updated_at FROM gateways WHERE account_id = $1 AND id = $2",
-        account, gateway,
-    )
+    """The gateway's row; `default` exists for every account (created here for accounts older than that rule)."""
+    query = "SELECT id, settings, created_at, updated_at FROM gateways WHERE account_id = $1 AND id = $2"
+    row = await db.pool.fetchrow(query, account, gateway)
     if row is None:
         await ensure_account(db, account)
-        raise not_found(f"gateway {gateway!r}")
+        if gateway != "default":
+            raise not_found(f"gateway {gateway!r}")
+        await db.pool.execute("INSERT INTO gateways (account_id, id) VALUES ($1, 'default') ON CONFLICT DO NOTHING",
+                              account)
+        row = await db.pool.fetchrow(query, account, gateway)
     return dict(row)
 
 

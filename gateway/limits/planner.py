@@ -86,7 +86,11 @@ class RouterPlanner:
         prices = unit_prices(target.provider, target.model, target.price, call.service_tier)
         if prices is None:
             return None
-        output = max(prices.output, prices.output_audio or 0) if call.audio_output else prices.output
+        output = prices.output
+        if call.audio_output:
+            output = max(output, prices.output_audio or output)
+        if call.image_output:
+            output = max(output, prices.output_image or output)
         worst: Decimal = (call.input_bound * prices.input + call.output_bound * output
                           + call.web_searches * (prices.search or 0))
         return to_nano(worst, round_up=True)

@@ -33,11 +33,12 @@ def usage_of(u: Any, previous: Usage | None = None) -> Usage | None:
     tools = u.get("server_tool_use")
     searches = as_int(tools.get("web_search_requests")) if isinstance(tools, dict) else None
     out = as_int(u.get("output_tokens"))
+    speed = "fast" if u.get("speed") == "fast" else prev.service_tier  # fast mode has its own prices
     return replace(
         prev, input_tokens=total_in, output_tokens=out if out is not None else prev.output_tokens,
         cache_read_tokens=read, cache_write_tokens=write,
         cache_write_1h_tokens=write_1h if write_1h is not None else prev.cache_write_1h_tokens,
-        web_searches=searches if searches is not None else prev.web_searches,
+        web_searches=searches if searches is not None else prev.web_searches, service_tier=speed,
     )
 
 

@@ -45,7 +45,7 @@ OFF_LOOP_BYTES = 256 * 1024  # bodies larger than this are parsed and encoded in
 _LARGE_PARSE = threading.Lock()
 _MODEL = re.compile(r"[\x21-\x7e]{1,256}")
 _GEMINI = re.compile(r"(v1beta|v1)/models/([A-Za-z0-9][A-Za-z0-9._-]{0,127}):"
-                     r"(generateContent|streamGenerateContent|countTokens|embedContent)")
+                     r"(generateContent|streamGenerateContent|countTokens|embedContent|batchEmbedContents)")
 
 CHAT = Endpoint("chat/completions", generates=True)
 RESPONSES = Endpoint("responses", generates=True)
@@ -57,6 +57,7 @@ GEMINI_ENDPOINTS = {
     "streamGenerateContent": Endpoint("streamGenerateContent", generates=True),
     "countTokens": Endpoint("countTokens", generates=False, free=True),
     "embedContent": Endpoint("embedContent", generates=False),
+    "batchEmbedContents": Endpoint("batchEmbedContents", generates=False),
 }
 _OPENAI_PATHS = {"chat/completions": CHAT, "responses": RESPONSES, "embeddings": EMBEDDINGS}
 # grok's base URL has no /v1 (its SDK paths carry it); the other OpenAI-format bases end in /v1
@@ -273,6 +274,19 @@ def web_searches_asked(body: dict[str, Any]) -> int:
     return total
 
 
+def searches_per_call(body: dict[str, Any], model: str | None) -> int:
+    """Chat Completions search models search on every call (`web_search_options`), and their usage never says so."""
+    return 1 if "web_search_options" in body or (model is not None and "search-preview" in model) else 0
+
+
+def image_output_asked(body: dict[str, Any]) -> bool:
+    config = body.get("generationConfig") or body.get("generation_config")
+    if isinstance(config, dict):
+        wanted = config.get("responseModalities") or config.get("response_modalities")
+        return isinstance(wanted, list) and "IMAGE" in wanted
+    return False
+
+
 def audio_output_asked(body: dict[str, Any]) -> bool:
     modalities = body.get("modalities")
     if isinstance(modalities, list) and "audio" in modalities:
@@ -313,16 +327,19 @@ def parse_call(*, method: str, provider: str, path: str, query: str, body: Any, 
         return Call(method, provider, path, query, endpoint, model, stream, 1, None, True, None, body, raw_body,
                     compat, input_bound + MODEL_SLACK)
     limit = output_limit.resolve(fields, body, default_output)
-    searches, audio_out = web_searches_asked(body), audio_output_asked(body)
+    searches = max(web_searches_asked(body), searches_per_call(body, model))
+    audio_out = audio_output_asked(body)
     # Anthropic requires max_tokens (natively and through compat): the reserved number is always written there
     include = limit.given or inject_limit or endpoint is MESSAGES
     body = output_limit.write(fields, body, limit, include=include)
     return Call(method, provider, path, query, endpoint, model, stream, limit.choices, limit.tokens, limit.given,
                 limit.field if include else None, body, raw_body, compat, input_bound + MODEL_SLACK, searches,
-                audio_out, _tier(body))
+                audio_out, image_output_asked(body), searches_per_call(body, model), _tier(body))
 
 
 def _tier(body: dict[str, Any]) -> str | None:
+    if body.get("speed") == "fast":  # Anthropic's fast mode, priced as its own variant
+        return "fast"
     tier = body.get("service_tier")
     return tier if isinstance(tier, str) and tier in ("priority", "fast", "flex", "default", "auto", "scale") \
         else None

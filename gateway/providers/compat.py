@@ -320,6 +320,8 @@ def _gemini_part(part: dict[str, Any]) -> dict[str, Any]:
         return {"text": part["text"]}
     if "url" in part:
         mime = mimetypes.guess_type(part["url"].split("?")[0])[0] or "image/jpeg"
+        if not mime.startswith("image/"):  # an image_url part is an image: a PDF or a video bills far more
+            raise CompatError(f"image_url must point to an image, not {mime}", "messages")
         return {"fileData": {"mimeType": mime, "fileUri": part["url"]}}
     return {"inlineData": {"mimeType": part["media_type"], "data": part["data"]}}
 

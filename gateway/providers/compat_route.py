@@ -106,11 +106,22 @@ def upstream_body(target: Target, call: Call) -> tuple[Any, bool]:
     return target.adapter.prepare(target.path, {**body, "model": target.model}, target.stream)
 
 
+def translated(target: Target, call: Call) -> tuple[Any, bool]:
+    """The translation, with any shape it cannot read (a tool call that is not an object...) a CompatError (400)."""
+    try:
+        return upstream_body(target, call)
+    except CompatError:
+        raise
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:
+        raise CompatError(f"the request's messages or tools have an unexpected shape ({type(exc).__name__})",
+                          "messages") from None
+
+
 async def serve_compat(router: ProviderRouter, scope: Scope, send: Send, ex: Exchange, target: Target) -> None:
     call = ex.call
     assert call is not None
     try:
-        payload, hide = await off_loop(len(ex.decoded_body or b""), lambda: upstream_body(target, call))
+        payload, hide = await off_loop(len(ex.decoded_body or b""), lambda: translated(target, call))
     except CompatError as exc:
         error = openai_error(400, str(exc), "invalid_request_error")
         error["error"]["param"] = exc.param
@@ -122,6 +133,7 @@ async def serve_compat(router: ProviderRouter, scope: Scope, send: Send, ex: Exc
         response = await router.open(scope, ex, target, content)
     except UpstreamFailure as exc:
         await router.refuse(send, ex, exc.status, str(exc), target)
+        router.bill_unanswered(ex, target, exc.sent)
         return
     try:
         if response.status_code >= 400:
@@ -230,6 +242,7 @@ async def _stream(router: ProviderRouter, send: Send, ex: Exchange, target: Targ
                           else translator.feed(data))
                 for item in chunks:
                     out += sse_chunk(item)
+            ex.answer_finished = reader.final or getattr(reader, "finished", False)
             if out:
                 await emit(bytes(out))
         if translator is not None:

@@ -32,6 +32,7 @@ class UpstreamFailure(Exception):
     def __init__(self, provider: str, message: str) -> None:
         super().__init__(message)
         self.provider = provider
+        self.sent = 0  # attempts that reached the provider (it may bill each: it had the prompt)
 
 
 class UpstreamUnreachable(UpstreamFailure):
@@ -77,19 +78,23 @@ async def send_with_retries(
     """(response with its body unread, attempts made)."""
     timeout = options.timeout_ms / 1000 if options.timeout_ms else DEFAULT_FIRST_BYTE_TIMEOUT_S
     failure: UpstreamFailure | None = None
+    sent = 0
     for attempt in range(1, options.max_attempts + 1):
         try:
             async with asyncio.timeout(timeout):
                 response = await client.send(request, stream=True)
         except TimeoutError:
             failure = UpstreamTimeout(provider, f"{provider} did not answer within {timeout * 1000:.0f} ms")
+            sent += 1
         except httpx.TimeoutException as exc:
             if _refused(exc):  # httpx-aiohttp maps a refused connection to ConnectTimeout
                 failure = UpstreamUnreachable(provider, f"{provider} is unreachable: connection refused")
             else:
                 failure = UpstreamTimeout(provider, f"{provider} timed out")
+                sent += not isinstance(exc, httpx.ConnectTimeout)
         except httpx.TransportError as exc:
             failure = UpstreamUnreachable(provider, f"{provider} is unreachable: {type(exc).__name__}")
+            sent += not isinstance(exc, httpx.ConnectError)
         else:
             if response.status_code not in RETRYABLE_STATUS or attempt == options.max_attempts:
                 return response, attempt
@@ -98,6 +103,7 @@ async def send_with_retries(
         if attempt < options.max_attempts:
             await asyncio.sleep(options.delay_s(attempt))
     assert failure is not None
+    failure.sent = sent
     raise failure
 
 

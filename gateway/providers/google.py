@@ -42,6 +42,7 @@ def usage_of(data: Any) -> Usage | None:
         input_audio_tokens=_modality(u.get("promptTokensDetails"), "AUDIO") or None,
         cache_audio_read_tokens=_modality(u.get("cacheTokensDetails"), "AUDIO"),
         output_audio_tokens=_modality(u.get("candidatesTokensDetails"), "AUDIO") or None,
+        output_image_tokens=_modality(u.get("candidatesTokensDetails"), "IMAGE") or None,
         reasoning_tokens=thoughts or None, tool_prompt_tokens=tool or None, web_searches=_grounded(data),
     )
 

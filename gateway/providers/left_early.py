@@ -19,6 +19,7 @@ Such a log row says `usage_estimated: true`.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from gateway.exchange import Usage
 
@@ -36,13 +37,13 @@ def delivered_text(data: str) -> int:
 
 def estimated_usage(reported: Usage, input_bound: int, text_events: int, text_bytes: int,
                     output_cap: int | None) -> Usage:
-    """`output_cap`: the output limit the provider was sent (times choices); it cannot have generated more."""
+    """`output_cap`: the output limit the provider was sent (times choices); it cannot have generated more. The
+    components the provider did report (cache, audio, searches, tier) are kept."""
     seen = max(text_events, -(-text_bytes // BYTES_PER_TOKEN))
     if output_cap is not None:
         seen = min(seen, output_cap)
-    return Usage(
+    return replace(
+        reported,
         input_tokens=reported.input_tokens if reported.input_tokens is not None else input_bound,
         output_tokens=max(reported.output_tokens or 0, seen),
-        cache_read_tokens=reported.cache_read_tokens,
-        cache_write_tokens=reported.cache_write_tokens,
     )

@@ -9,6 +9,7 @@ it, `response.failed`); embeddings in the JSON body. What each field means for t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,8 @@ def usage_of(data: Any, provider: str = "openai") -> Usage | None:
     return None
 
 
+_NO_FINISH = re.compile(r'"finish_reason"\s*:\s*null')
+
 # Responses API stream events that carry the final response (and its usage): done, cut at the output limit, failed
 RESPONSE_END_EVENTS = ("response.completed", "response.incomplete", "response.failed")
 
@@ -83,8 +86,11 @@ class OpenAIStreamUsage:
     usage: Usage = field(default_factory=Usage)
     model: str | None = None
     final: bool = False  # the provider sent its final usage
+    finished: bool = False  # a choice finished: the usage chunk is all that is left
 
     def on_event(self, event: Event) -> bool:
+        if not self.finished and '"finish_reason"' in event.data and not _NO_FINISH.search(event.data):
+            self.finished = True  # the answer is complete: only its usage (reasoning included) is still to come
         if not event.data or event.data == "[DONE]" or "usage" not in event.data:
             if self.model is None and event.data.startswith("{") and '"model"' in event.data[:400]:
                 data = event.json()

@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -211,7 +212,9 @@ class ProviderRouter:
         try:
             await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
             gone = watch.done() and not watch.cancelled() and watch.exception() is None and watch.result()
-            if gone and not work.done():
+            # an answer that is complete is only waiting for its usage (hidden reasoning is billed from it): let it
+            # arrive; anything else stops now
+            if gone and not work.done() and not (started and ex.answer_finished):
                 work.cancel()
             await asyncio.wait({work})
         finally:
@@ -256,6 +259,7 @@ class ProviderRouter:
             response = await self.open(scope, ex, target, target.content)
         except UpstreamFailure as exc:
             await self.refuse(send, ex, exc.status, str(exc), target)
+            self.bill_unanswered(ex, target, exc.sent)
             return
         try:
             content_type = response.headers.get("content-type", "")
@@ -271,6 +275,17 @@ class ProviderRouter:
         if target.model:
             headers.append((b"cf-aig-model", target.model.encode("latin-1", "replace")))
         return headers
+
+    def bill_unanswered(self, ex: Exchange, target: Target, sent: int) -> None:
+        """Attempts that reached the provider and timed out: it had the prompt each time, so each is billed its
+        input (estimated; the answer never came, so its output is not known)."""
+        call = ex.call
+        if not sent or call is None or call.endpoint is None or call.endpoint.free:
+            return
+        ex.usage = Usage(input_tokens=call.input_bound * sent, output_tokens=0, service_tier=call.service_tier)
+        ex.usage_estimated = True
+        ex.cost_usd = cost_of(target.provider, target.model, ex.usage, at=datetime.fromtimestamp(ex.started_at, UTC),
+                              override=target.price, custom=target.options.custom_cost)
 
     def record_cost(self, ex: Exchange, target: Target, usage: Usage, *, complete: bool = True) -> None:
         """The call's usage and cost, one number for the log, the `cf-aig-cost` header and the ledger.
@@ -291,6 +306,12 @@ class ProviderRouter:
             cap = call.output_bound if call.limit_field is not None else None
             ex.usage = estimated_usage(usage, call.input_bound, ex.delivered_events, ex.delivered_text, cap)
             ex.usage_estimated = True
+        if call is not None:
+            # what the answer did not say: the tier the request asked for, the searches a search model always runs
+            if ex.usage.service_tier is None and call.service_tier is not None:
+                ex.usage = replace(ex.usage, service_tier=call.service_tier)
+            if call.searches_per_call and (ex.usage.web_searches or 0) < call.searches_per_call:
+                ex.usage = replace(ex.usage, web_searches=call.searches_per_call)
         ex.cost_usd = cost_of(target.provider, target.model, ex.usage, at=datetime.fromtimestamp(ex.started_at, UTC),
                               override=target.price, custom=target.options.custom_cost)
 
@@ -374,6 +395,7 @@ class ProviderRouter:
                         if text:
                             ex.delivered_events += 1
                             ex.delivered_text += text
+                ex.answer_finished = reader.final or getattr(reader, "finished", False)
                 if out:
                     size += len(out)
                     await send({"type": "http.response.body", "body": bytes(out), "more_body": True})
@@ -431,6 +453,9 @@ async def _client_gone(receive: Receive) -> bool:
 _USAGE_RE = re.compile(rb'"(usage|usageMetadata)"\s*:\s*(\{[^{}]*(\{[^{}]*\}[^{}]*)*\})')
 
 
+_TIER_RE = re.compile(rb'"service_tier"\s*:\s*"([a-z_]{1,20})"')
+
+
 def reported(usage: Usage) -> bool:
     return usage.input_tokens is not None or usage.output_tokens is not None
 
@@ -445,5 +470,8 @@ def usage_from_fragments(target: Target, head: bytes, tail: bytes) -> Usage:
                 continue
             usage = target.adapter.usage_from_json(target.path, {match.group(1).decode(): value})
             if usage.input_tokens is not None or usage.output_tokens is not None:
-                return usage
+                tier = _TIER_RE.search(head) or _TIER_RE.search(tail)
+                searches = head.count(b'"web_search_call"') + tail.count(b'"web_search_call"')
+                return replace(usage, service_tier=tier.group(1).decode() if tier else usage.service_tier,
+                               web_searches=searches or usage.web_searches)
     return Usage()

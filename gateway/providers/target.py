@@ -11,6 +11,7 @@ null cost, unless the gateway sets `block_unpriced`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl
 
 from gateway.exchange import BillingMode, Call, Exchange
@@ -127,7 +128,7 @@ def resolve(
         exchange.zdr_applied, exchange.zdr_reason = False, "zero data retention applies only to unified billing"
     prices = unit_prices(provider, model, price, call.service_tier)
     if mode == "unified" and prices is not None and call.endpoint is not None:
-        missing = unpriced_component(prices, call.web_searches, call.audio_output)
+        missing = unpriced_component(prices, call.web_searches, call.audio_output, call.image_output)
         if missing:
             raise TargetError(400, f"model {model!r} of {provider} has no price for {missing}, so unified billing "
                                    "cannot charge for it: add one with PUT /admin/accounts/{a}/gateways/{g}/prices "
@@ -150,5 +151,35 @@ def _check_gateway_key_call(call: Call, options: RequestOptions) -> None:
         raise TargetError(403, f"{call.method} /{call.path} is not an endpoint this gateway serves with its "
                                f"{call.provider} keys (send your own key for it; see docs/refusals.md)")
     allowed = QUERY_PARAMETERS.get(call.provider, frozenset())
-    for name in {name for name, _ in parse_qsl(call.query, keep_blank_values=True)} - allowed:
-        raise TargetError(400, f"query parameter {name!r} is not understood on {call.endpoint.name}")
+    for name, value in parse_qsl(call.query, keep_blank_values=True):
+        if name not in allowed:
+            raise TargetError(400, f"query parameter {name!r} is not understood on {call.endpoint.name}")
+        if name == "alt" and value not in ("sse", "json"):
+            raise TargetError(400, "alt must be sse or json (the gateway reads usage from JSON)")
+    body = call.body if isinstance(call.body, dict) else {}
+    if body.get("background") is True:
+        raise TargetError(400, "background responses are not served on the gateway's keys: their output is "
+                               "generated after the call ends, where the gateway cannot bill it")
+    fee = fee_tool(body.get("tools"))
+    if fee is not None:
+        raise TargetError(400, f"tool {fee!r} carries fees the gateway does not price: send your own key for it")
+
+
+# server-side tools billed per use that the gateway cannot price (web search is priced: it is counted and reserved)
+FEE_TOOLS = ("image_generation", "code_interpreter", "file_search", "x_search", "code_execution", "computer_use",
+             "googleMaps", "google_maps", "enterpriseWebSearch", "enterprise_web_search")
+
+
+def fee_tool(tools: Any) -> str | None:
+    if not isinstance(tools, list):
+        return None
+    for tool in tools:
+        if not isinstance(tool, dict):
+            continue
+        kind = tool.get("type")
+        if isinstance(kind, str) and kind.startswith(FEE_TOOLS):
+            return kind
+        for key in tool:
+            if isinstance(key, str) and key in FEE_TOOLS:
+                return str(key)
+    return None

@@ -19,7 +19,7 @@ async def test_gateway_crud_and_settings_validation(admin: httpx.AsyncClient, ac
                                 json={"byok_only": True, "log_retention": retention})
     assert patched.json()["result"]["byok_only"] is True and patched.json()["result"]["authentication"] is True
     listed = (await admin.get(f"/accounts/{account}/gateways")).json()["result"]
-    assert [g["id"] for g in listed] == ["prod"]
+    assert sorted(g["id"] for g in listed) == ["default", "prod"]
     assert (await admin.get(f"/accounts/{account}/gateways/nope")).status_code == 404
     assert (await admin.get("/accounts/nobody/gateways/prod")).status_code == 404
     assert (await admin.delete(f"/accounts/{account}/gateways/prod")).json()["result"]["deleted"] is True
@@ -72,3 +72,20 @@ async def test_custom_providers_and_prices(admin: httpx.AsyncClient, account: st
                                             "output_per_mtok": "1"}]})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "prices[0].input_per_mtok"
     assert (await admin.delete(f"/accounts/{account}/gateways/g/custom-providers/vllm")).status_code == 200
+
+
+async def test_every_account_has_its_default_gateway_from_creation(admin: httpx.AsyncClient, account: str,
+                                                                   db: Database) -> None:
+    """Budgets can be set before the first call: `default` exists as soon as the account does (and is created on
+    first use through the admin API for accounts older than that)."""
+    assert (await admin.get(f"/accounts/{account}/gateways/default")).status_code == 200
+    rule = await admin.post(f"/accounts/{account}/gateways/default/spend-limits",
+                            json={"name": "first", "budget_usd": "1", "window": "daily"})
+    assert rule.status_code == 201, rule.text
+    assert (await admin.post(f"/accounts/{account}/gateways", json={"id": "default"})).status_code == 409
+    older = account + "-old"
+    assert (await admin.post("/accounts", json={"id": older})).status_code == 201
+    await db.pool.execute("DELETE FROM gateways WHERE account_id = $1", older)
+    prices = await admin.put(f"/accounts/{older}/gateways/default/prices", json={"prices": []})
+    assert prices.status_code == 200, prices.text
+    assert (await admin.get("/accounts/nobody/gateways/default")).status_code == 404

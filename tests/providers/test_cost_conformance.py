@@ -235,7 +235,6 @@ async def test_the_operators_prices_cover_each_component(stack: Stack, db: Datab
              "cache_read_per_mtok": "0.2", "cache_write_per_mtok": "2.5", "cache_write_1h_per_mtok": "4",
              "input_audio_per_mtok": "20", "output_audio_per_mtok": "40", "web_search_per_k": "8"}
     with stack.admin() as admin:
-        assert admin.post(f"/accounts/{account}/gateways", json={"id": "default"}).status_code == 201
         answer = admin.put(f"/accounts/{account}/gateways/default/prices", json={"prices": [price]})
         assert answer.status_code == 200, answer.text
         assert answer.json()["result"][0]["web_search_per_k"] == "8"
