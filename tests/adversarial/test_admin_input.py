@@ -103,7 +103,8 @@ async def test_gateway_slug_and_route_names_with_a_trailing_newline_are_refused(
     refused(await admin.post(f"{base}/provider-keys", json={"provider": "custom-vllm\n", "key": "sk-12345678"}),
             422, "provider")
     refused(await admin.post(f"{base}/routes", json={"name": "main\n", "graph": GRAPH}), 422, "name")
-    assert [g["id"] for g in (await admin.get(f"/accounts/{account}/gateways")).json()["result"]] == ["gw"]
+    listed = (await admin.get(f"/accounts/{account}/gateways")).json()["result"]
+    assert sorted(g["id"] for g in listed) == ["default", "gw"]  # `default` exists from the account's creation
     for listing in ("custom-providers", "provider-keys", "routes"):
         assert (await admin.get(f"{base}/{listing}")).json()["result"] == [], listing
 

@@ -169,7 +169,8 @@ def limit_sent(provider: str, path: str, body: Any) -> tuple[int | None, int]:
     fields = ("max_tokens",) if path.endswith("/messages") else ("max_tokens", "max_completion_tokens")
     values = {body[k] for k in fields if body.get(k) is not None}
     assert len(values) <= 1, body  # never two numbers a provider could choose between
-    return (values.pop() if values else None), body.get("n") or 1
+    choices = body.get("n") or 1 if path.endswith("chat/completions") else 1  # only Chat Completions has `n`
+    return (values.pop() if values else None), choices
 
 
 def check_one(stack: HostileStack, sent: Sent, request_body: bytes) -> str:
