@@ -167,10 +167,10 @@ def limit_sent(provider: str, path: str, body: Any) -> tuple[int | None, int]:
     if path.endswith("/responses"):
         return body.get("max_output_tokens"), 1
     fields = ("max_tokens",) if path.endswith("/messages") else ("max_tokens", "max_completion_tokens")
-    values = {body[k] for k in fields if body.get(k) is not None}
+    values = [body[k] for k in fields if body.get(k) is not None]
     assert len(values) <= 1, body  # never two numbers a provider could choose between
     choices = body.get("n") or 1 if path.endswith("chat/completions") else 1  # only Chat Completions has `n`
-    return (values.pop() if values else None), choices
+    return (values[0] if values else None), choices
 
 
 def check_one(stack: HostileStack, sent: Sent, request_body: bytes) -> str:
@@ -186,11 +186,10 @@ def check_one(stack: HostileStack, sent: Sent, request_body: bytes) -> str:
     if sent.recorded is None or remaining is None or not 200 <= sent.status < 300:
         return f"{sent.status // 100}xx"
     reserved = (BUDGET - Decimal(remaining)) / PER_TOKEN
-    upstream = sent.provider
-    limit, choices = limit_sent(upstream, sent.recorded.path, sent.recorded.body)
     if "embed" in sent.recorded.path or "count" in sent.recorded.path.lower():
-        assert reserved == 0
+        assert reserved == 0  # no output (a limit-looking field there is not the provider's limit)
     else:
+        limit, choices = limit_sent(sent.provider, sent.recorded.path, sent.recorded.body)
         assert reserved == (limit if limit is not None else DEFAULT_OUTPUT) * choices, (reserved, sent.recorded.body)
     return "reservation = what the provider got"
 
