@@ -3,6 +3,11 @@
 the same verifier AccessIdentity uses; the identity it yields is kept so it is verified only once).
 Missing or invalid → 401 JSON error; nothing goes further in.
 
+A gateway token may also come where a provider key goes (`Authorization: Bearer`, `x-api-key`, `x-goog-api-key`,
+Gemini's `?key=`), as Cloudflare's documented SDK set-ups send it: recognised by its `sgk_` prefix, verified the
+same way (401 when it is not one of this gateway's), never forwarded, and the call is billed as if no provider key
+was sent (a stored key, else unified billing).
+
 Tokens are stored as SHA-256 hashes; each instance caches a gateway's hashes until a NOTIFY says they changed
 (revoking a token applies on every instance within a second).
 """
@@ -13,6 +18,7 @@ import hashlib
 import hmac
 import secrets
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -24,8 +30,37 @@ from gateway.gateways import GatewayStore, UnknownAccount, UnknownGateway, cache
 from gateway.paths import locate
 
 
+TOKEN_PREFIX = "sgk_"  # every gateway token starts so: recognised in a provider key's place without a query
+KEY_HEADERS = (b"authorization", b"x-api-key", b"x-goog-api-key")
+
+
 def new_gateway_token() -> str:
-    return "sgk_" + secrets.token_urlsafe(32)
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def _token_in_key_position(scope: Scope) -> str | None:
+    """A gateway token sent where a provider key goes (`Authorization: Bearer`, `x-api-key`, `x-goog-api-key`, or
+    Gemini's `?key=`)."""
+    for name, value in scope["headers"]:
+        if name.lower() in KEY_HEADERS:
+            text = str(value.decode("latin-1")).strip()
+            if text.lower().startswith("bearer "):
+                text = text[7:].strip()
+            if text.startswith(TOKEN_PREFIX):
+                return text
+    query: bytes = scope.get("query_string", b"")
+    for key, given in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if key == "key" and given.startswith(TOKEN_PREFIX):
+            return given
+    return None
+
+
+def _without_provider_keys(scope: Scope) -> Scope:
+    """The request as if no provider key was sent: the key headers and Gemini's `key` parameter removed."""
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in KEY_HEADERS]
+    pairs = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+             if k != "key"]
+    return {**scope, "headers": headers, "query_string": urlencode(pairs).encode("latin-1")}
 
 
 def token_digest(token: str) -> str:
@@ -83,6 +118,18 @@ class GatewayAuth:
             await self.app(scope, receive, send)  # the router answers 404
             return
         ex.gateway = gateway
+        found = _token_in_key_position(scope)
+        if found is not None:
+            # Cloudflare's documented SDK set-ups put the gateway token where the provider key goes: it is checked
+            # like cf-aig-authorization, never forwarded, and the call goes on as if no provider key was sent
+            if not await self.tokens.valid(gateway.account_id, gateway.id, found):
+                ex.status_code, ex.error = 401, "invalid gateway token (in the provider key's place)"
+                await json_error(401, ex.error)(scope, receive, send)
+                return
+            ex.authenticated = True
+            scope = _without_provider_keys(scope)
+            await self.app(scope, receive, send)
+            return
         if not gateway.settings.authentication:
             await self.app(scope, receive, send)
             return
