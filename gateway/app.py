@@ -61,7 +61,7 @@ class _RefuseNewlines:
 
 
 class _Chain:
-    """The request path, built once the shared services exist. Outermost first, as in DESIGN.md:
+    """The request path, built once the shared services exist. Outermost first:
 
     RequestLog ─► (Tracing) ─► ServerErrors ─► GatewayAuth ─► AccessIdentity ─► Attribution ─► ZeroDataRetention
         ─► DynamicRoutes ─► SpendLimits ─► ProviderRouter

@@ -46,7 +46,7 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    """The settings of SPEC §9, with their defaults (authentication off, logging on, ZDR off)."""
+    """A gateway's settings, with their defaults (authentication off, logging on, ZDR off)."""
 
     authentication: bool = False
     zdr: bool = False

@@ -8,7 +8,8 @@
   `input_per_mtok`, `output_per_mtok`, optional `cache_read_per_mtok` (default: the input price) and
   `cache_write_per_mtok` (default: the input price).
 - `cf-aig-custom-cost` (when the gateway allows it): `{"per_token_in": x, "per_token_out": y}` USD per token.
-- A model with no price anywhere: cost is None, never guessed as zero (SPEC §3 says what unified billing does).
+- A model with no price anywhere: cost is None, never guessed as zero (unified billing refuses such
+  a model: gateway/providers/target.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Configuration from the environment (and a `.env` file). The variable names are public interface (SPEC §10)."""
+"""Configuration from the environment (and a `.env` file). The variable names are public interface
+(README, "Running it in production")."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""The admin API (`/admin`, SPEC §9) and the operator CLI. Nothing on the request path imports this package."""
+"""The admin API (`/admin`) and the operator CLI. Nothing on the request path imports this package."""

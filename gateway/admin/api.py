@@ -1,6 +1,6 @@
 """A small declarative router for the admin API: each capability module declares its endpoints on an
 `AdminRouter`; `create_admin_app` mounts them behind the bearer token, wraps results in the response shape of
-SPEC §9, turns `AdminError` (and the domain errors) into JSON errors, and serves `GET /admin/openapi.json`
+the README, turns `AdminError` (and the domain errors) into JSON errors, and serves `GET /admin/openapi.json`
 generated from the same declarations, so the document cannot drift from the routes.
 
 Shapes: success `{"success": true, "result": ...}` (lists add `result_info.next_cursor`); error

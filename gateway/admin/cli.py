@@ -120,7 +120,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         p.add_argument("gateway")
         return p
 
-    limits = sub.add_parser("limits", help="spend-limit rules of a gateway (SPEC §5)")
+    limits = sub.add_parser("limits", help="spend-limit rules of a gateway")
     actions = limits.add_subparsers(dest="action", required=True)
     gateway_args(actions.add_parser("list", help="rules with each bucket's spend"))
     gateway_args(actions.add_parser("create", help="limits create acme prod --json '{\"name\": ...}'")).add_argument(

@@ -19,7 +19,7 @@ from gateway.settings import PROVIDERS
 
 router = AdminRouter("gateways and providers")
 
-SETTINGS_SCHEMA: dict[str, Any] = {"type": "object", "description": "any of the gateway settings of SPEC §9",
+SETTINGS_SCHEMA: dict[str, Any] = {"type": "object", "description": "any of the gateway settings",
                    "properties": {name: {} for name in GatewaySettings().to_json()}}
 # `\Z`, not `$` (which also matches before a trailing newline); SLUG_PATTERN is the rule for JSON Schema.
 SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,40}\Z")

@@ -1,4 +1,4 @@
-"""Admin endpoints: spend-limit rules (with each bucket's spend), identity policies, dynamic routes (SPEC §5, §6, §9).
+"""Admin endpoints: spend-limit rules (with each bucket's spend), identity policies, dynamic routes.
 
 A rule is returned as it was given plus `id` and `buckets`: `[{"key", "window_start", "spent_usd",
 "pending_usd", "remaining_usd"}]` for the current window (rolling windows: `window_start` is where counting

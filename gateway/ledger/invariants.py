@@ -1,4 +1,4 @@
-"""The ledger invariants of DESIGN.md as queries; every concurrency test ends with `assert_invariants`."""
+"""The ledger invariants as queries; every concurrency test ends with `assert_invariants`."""
 
 from __future__ import annotations
 

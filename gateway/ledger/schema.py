@@ -9,7 +9,7 @@
   locks the row reads them in the same step.
 - `transfers`: immutable rows; the id (UUID) is the idempotency key. `kind` is single / pending (a hold) /
   post / void / expire; a resolution names its hold in `pending_id`, and a unique partial index on
-  `pending_id` makes a hold resolve at most once. No foreign keys to account rows (DESIGN.md: they caused
+  `pending_id` makes a hold resolve at most once. No foreign keys to account rows (they caused
   multixact contention under aborting holds).
 - `open_holds`: the unresolved holds. Deleting a hold's row is how a resolver claims it (settlement and sweeper
   race on this row; the loser sees it gone), and the sweeper scans only this small table.

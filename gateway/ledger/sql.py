@@ -265,7 +265,7 @@ BEGIN
 END $$;
 """
 
-# Ledger checks every concurrency test ends with (DESIGN.md, Ledger invariants). Each query returns the rows
+# Ledger checks every concurrency test ends with (the ledger invariants). Each query returns the rows
 # that violate its invariant; an empty result means it holds.
 INVARIANTS = {
     "transfer has two different accounts and a non-negative amount": """

@@ -1,1 +1,1 @@
-"""Strict spend limits: rules, bucket keys, windows and reservations (SPEC §5, DESIGN "Spend limits")."""
+"""Strict spend limits: rules, bucket keys, windows and reservations (README, "Spend limits")."""

@@ -1,4 +1,4 @@
-"""Identity policies: which models a gateway's IdP groups may call (SPEC §5).
+"""Identity policies: which models a gateway's IdP groups may call.
 
 A policy maps one group to model patterns with shell-style wildcards on `{provider}/{model}`
 (`"custom-*/*"`, `"groq/*"`). Decided where the spec is silent:

@@ -1,4 +1,4 @@
-"""Spend rules (SPEC §5): validation from the admin API's JSON, and which buckets a request falls in.
+"""Spend rules (README, "Spend limits"): validation from the admin API's JSON, and which buckets a request falls in.
 
 A rule's scope names dimensions: `provider`, `model` (`{provider}/{model}`), `metadata.<key>` and the identity
 keys `cf.user_id`, `cf.user.email`, `cf.user.groups`, `cf.service_token`. Each is `{"split": true}` (every

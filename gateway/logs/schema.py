@@ -1,4 +1,4 @@
-"""The request log table (SPEC §8). Costs are numeric USD (exact), null when the price is unknown."""
+"""The request log table. Costs are numeric USD (exact), null when the price is unknown."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DynamicRoutes: `model: "dynamic/{name}"` on the compat endpoint runs the route's deployed graph (SPEC §6).
+"""DynamicRoutes: `model: "dynamic/{name}"` on the compat endpoint runs the route's deployed graph.
 
 The walk (gateway/routes/graph.py) decides which model to try; each `model` element is one pass through the
 rest of the chain (SpendLimits, then the router) with the body's `model` set to the element's model and, when the

@@ -29,7 +29,6 @@ from gateway.exchange import Exchange
 from gateway.gateways import GatewayStore, UnknownAccount, UnknownGateway, cache_invalidator
 from gateway.paths import locate
 
-
 TOKEN_PREFIX = "sgk_"  # every gateway token starts so: recognised in a provider key's place without a query
 KEY_HEADERS = (b"authorization", b"x-api-key", b"x-goog-api-key")
 

@@ -7,7 +7,7 @@ one round trip reserves the estimate in every matching bucket and, on unified bi
 - all granted: call inward; `cf-aig-budget-remaining` goes on the response; after the response body has fully
   passed — or the client went away, or the inner app raised — the reservation is settled with the actual cost
   (from the Exchange), once, in a `finally`;
-- a `block` rule would overflow: 429 with the SPEC body and `Retry-After`;
+- a `block` rule would overflow: 429 naming the rule, its bucket and its reset, and `Retry-After`;
 - only `fallback_model` rules would overflow: the planner re-targets the request to the fallback model
   (`exchange.step` + 1) and the layer reserves against the fallback's own rules, up to `MAX_FALLBACKS` steps;
 - the credit balance (or the account's own spending limit) cannot cover it: 402.

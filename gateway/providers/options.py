@@ -1,4 +1,4 @@
-"""The router's request headers (SPEC §2), validated before anything goes upstream (400 naming the header)."""
+"""The router's request headers (`cf-aig-*`), validated before anything goes upstream (400 naming the header)."""
 
 from __future__ import annotations
 

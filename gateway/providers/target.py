@@ -1,6 +1,6 @@
 """Where a request goes and who pays: the adapter, the upstream base URL, the key and the billing mode.
 
-Keys (SPEC §3), in this order: the client's own provider key (pass-through, `byok`); a key stored for the
+Keys, in this order: the client's own provider key (pass-through, `byok`); a key stored for the
 gateway under `cf-aig-byok-alias` (default `default`, `byok`); the gateway's own key from `SPENDGATE_KEY_<P>`
 (`unified`: credits are debited). Unified billing is refused (400) when the gateway is `byok_only`, the request
 says `cf-aig-no-wholesale: true`, the provider has no gateway key, the provider is custom, or the model has no

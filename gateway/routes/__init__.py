@@ -1,1 +1,1 @@
-"""Dynamic routes (SPEC §6): a named, versioned graph of elements that decides which model serves a request."""
+"""Dynamic routes: a named, versioned graph of elements that decides which model serves a request."""

@@ -11,7 +11,7 @@ A route version is `{"start": "<element id>", "elements": [...]}`. Elements (eac
 - `{"type": "model", "model": "provider/model", "timeout_ms": n?, "retries": n?, "success": id, "fallback": id?}`:
   call the model; on failure (connection error, timeout, 429 or 5xx before any byte reached the client) go to
   `fallback`. `retries` is at most 4: the element runs through the router's `cf-aig-max-attempts`, which allows
-  5 attempts (SPEC §2); the spec sets no bound of its own, and a larger value would silently retry less;
+  5 attempts (`cf-aig-max-attempts`); nothing sets no bound of its own, and a larger value would silently retry less;
 - `{"type": "end"}`.
 
 Walking a graph never loops: validation refuses cycles, so every walk ends within len(elements) steps. A model's

@@ -1,4 +1,4 @@
-"""Dynamic routes end to end (SPEC §6, §9): the real OpenAI SDK against `/compat` with `model: "dynamic/<name>"`,
+"""Dynamic routes end to end: the real OpenAI SDK against `/compat` with `model: "dynamic/<name>"`,
 routes created, versioned and deployed through the admin API, fake providers behind a real gateway on a real
 Postgres. Every attempt of a walk reserves and settles against its own model's rules."""
 

@@ -1,4 +1,4 @@
-"""Strict spend limits through HTTP, with the real OpenAI SDK, on a real Postgres (SPEC §5, issue 5)."""
+"""Strict spend limits through HTTP, with the real OpenAI SDK, on a real Postgres."""
 
 from __future__ import annotations
 
