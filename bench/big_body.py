@@ -16,11 +16,10 @@ import argparse
 import asyncio
 import json
 import time
-import uuid
 
 import aiohttp
 from _common import emit, fresh_database, percentile
-from proxy import GATEWAY, UPSTREAM, free_port, spawn, wait_up
+from proxy import GATEWAY, UPSTREAM, create_account, free_port, spawn, wait_up
 
 
 async def probe(url: str, seconds: float) -> list[float]:
@@ -56,10 +55,7 @@ async def run(database_url: str, seconds: float, senders: int, mb: float) -> Non
     try:
         await wait_up(f"http://127.0.0.1:{up_port}/")
         await wait_up(f"http://127.0.0.1:{gw_port}/readyz")
-        account = f"bench-{uuid.uuid4().hex[:6]}"
-        async with aiohttp.ClientSession(headers={"Authorization": "Bearer bench"}) as s:
-            async with s.post(f"http://127.0.0.1:{gw_port}/admin/accounts", json={"id": account}) as r:
-                assert r.status == 201, await r.text()
+        account = await create_account(gw_port)
         url = f"http://127.0.0.1:{gw_port}/v1/{account}/default/openai/chat/completions"
         health = f"http://127.0.0.1:{gw_port}/healthz"
         # many small parts, as a long conversation or a large tool schema has: what costs parsing time

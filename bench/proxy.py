@@ -93,6 +93,15 @@ async def load(url: str, body: dict[str, object], stream: bool, seconds: float, 
     return len(latencies) / elapsed, latencies, errors
 
 
+async def create_account(gw_port: int) -> str:
+    """A fresh account on the gateway (admin token `bench`); its `default` gateway exists from creation."""
+    account = f"bench-{uuid.uuid4().hex[:6]}"
+    async with aiohttp.ClientSession(headers={"Authorization": "Bearer bench"}) as s:
+        async with s.post(f"http://127.0.0.1:{gw_port}/admin/accounts", json={"id": account}) as r:
+            assert r.status == 201, await r.text()
+    return account
+
+
 def identity_provider() -> tuple[object, str, str]:
     """A JWKS server on loopback and one valid RS256 token for it: (server, issuer, token)."""
     import jwt
@@ -131,15 +140,12 @@ async def run(database_url: str, seconds: float, concurrency: int, chain: bool) 
     try:
         await wait_up(f"http://127.0.0.1:{up_port}/")
         await wait_up(f"http://127.0.0.1:{gw_port}/readyz")
-        account = f"bench-{uuid.uuid4().hex[:6]}"
+        account = await create_account(gw_port)
         async with aiohttp.ClientSession(headers={"Authorization": "Bearer bench"}) as s:
-            async with s.post(f"http://127.0.0.1:{gw_port}/admin/accounts", json={"id": account}) as r:
-                assert r.status == 201, await r.text()
             if chain:  # authentication on (a gateway token), logging on (the default), identity required
                 admin = f"http://127.0.0.1:{gw_port}/admin/accounts/{account}/gateways"
                 async with s.patch(f"{admin}/default", json={"authentication": True, "require_identity": True}) as r:
-                    if r.status == 404:  # created on first use: create it here instead
-                        await s.post(admin, json={"id": "default", "authentication": True, "require_identity": True})
+                    assert r.status == 200, await r.text()
                 async with s.post(f"{admin}/default/tokens", json={"name": "bench"}) as r:
                     extra["cf-aig-authorization"] = "Bearer " + (await r.json())["result"]["token"]
         direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"

@@ -35,7 +35,8 @@ from gateway.exchange import Call, Exchange
 from gateway.middleware.spend_limits import Plan
 from gateway.money import from_nano, to_nano
 from gateway.pricing import unit_prices
-from gateway.providers.router import ProviderRouter, RequestRefused
+from gateway.providers.call import RequestRefused
+from gateway.providers.router import ProviderRouter
 from gateway.providers.target import Target
 
 

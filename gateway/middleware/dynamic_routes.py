@@ -35,7 +35,7 @@ from gateway.exchange import Exchange, Usage
 from gateway.limits.planner import attributes_of
 from gateway.limits.store import LimitStore, bucket_remaining
 from gateway.paths import locate
-from gateway.providers.call import CallRefused, read_json
+from gateway.providers.call import RequestRefused, read_json
 from gateway.providers.options import MAX_ATTEMPTS
 from gateway.routes.graph import ModelStep, walk
 from gateway.routes.store import RouteStore
@@ -95,7 +95,7 @@ class DynamicRoutes:
             encoding = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"content-encoding"),
                             None)
             body = await read_json(ex, receive, encoding, self.max_body_bytes)
-        except CallRefused:
+        except RequestRefused:
             await self.app(scope, receive, send)  # the router answers with the same refusal (kept on the Exchange)
             return
         model = body.get("model") if isinstance(body, dict) else None

@@ -28,9 +28,9 @@ from gateway.errors import json_error
 from gateway.exchange import Exchange
 from gateway.gateways import GatewayStore, UnknownAccount, UnknownGateway, cache_invalidator
 from gateway.paths import locate
+from gateway.providers.forward import KEY_HEADERS
 
 TOKEN_PREFIX = "sgk_"  # every gateway token starts so: recognised in a provider key's place without a query
-KEY_HEADERS = (b"authorization", b"x-api-key", b"x-goog-api-key")
 
 
 def new_gateway_token() -> str:
@@ -41,7 +41,7 @@ def _token_in_key_position(scope: Scope) -> str | None:
     """A gateway token sent where a provider key goes (`Authorization: Bearer`, `x-api-key`, `x-goog-api-key`, or
     Gemini's `?key=`)."""
     for name, value in scope["headers"]:
-        if name.lower() in KEY_HEADERS:
+        if name.decode("latin-1").lower() in KEY_HEADERS:
             text = str(value.decode("latin-1")).strip()
             if text.lower().startswith("bearer "):
                 text = text[7:].strip()
@@ -56,7 +56,7 @@ def _token_in_key_position(scope: Scope) -> str | None:
 
 def _without_provider_keys(scope: Scope) -> Scope:
     """The request as if no provider key was sent: the key headers and Gemini's `key` parameter removed."""
-    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in KEY_HEADERS]
+    headers = [(k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() not in KEY_HEADERS]
     pairs = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
              if k != "key"]
     return {**scope, "headers": headers, "query_string": urlencode(pairs).encode("latin-1")}

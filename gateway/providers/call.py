@@ -74,8 +74,9 @@ QUERY_PARAMETERS: dict[str, frozenset[str]] = {
 }
 
 
-class CallRefused(Exception):
-    """The request cannot be represented faithfully: refused before anything goes upstream."""
+class RequestRefused(Exception):
+    """A request refused before anything went upstream (here: it cannot be represented faithfully; the router
+    raises it too, for an unknown gateway, a bad header...)."""
 
     def __init__(self, status: int, message: str, header: str | None = None, param: str | None = None) -> None:
         super().__init__(message)
@@ -92,9 +93,9 @@ def _gunzip(data: bytes, limit: int, wbits: int) -> bytes:
     decoder = zlib.decompressobj(wbits)
     out = decoder.decompress(data, limit + 1)
     if len(out) > limit:
-        raise CallRefused(413, f"request body exceeds {limit} bytes once decoded")
+        raise RequestRefused(413, f"request body exceeds {limit} bytes once decoded")
     if decoder.unconsumed_tail or not decoder.eof:
-        raise CallRefused(400, "the request body is not valid for its Content-Encoding", header="content-encoding")
+        raise RequestRefused(400, "the request body is not valid for its Content-Encoding", header="content-encoding")
     return out
 
 
@@ -107,9 +108,9 @@ def _brotli(data: bytes, limit: int) -> bytes:
     for start in range(0, len(data), step):
         out += decoder.process(data[start:start + step])
         if len(out) > limit:
-            raise CallRefused(413, f"request body exceeds {limit} bytes once decoded")
+            raise RequestRefused(413, f"request body exceeds {limit} bytes once decoded")
     if not decoder.is_finished():
-        raise CallRefused(400, "the request body is not valid for its Content-Encoding", header="content-encoding")
+        raise RequestRefused(400, "the request body is not valid for its Content-Encoding", header="content-encoding")
     return bytes(out)
 
 
@@ -119,7 +120,7 @@ def _zstd(data: bytes, limit: int) -> bytes:
     reader = zstandard.ZstdDecompressor().stream_reader(data)
     out = bytes(reader.read(limit + 1))
     if len(out) > limit:
-        raise CallRefused(413, f"request body exceeds {limit} bytes once decoded")
+        raise RequestRefused(413, f"request body exceeds {limit} bytes once decoded")
     return out
 
 
@@ -142,12 +143,12 @@ def decode_body(data: bytes, encoding: str | None, limit: int) -> bytes:
             elif coding == "zstd":
                 data = _zstd(data, limit)
             elif coding != "identity":
-                raise CallRefused(415, f"Content-Encoding {coding!r} is not supported (gzip, deflate, br, zstd)",
+                raise RequestRefused(415, f"Content-Encoding {coding!r} is not supported (gzip, deflate, br, zstd)",
                                   header="content-encoding")
-        except CallRefused:
+        except RequestRefused:
             raise
         except Exception:
-            raise CallRefused(400, "the request body is not valid for its Content-Encoding",
+            raise RequestRefused(400, "the request body is not valid for its Content-Encoding",
                               header="content-encoding") from None
     return data
 
@@ -175,11 +176,11 @@ def _load_json(data: bytes) -> tuple[Any, int]:
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise CallRefused(400, f"the body is not valid JSON: {str(exc)[:160]}") from None
+        raise RequestRefused(400, f"the body is not valid JSON: {str(exc)[:160]}") from None
     try:
         return value, input_token_bound(value, MAX_DEPTH)
     except NestedTooDeep:
-        raise CallRefused(400, f"the JSON body nests deeper than {MAX_DEPTH} levels") from None
+        raise RequestRefused(400, f"the JSON body nests deeper than {MAX_DEPTH} levels") from None
 
 
 async def off_loop(size: int, work: Callable[[], Any]) -> Any:
@@ -196,13 +197,13 @@ async def read_json(ex: Exchange, receive: Receive, encoding: str | None, limit:
         try:
             raw = await ex.read_body(receive, limit)
         except BodyTooLarge as exc:
-            raise CallRefused(413, str(exc)) from None
+            raise RequestRefused(413, str(exc)) from None
         ex.decoded_body = await off_loop(len(raw), lambda: decode_body(raw, encoding, limit))
         decoded = ex.decoded_body
         if decoded:
             try:
                 ex.json_body, ex.input_bound = await off_loop(len(decoded), lambda: load_json(decoded))
-            except CallRefused as exc:
+            except RequestRefused as exc:
                 ex.json_error = exc
     return ex.json_body
 
@@ -235,7 +236,7 @@ def limit_fields(provider: str, endpoint: Endpoint, compat: bool = False) -> Lim
 
 def model_name(value: Any, field: str = "model") -> str:
     if not isinstance(value, str) or not _MODEL.fullmatch(value):
-        raise CallRefused(400, f"{field} must be a model name (1-256 printable characters, no spaces)", param=field)
+        raise RequestRefused(400, f"{field} must be a model name (1-256 printable characters, no spaces)", param=field)
     return value
 
 
@@ -243,10 +244,10 @@ def canonical_query(query: str) -> str:
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query), max_num_fields=32)
     except ValueError:
-        raise CallRefused(400, "the query string is not valid") from None
+        raise RequestRefused(400, "the query string is not valid") from None
     for name, value in pairs:
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name + value):
-            raise CallRefused(400, "the query string contains a control character")
+            raise RequestRefused(400, "the query string contains a control character")
     return urlencode(pairs)
 
 
@@ -303,7 +304,7 @@ def parse_call(*, method: str, provider: str, path: str, query: str, body: Any, 
                json_error: Exception | None = None, input_bound: int = 0) -> Call:
     """Build the canonical call. `body` is the strictly parsed JSON (or None); `model` is given for compat,
     where the body's `model` names the provider too; `input_bound` was measured when the body was parsed.
-    Raises CallRefused (or LimitError) for what cannot be represented faithfully."""
+    Raises RequestRefused (or LimitError) for what cannot be represented faithfully."""
     endpoint, path_model = recognise(provider, method, path)
     query = canonical_query(query)
     if endpoint is None:
@@ -311,7 +312,7 @@ def parse_call(*, method: str, provider: str, path: str, query: str, body: Any, 
     if json_error is not None:
         raise json_error
     if not isinstance(body, dict):
-        raise CallRefused(400, f"the body of {endpoint.name} must be a JSON object")
+        raise RequestRefused(400, f"the body of {endpoint.name} must be a JSON object")
     if provider == "google-ai-studio":
         model = path_model
         stream = endpoint.name == "streamGenerateContent"
@@ -319,7 +320,7 @@ def parse_call(*, method: str, provider: str, path: str, query: str, body: Any, 
         model = model_name(model if model is not None else body.get("model"))
         asked = body.get("stream")
         if asked is not None and not isinstance(asked, bool):
-            raise CallRefused(400, "stream must be true or false", param="stream")
+            raise RequestRefused(400, "stream must be true or false", param="stream")
         stream = bool(asked)
     # compat bodies are Chat Completions whatever the provider; the translation carries the resolved number
     fields = output_limit.CHAT if compat else limit_fields(provider, endpoint, compat)
@@ -345,4 +346,4 @@ def _tier(body: dict[str, Any]) -> str | None:
         else None
 
 
-__all__ = ["CallRefused", "LimitError", "decode_body", "load_json", "off_loop", "parse_call", "recognise"]
+__all__ = ["LimitError", "RequestRefused", "decode_body", "load_json", "off_loop", "parse_call", "recognise"]

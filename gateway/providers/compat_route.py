@@ -35,7 +35,7 @@ from gateway.providers.compat import (
     to_gemini_request,
 )
 from gateway.providers.forward import UpstreamFailure, response_headers
-from gateway.providers.left_early import delivered_text
+from gateway.providers.left_early import count_delivered
 from gateway.providers.openai import dumps
 from gateway.providers.options import RequestOptions
 from gateway.providers.router import reported
@@ -227,10 +227,7 @@ async def _stream(router: ProviderRouter, send: Send, ex: Exchange, target: Targ
             out = bytearray()
             for event in parser.feed(chunk):
                 hidden = reader.on_event(event)
-                text = delivered_text(event.data)
-                if text:
-                    ex.delivered_events += 1
-                    ex.delivered_text += text
+                count_delivered(ex, event.data)
                 if translator is None:
                     if not hidden:
                         out += event.raw

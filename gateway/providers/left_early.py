@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from gateway.exchange import Usage
+from gateway.exchange import Exchange, Usage
 
 BYTES_PER_TOKEN = 4
 # the string values that carry generated text in the providers' stream events
@@ -33,6 +33,14 @@ def delivered_text(data: str) -> int:
     if '"' not in data:
         return 0
     return sum(len(m.group(1).encode()) for m in _TEXT.finditer(data))
+
+
+def count_delivered(ex: Exchange, data: str) -> None:
+    """Count the generated text in one stream event (or JSON answer) the client was sent, for an estimate."""
+    text = delivered_text(data)
+    if text:
+        ex.delivered_events += 1
+        ex.delivered_text += text
 
 
 def estimated_usage(reported: Usage, input_bound: int, text_events: int, text_bytes: int,

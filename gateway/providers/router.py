@@ -31,14 +31,14 @@ from gateway.exchange import Exchange, Usage
 from gateway.gateways import GatewayStore, UnknownAccount, UnknownGateway
 from gateway.paths import locate
 from gateway.pricing import cost_of
-from gateway.providers.call import CallRefused, LimitError, off_loop, parse_call, read_json
+from gateway.providers.call import LimitError, RequestRefused, off_loop, parse_call, read_json
 from gateway.providers.forward import (
     UpstreamFailure,
     response_headers,
     send_with_retries,
     upstream_headers,
 )
-from gateway.providers.left_early import delivered_text, estimated_usage
+from gateway.providers.left_early import count_delivered, estimated_usage
 from gateway.providers.openai import dumps
 from gateway.providers.options import HeaderError, parse_options
 from gateway.providers.sse import SSEParser
@@ -50,17 +50,6 @@ log = logging.getLogger("spendgate.router")
 
 JSON_BUFFER_LIMIT = 2 * 1024 * 1024
 CAPTURE = 64 * 1024
-
-
-class RequestRefused(Exception):
-    """A request refused before anything went upstream."""
-
-    def __init__(self, status: int, message: str, header: str | None = None, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.header = header
-        self.param = param
 
 
 def make_client(max_connections: int = 1000) -> httpx.AsyncClient:
@@ -152,8 +141,6 @@ class ProviderRouter:
                                      inject_limit=limits[1], json_error=ex.json_error, input_bound=ex.input_bound)
                 target = resolve(exchange=ex, gateway=gateway, settings=self.settings, config=config, call=ex.call,
                                  headers=headers, options=options)
-        except CallRefused as exc:
-            raise RequestRefused(exc.status, exc.message, exc.header, exc.param) from None
         except LimitError as exc:
             raise RequestRefused(400, str(exc), param=exc.field) from None
         except TargetError as exc:
@@ -276,6 +263,12 @@ class ProviderRouter:
             headers.append((b"cf-aig-model", target.model.encode("latin-1", "replace")))
         return headers
 
+    @staticmethod
+    def price(ex: Exchange, target: Target) -> Decimal | None:
+        """The cost of `ex.usage` at the target's prices, at the time the request came."""
+        return cost_of(target.provider, target.model, ex.usage, at=datetime.fromtimestamp(ex.started_at, UTC),
+                       override=target.price, custom=target.options.custom_cost)
+
     def bill_unanswered(self, ex: Exchange, target: Target, sent: int) -> None:
         """Attempts that reached the provider and timed out: it had the prompt each time, so each is billed its
         input (estimated; the answer never came, so its output is not known)."""
@@ -284,8 +277,7 @@ class ProviderRouter:
             return
         ex.usage = Usage(input_tokens=call.input_bound * sent, output_tokens=0, service_tier=call.service_tier)
         ex.usage_estimated = True
-        ex.cost_usd = cost_of(target.provider, target.model, ex.usage, at=datetime.fromtimestamp(ex.started_at, UTC),
-                              override=target.price, custom=target.options.custom_cost)
+        ex.cost_usd = self.price(ex, target)
 
     def record_cost(self, ex: Exchange, target: Target, usage: Usage, *, complete: bool = True) -> None:
         """The call's usage and cost, one number for the log, the `cf-aig-cost` header and the ledger.
@@ -312,8 +304,7 @@ class ProviderRouter:
                 ex.usage = replace(ex.usage, service_tier=call.service_tier)
             if call.searches_per_call and (ex.usage.web_searches or 0) < call.searches_per_call:
                 ex.usage = replace(ex.usage, web_searches=call.searches_per_call)
-        ex.cost_usd = cost_of(target.provider, target.model, ex.usage, at=datetime.fromtimestamp(ex.started_at, UTC),
-                              override=target.price, custom=target.options.custom_cost)
+        ex.cost_usd = self.price(ex, target)
 
     async def _relay(self, send: Send, ex: Exchange, target: Target, response: httpx.Response) -> None:
         """Non-SSE: buffer up to the limit (for cf-aig-cost), stream the rest through.
@@ -336,7 +327,7 @@ class ProviderRouter:
             message = f"{target.provider} broke the connection before its answer was complete: {type(exc).__name__}"
             await self.refuse(send, ex, 502, message, target)
             ex.status_code = response.status_code
-            self._seen_text(ex, bytes(head))
+            count_delivered(ex, head.decode("utf-8", "replace"))
             self.record_cost(ex, target, Usage(), complete=False)
             return
         headers = response_headers(response) + self.gateway_headers(ex, target)
@@ -348,7 +339,7 @@ class ProviderRouter:
                 pass
             usage = target.adapter.usage_from_json(target.path, data)
             if not reported(usage):
-                self._seen_text(ex, bytes(head))
+                count_delivered(ex, head.decode("utf-8", "replace"))
             self.record_cost(ex, target, usage, complete=reported(usage))
             if ex.cost_usd is not None:
                 headers.append((b"cf-aig-cost", format(ex.cost_usd.normalize(), "f").encode()))
@@ -375,7 +366,7 @@ class ProviderRouter:
         await send({"type": "http.response.body", "body": b""})
         usage = usage_from_fragments(target, first, tail)
         if not reported(usage):
-            self._seen_text(ex, first + tail)
+            count_delivered(ex, (first + tail).decode("utf-8", "replace"))
         self.record_cost(ex, target, usage, complete=reported(usage) and ex.error is None)
 
     async def _stream_sse(self, send: Send, ex: Exchange, target: Target, response: httpx.Response,
@@ -391,10 +382,7 @@ class ProviderRouter:
                 for event in parser.feed(chunk):
                     if not reader.on_event(event):
                         out += event.raw
-                        text = delivered_text(event.data)
-                        if text:
-                            ex.delivered_events += 1
-                            ex.delivered_text += text
+                        count_delivered(ex, event.data)
                 ex.answer_finished = reader.final or getattr(reader, "finished", False)
                 if out:
                     size += len(out)
@@ -407,13 +395,6 @@ class ProviderRouter:
             ex.response_size = size
             self.record_cost(ex, target, reader.usage, complete=reader.final)
         await send({"type": "http.response.body", "body": b""})
-
-    @staticmethod
-    def _seen_text(ex: Exchange, body: bytes) -> None:
-        """Generated text in a JSON answer that came without usage (what an estimate counts as output)."""
-        text = delivered_text(body.decode("utf-8", "replace"))
-        if text:
-            ex.delivered_events, ex.delivered_text = ex.delivered_events + 1, ex.delivered_text + text
 
     async def refuse(self, send: Send, ex: Exchange, status: int, message: str, target: Target | None,
                      header: str | None = None, param: str | None = None) -> None:

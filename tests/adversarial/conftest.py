@@ -18,10 +18,11 @@ import pytest
 
 from gateway.app import create_app
 from gateway.db import Database
-from gateway.settings import PROVIDERS, ProviderConfig, Settings
+from gateway.settings import PROVIDERS, Settings
 from tests.cluster import Operator
-from tests.fakes import FakeServer, anthropic_app, gemini_app, openai_app
+from tests.fakes import FakeServer
 from tests.fakes.common import Recorder
+from tests.fakes.providers import start_provider_fakes
 
 ADMIN = "adversarial-admin"
 MAX_BODY = 256 * 1024
@@ -82,21 +83,15 @@ class HostileStack:
 
 @pytest.fixture(scope="package")
 def hostile(database_url: str) -> Iterator[HostileStack]:
-    apps = {"openai": openai_app("/v1"), "groq": openai_app("/openai/v1"), "anthropic": anthropic_app(),
-            "google-ai-studio": gemini_app(), "grok": openai_app("/v1")}
-    fakes = {name: FakeServer(app).start() for name, app in apps.items()}
-    suffix = {"openai": "/v1", "groq": "/openai/v1"}
-    providers = {p: ProviderConfig(p, fakes[p].url + suffix.get(p, ""), key=f"gw-key-{p}")
-                 for p in PROVIDERS if p in fakes}
-    settings = Settings(database_url=database_url, admin_token=ADMIN, providers=providers, db_pool_max=8,
+    fakes = start_provider_fakes()
+    settings = Settings(database_url=database_url, admin_token=ADMIN, providers=fakes.providers, db_pool_max=8,
                         max_body_bytes=MAX_BODY)
     gateway = FakeServer(create_app(settings, background=True), lifespan="on").start()
     try:
-        yield HostileStack(gateway, fakes, apps)
+        yield HostileStack(gateway, fakes.servers, fakes.apps)
     finally:
         gateway.stop()
-        for server in fakes.values():
-            server.stop()
+        fakes.stop()
 
 
 async def log_rows(db: Database, account: str, expected: int, within: float = 10.0) -> list[Any]:

@@ -16,9 +16,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.app import create_app
-from gateway.settings import PROVIDERS, ProviderConfig, Settings
+from gateway.settings import Settings
 from tests.cluster import Operator
-from tests.fakes import FakeServer, anthropic_app, gemini_app, openai_app
+from tests.fakes import FakeServer
+from tests.fakes.providers import start_provider_fakes
 from tests.middleware.test_identity import AUD, IdP
 
 ADMIN = "spend-tests-admin"
@@ -104,21 +105,18 @@ class SpendStack:
 
 @pytest.fixture(scope="package")
 def spend_stack(database_url: str) -> Iterator[SpendStack]:
-    apps = {"openai": openai_app("/v1"), "groq": openai_app("/openai/v1"), "anthropic": anthropic_app(),
-            "google-ai-studio": gemini_app(), "grok": openai_app("/v1")}
-    fakes = {name: FakeServer(app).start() for name, app in apps.items()}
-    suffix = {"openai": "/v1", "groq": "/openai/v1"}
-    providers = {p: ProviderConfig(p, fakes[p].url + suffix.get(p, ""), key=f"gw-key-{p}")
-                 for p in PROVIDERS if p in fakes}
+    fakes = start_provider_fakes()
     webhook, idp = Webhook(), IdP()
-    settings = Settings(database_url=database_url, admin_token=ADMIN, providers=providers, jwt_issuer=idp.issuer,
-                        jwks_url=idp.issuer + "/cdn-cgi/access/certs", jwt_audience=(AUD,), db_pool_max=15)
+    settings = Settings(database_url=database_url, admin_token=ADMIN, providers=fakes.providers,
+                        jwt_issuer=idp.issuer, jwks_url=idp.issuer + "/cdn-cgi/access/certs", jwt_audience=(AUD,),
+                        db_pool_max=15)
     gateway = FakeServer(create_app(settings, background=True), lifespan="on").start()
     try:
-        yield SpendStack(gateway, fakes, apps, webhook, idp, settings)
+        yield SpendStack(gateway, fakes.servers, fakes.apps, webhook, idp, settings)
     finally:
         gateway.stop()
-        for server in (*fakes.values(), webhook.server, idp.server):
+        fakes.stop()
+        for server in (webhook.server, idp.server):
             server.stop()
 
 
