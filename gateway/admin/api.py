@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.admin import docs
 from gateway.db import unavailable
 from gateway.errors import json_error
 from gateway.gateways import valid_id
@@ -385,14 +386,14 @@ def create_admin_app(routers: list[AdminRouter], context: Any,
     async def openapi_json(request: Request) -> Response:
         return JSONResponse(spec)
 
-    routes = [Route("/openapi.json", openapi_json, methods=["GET"])]
+    routes = [Route("/openapi.json", openapi_json, methods=["GET"]), *docs.ROUTES]
     for router in routers:
         for ep in router.endpoints:
             routes.append(Route(ep.path, _wrap(ep, context), methods=[ep.method]))
     inner = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _method_not_allowed})
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].rstrip("/").split("/")[-1] != "openapi.json":
+        if scope["type"] == "http" and not docs.is_public(scope):
             token = None
             for name, value in scope["headers"]:
                 if name == b"authorization":
