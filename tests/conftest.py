@@ -23,3 +23,24 @@ async def db(database_url: str) -> AsyncIterator[Database]:
         yield database
     finally:
         await database.close()
+
+
+# `pytest -m "not slow"` is the daily lane (see the README for how long each lane takes). These whole files are
+# slow: they start real processes (gateways, nginx, a private Postgres), build images, or run bounded loads and
+# property searches. Single slow tests elsewhere carry `@pytest.mark.slow` themselves.
+SLOW_FILES = (
+    "tests/ops/",
+    "tests/deploy/",
+    "tests/spend/test_multi_instance.py",
+    "tests/spend/test_upstream_faults.py",
+    "tests/adversarial/test_fuzz.py",
+    "tests/ledger/test_state_machine.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = config.rootpath
+    for item in items:
+        where = item.path.relative_to(root).as_posix()
+        if where.startswith(SLOW_FILES):
+            item.add_marker(pytest.mark.slow)

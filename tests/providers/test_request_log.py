@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
 
 from tests.providers.conftest import Stack
 
@@ -83,6 +84,7 @@ def test_collect_log_switches_and_payload_off(stack: Stack) -> None:
     assert "cf-aig-log-id" not in r.headers
 
 
+@pytest.mark.slow
 def test_retention_delete_oldest_and_stop_inserting(stack: Stack) -> None:
     account = stack.new_account()
     with stack.admin() as admin:

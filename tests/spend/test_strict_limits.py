@@ -40,6 +40,7 @@ def compat(base: str, model: str, *, headers: dict[str, str] | None = None, max_
                       headers={**usage_header(max_tokens), **(headers or {})}, timeout=30)
 
 
+@pytest.mark.slow
 async def test_burst_of_300_never_overspends(spend_stack: SpendStack, db: Database) -> None:
     """A $4.00 budget covers exactly 40 requests of $0.10: 300 at once → 40 served, 260 refused, nothing left
     pending, credits debited exactly what was served, invariants hold."""
@@ -199,6 +200,7 @@ def test_per_group_budget_is_a_rule_on_groups(spend_stack: SpendStack, clock: Cl
     assert chat(base, headers={**byok, "cf-access-jwt-assertion": ml}).status_code == 200
 
 
+@pytest.mark.slow
 def test_alerts_are_delivered_once(spend_stack: SpendStack, clock: Clock) -> None:
     account, base = spend_stack.new_gateway(alert_webhook=spend_stack.webhook.url)
     rule = spend_stack.rule(account, name="alerting", budget_usd="1.00", window="daily", alert_at=[0.25, 0.5])
