@@ -12,13 +12,11 @@ from gateway.admin.api import (
     AdminRouter,
     Created,
     Page,
-    encode_cursor,
     json_body,
     not_found,
+    page_of,
     page_params,
     str_field,
-    text_cursor,
-    time_id_cursor,
     time_range,
     usd_field,
 )
@@ -43,13 +41,13 @@ def ledger_error(exc: LedgerError) -> AdminError:
 
 @router.route("GET", "/accounts", "List accounts", paginated=True)
 async def list_accounts(request: Request, services: Any) -> Page:
-    cursor, limit = page_params(request)
+    after, limit = page_params(request, "text")
     rows = await services.db.pool.fetch(
         "SELECT id, created_at FROM accounts WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2",
-        text_cursor(cursor), limit + 1,
+        *(after or (None,)), limit + 1,
     )
-    items = [{"id": r["id"], "created_at": r["created_at"].isoformat()} for r in rows[:limit]]
-    return Page(items, encode_cursor(items[-1]["id"]) if len(rows) > limit else None)
+    return page_of(rows, limit, lambda r: (r["id"],),
+                   lambda r: {"id": r["id"], "created_at": r["created_at"].isoformat()})
 
 
 @router.route("POST", "/accounts", "Create an account (and its credit ledger)",
@@ -152,22 +150,21 @@ async def delete_auto_topup(request: Request, services: Any, account: str) -> di
 async def get_statement(request: Request, services: Any, account: str) -> Page:
     await ensure_account(services.db, account)
     start, end = time_range(request)
-    cursor, limit = page_params(request)
-    after = time_id_cursor(cursor)
+    after, limit = page_params(request, "time", "uuid")
     rows = await services.ledger.statement(account, start=start, end=end, after=after, limit=limit + 1)
-    items = [{"id": str(r.id), "created_at": r.created_at.isoformat(), "code": r.code,
-              "amount_usd": usd_str(r.amount_nano) if r.amount_nano >= 0 else "-" + usd_str(-r.amount_nano),
-              "request_id": r.request_id} for r in rows[:limit]]
-    next_cursor = None
-    if len(rows) > limit:
-        last = rows[limit - 1]
-        next_cursor = encode_cursor([last.created_at.isoformat(), str(last.id)])
-    return Page(items, next_cursor)
+    return page_of(rows, limit, lambda r: (r.created_at, r.id), lambda r: {
+        "id": str(r.id), "created_at": r.created_at.isoformat(), "code": r.code,
+        "amount_usd": usd_str(r.amount_nano) if r.amount_nano >= 0 else "-" + usd_str(-r.amount_nano),
+        "request_id": r.request_id})
 
 
+# `sliding` is the strategy's former name, still accepted and stored (and returned) as `rolling`
+STRATEGY_NAMES = {"fixed": "fixed", "rolling": "rolling", "sliding": "rolling"}
 LIMIT_BODY = {"type": "object", "required": ["amount_usd", "duration"],
               "properties": {"amount_usd": USD_STRING, "duration": {"enum": ["daily", "weekly", "monthly"]},
-                             "strategy": {"enum": ["fixed", "sliding"], "default": "fixed"}}}
+                             "strategy": {"enum": list(STRATEGY_NAMES), "default": "fixed",
+                                          "description": "fixed: calendar windows in UTC; rolling: the last day, "
+                                                         "7 days or 30 days (`sliding` is read as `rolling`)"}}}
 
 
 async def limit_view(ledger: Ledger, account: str) -> dict[str, Any] | None:
@@ -199,7 +196,7 @@ async def put_spending_limit(request: Request, services: Any, account: str) -> d
     data = await json_body(request)
     amount = usd_field(data, "amount_usd")
     duration = str_field(data, "duration", choices=("daily", "weekly", "monthly"))
-    strategy = str_field(data, "strategy", choices=("fixed", "sliding"), required=False) or "fixed"
+    strategy = STRATEGY_NAMES[str_field(data, "strategy", choices=tuple(STRATEGY_NAMES), required=False) or "fixed"]
     assert amount is not None
     await services.ledger.set_spending_limit(account, SpendingLimit(amount, duration, strategy))  # type: ignore[arg-type]
     return await limit_view(services.ledger, account)

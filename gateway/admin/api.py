@@ -15,10 +15,10 @@ import logging
 import math
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from starlette.applications import Starlette
@@ -34,6 +34,7 @@ from gateway.money import BIGINT_MAX, InvalidAmount, parse_usd, to_nano
 from gateway.text import text_problem
 
 log = logging.getLogger("spendgate.admin")
+T = TypeVar("T")
 
 
 class AdminError(Exception):
@@ -86,10 +87,7 @@ class AdminRouter:
         query: dict[str, str] | None = None, paginated: bool = False,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
-            q = dict(query or {})
-            if paginated:
-                q.update(cursor="opaque cursor from result_info.next_cursor", limit="page size (1-500, default 100)")
-            self.endpoints.append(Endpoint(method, path, summary, handler, body, q, paginated))
+            self.endpoints.append(Endpoint(method, path, summary, handler, body, dict(query or {}), paginated))
             return handler
 
         return register
@@ -213,54 +211,74 @@ def check_query(request: Request) -> None:
                 raise AdminError(422, f"query parameter {shown(name)} {problem or 'is too long'}", field)
 
 
-def page_params(request: Request) -> tuple[Any, int]:
-    """(decoded cursor or None, limit) from ?cursor=&limit=. The cursor's shape is the endpoint's to check
-    (`text_cursor`, `time_id_cursor`)."""
-    raw_limit = request.query_params.get("limit", "100")
+# -- lists -----------------------------------------------------------------------------------------------------
+#
+# Every list endpoint pages the same way: `?limit=` (1-500, default 100) and `?cursor=` (the `next_cursor` of the
+# previous page, opaque), `result_info.next_cursor` null on the last page. Lists are ordered by a unique key and
+# a page starts after the previous page's last key (keyset, never OFFSET), so a row created or deleted between
+# two pages neither shifts nor repeats the others. A cursor is the base64url JSON array of that key; its parts
+# are checked against the endpoint's key kinds before any query sees them.
+
+CursorKind = str  # "text" | "int" | "uuid" | "time" (ISO 8601 with a zone)
+DEFAULT_PAGE = 100
+
+
+def page_params(request: Request, *kinds: CursorKind) -> tuple[tuple[Any, ...] | None, int]:
+    """(the key to start after, or None for the first page; limit) from ?cursor=&limit=, the cursor decoded to
+    one value per kind: str, int, uuid.UUID or an aware datetime in UTC."""
+    raw_limit = request.query_params.get("limit", str(DEFAULT_PAGE))
     if not re.fullmatch(r"[0-9]{1,6}", raw_limit) or not 1 <= int(raw_limit) <= MAX_PAGE:
         raise AdminError(422, f"limit must be an integer between 1 and {MAX_PAGE}", "limit")
     limit = int(raw_limit)
     cursor = request.query_params.get("cursor")
-    if not cursor:
+    if not cursor:  # absent, or empty (a client passing on a null next_cursor): the first page
         return None, limit
     if len(cursor) > MAX_CURSOR_CHARS:
         raise invalid_cursor()
     try:
-        return json.loads(base64.urlsafe_b64decode(cursor.encode())), limit
+        parts = json.loads(base64.b64decode(cursor.encode(), altchars=b"-_", validate=True))
     except (ValueError, RecursionError):
         raise invalid_cursor() from None
+    if not isinstance(parts, list) or len(parts) != len(kinds):
+        raise invalid_cursor()
+    return tuple(_cursor_part(part, kind) for part, kind in zip(parts, kinds, strict=True)), limit
+
+
+def _cursor_part(part: Any, kind: CursorKind) -> Any:
+    if kind == "int":
+        if type(part) is not int or abs(part) > BIGINT_MAX:
+            raise invalid_cursor()
+        return part
+    if not isinstance(part, str) or len(part) > MAX_CURSOR_CHARS or text_problem(part):
+        raise invalid_cursor()
+    try:
+        if kind == "uuid":
+            return uuid.UUID(part)
+        if kind == "time":
+            at = datetime.fromisoformat(part)
+            if at.tzinfo is None:
+                raise ValueError("naive time")
+            return at.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise invalid_cursor() from None
+    return part
 
 
 def invalid_cursor() -> AdminError:
     return AdminError(422, "invalid cursor: pass result_info.next_cursor as it was returned", "cursor")
 
 
-def text_cursor(cursor: Any) -> str | None:
-    """A cursor that is one id (lists ordered by id)."""
-    if cursor is None:
-        return None
-    if not isinstance(cursor, str) or len(cursor) > 200 or text_problem(cursor):
-        raise invalid_cursor()
-    return cursor
+def encode_cursor(key: tuple[Any, ...]) -> str:
+    parts = [k.isoformat() if isinstance(k, datetime) else str(k) if isinstance(k, uuid.UUID) else k for k in key]
+    return base64.urlsafe_b64encode(json.dumps(parts, separators=(",", ":")).encode()).decode()
 
 
-def time_id_cursor(cursor: Any) -> tuple[datetime, uuid.UUID] | None:
-    """A cursor that is [created_at ISO time with zone, row UUID] (lists ordered by time, then id)."""
-    if cursor is None:
-        return None
-    if not (isinstance(cursor, list) and len(cursor) == 2 and all(isinstance(c, str) for c in cursor)):
-        raise invalid_cursor()
-    try:
-        at, row_id = datetime.fromisoformat(cursor[0]), uuid.UUID(cursor[1])
-        if at.tzinfo is None:
-            raise ValueError("naive time")
-        return at.astimezone(UTC), row_id
-    except (ValueError, OverflowError):
-        raise invalid_cursor() from None
-
-
-def encode_cursor(value: Any) -> str:
-    return base64.urlsafe_b64encode(json.dumps(value, default=str).encode()).decode()
+def page_of(rows: Sequence[T], limit: int, key: Callable[[T], tuple[Any, ...]],
+            view: Callable[[T], Any] = lambda row: row) -> Page:
+    """A page from `limit + 1` rows in key order: the first `limit`, and the cursor after the last of them when
+    there was one more."""
+    next_cursor = encode_cursor(key(rows[limit - 1])) if len(rows) > limit else None
+    return Page([view(row) for row in rows[:limit]], next_cursor)
 
 
 def parse_time(request: Request, name: str) -> datetime | None:
@@ -326,6 +344,15 @@ def _wrap(endpoint: Endpoint, context: Any) -> Callable[[Request], Awaitable[Res
     return handle
 
 
+PAGE_PARAMETERS: list[dict[str, Any]] = [
+    {"name": "limit", "in": "query", "required": False, "description": "page size",
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}},
+    {"name": "cursor", "in": "query", "required": False,
+     "description": "result_info.next_cursor of the previous page, as it was returned (opaque)",
+     "schema": {"type": "string", "maxLength": MAX_CURSOR_CHARS}},
+]
+
+
 def openapi(routers: list[AdminRouter], prefix: str = "/admin") -> dict[str, Any]:
     paths: dict[str, Any] = {}
     error = {"$ref": "#/components/schemas/Error"}
@@ -337,7 +364,12 @@ def openapi(routers: list[AdminRouter], prefix: str = "/admin") -> dict[str, Any
             ] + [
                 {"name": name, "in": "query", "required": False, "description": desc, "schema": {"type": "string"}}
                 for name, desc in ep.query.items()
-            ]
+            ] + (PAGE_PARAMETERS if ep.paginated else [])
+            success: dict[str, Any] = {"description": "success: {\"success\": true, \"result\": ...}"}
+            if ep.paginated:
+                success = {"description": "one page: {\"success\": true, \"result\": [...], \"result_info\": "
+                                          "{\"next_cursor\": ...}}; next_cursor is null on the last page",
+                           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Page"}}}}
             op: dict[str, Any] = {
                 "tags": [router.tag],
                 "summary": ep.summary,
@@ -345,10 +377,11 @@ def openapi(routers: list[AdminRouter], prefix: str = "/admin") -> dict[str, Any
                 "parameters": params,
                 "security": [{"bearer": []}],
                 "responses": {
-                    "200": {"description": "success: {\"success\": true, \"result\": ...}"},
+                    "200": success,
                     **{code: {"description": desc, "content": {"application/json": {"schema": error}}}
                        for code, desc in (("401", "missing or wrong admin token"), ("404", "not found"),
-                                          ("409", "conflict"), ("422", "invalid body; error.field names it"))},
+                                          ("409", "conflict"),
+                                          ("422", "invalid input (body, limit, cursor, ...); error.field names it"))},
                 },
             }
             if ep.body is not None:
@@ -361,6 +394,15 @@ def openapi(routers: list[AdminRouter], prefix: str = "/admin") -> dict[str, Any
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
+                "Page": {
+                    "type": "object",
+                    "properties": {
+                        "success": {"const": True},
+                        "result": {"type": "array"},
+                        "result_info": {"type": "object", "required": ["next_cursor"],
+                                        "properties": {"next_cursor": {"type": ["string", "null"]}}},
+                    },
+                },
                 "Error": {
                     "type": "object",
                     "properties": {

@@ -11,7 +11,17 @@ import asyncpg
 from starlette.requests import Request
 
 from gateway.admin.accounts import ensure_account
-from gateway.admin.api import AdminError, AdminRouter, Created, Page, json_body, not_found, str_field
+from gateway.admin.api import (
+    AdminError,
+    AdminRouter,
+    Created,
+    Page,
+    json_body,
+    not_found,
+    page_of,
+    page_params,
+    str_field,
+)
 from gateway.gateways import ID_PATTERN, GatewaySettings, SettingsError, valid_id
 from gateway.money import InvalidAmount, parse_usd
 from gateway.pricing import PRICE_FIELDS
@@ -52,13 +62,15 @@ def validate_settings(data: dict[str, Any], base: GatewaySettings | None = None)
         raise AdminError(422, str(exc), exc.field) from None
 
 
-@router.route("GET", "/accounts/{account}/gateways", "List gateways")
+@router.route("GET", "/accounts/{account}/gateways", "List gateways", paginated=True)
 async def list_gateways(request: Request, services: Any, account: str) -> Page:
     await ensure_account(services.db, account)
+    after, limit = page_params(request, "text")
     rows = await services.db.pool.fetch(
-        "SELECT id, settings, created_at, updated_at FROM gateways WHERE account_id = $1 ORDER BY id", account
+        "SELECT id, settings, created_at, updated_at FROM gateways WHERE account_id = $1 "
+        "AND ($2::text IS NULL OR id > $2) ORDER BY id LIMIT $3", account, *(after or (None,)), limit + 1,
     )
-    return Page([gateway_view(dict(r)) for r in rows])
+    return page_of(rows, limit, lambda r: (r["id"],), lambda r: gateway_view(dict(r)))
 
 
 @router.route("POST", "/accounts/{account}/gateways", "Create a gateway",
@@ -126,14 +138,17 @@ def provider_field(data: dict[str, Any]) -> str:
     return provider
 
 
-@router.route("GET", "/accounts/{account}/gateways/{gateway}/provider-keys", "Stored keys (never the key itself)")
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/provider-keys", "Stored keys (never the key itself)",
+              paginated=True)
 async def list_keys(request: Request, services: Any, account: str, gateway: str) -> Page:
     await ensure_gateway(services.db, account, gateway)
+    after, limit = page_params(request, "text", "text")
     rows = await services.db.pool.fetch(
-        "SELECT * FROM provider_keys WHERE account_id = $1 AND gateway_id = $2 ORDER BY provider, alias",
-        account, gateway,
+        "SELECT * FROM provider_keys WHERE account_id = $1 AND gateway_id = $2 "
+        "AND ($3::text IS NULL OR (provider, alias) > ($3, $4::text)) ORDER BY provider, alias LIMIT $5",
+        account, gateway, *(after or (None, None)), limit + 1,
     )
-    return Page([key_view(r) for r in rows])
+    return page_of(rows, limit, lambda r: (r["provider"], r["alias"]), key_view)
 
 
 @router.route("POST", "/accounts/{account}/gateways/{gateway}/provider-keys", "Store a provider key",
@@ -181,15 +196,17 @@ async def delete_key(request: Request, services: Any, account: str, gateway: str
 # -- custom providers ------------------------------------------------------------------------------------------
 
 
-@router.route("GET", "/accounts/{account}/gateways/{gateway}/custom-providers", "Custom OpenAI-compatible providers")
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/custom-providers", "Custom OpenAI-compatible providers",
+              paginated=True)
 async def list_custom(request: Request, services: Any, account: str, gateway: str) -> Page:
     await ensure_gateway(services.db, account, gateway)
+    after, limit = page_params(request, "text")
     rows = await services.db.pool.fetch(
         "SELECT slug, base_url, created_at FROM custom_providers WHERE account_id = $1 AND gateway_id = $2 "
-        "ORDER BY slug", account, gateway,
+        "AND ($3::text IS NULL OR slug > $3) ORDER BY slug LIMIT $4", account, gateway, *(after or (None,)), limit + 1,
     )
-    return Page([{"slug": r["slug"], "base_url": r["base_url"], "created_at": r["created_at"].isoformat()}
-                 for r in rows])
+    return page_of(rows, limit, lambda r: (r["slug"],), lambda r: {
+        "slug": r["slug"], "base_url": r["base_url"], "created_at": r["created_at"].isoformat()})
 
 
 @router.route("POST", "/accounts/{account}/gateways/{gateway}/custom-providers",
@@ -238,6 +255,7 @@ async def delete_custom(request: Request, services: Any, account: str, gateway: 
 
 # -- price overrides -------------------------------------------------------------------------------------------
 
+MAX_PRICES = 1000
 PRICES_SCHEMA = {
     "type": "object", "required": ["prices"],
     "properties": {"prices": {"type": "array", "items": {
@@ -264,14 +282,20 @@ def price_view(row: Any) -> dict[str, Any]:
             **{f: (None if row[f] is None else format(row[f], "f")) for f in PRICE_FIELDS}}
 
 
-@router.route("GET", "/accounts/{account}/gateways/{gateway}/prices", "Per-model price overrides")
+async def _prices(services: Any, account: str, gateway: str, after: tuple[Any, ...] | None, limit: int) -> list[Any]:
+    return await services.db.pool.fetch(  # type: ignore[no-any-return]
+        "SELECT * FROM price_overrides WHERE account_id = $1 AND gateway_id = $2 "
+        "AND ($3::text IS NULL OR (provider, model) > ($3, $4::text)) ORDER BY provider, model LIMIT $5",
+        account, gateway, *(after or (None, None)), limit,
+    )
+
+
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/prices", "Per-model price overrides", paginated=True)
 async def list_prices(request: Request, services: Any, account: str, gateway: str) -> Page:
     await ensure_gateway(services.db, account, gateway)
-    rows = await services.db.pool.fetch(
-        "SELECT * FROM price_overrides WHERE account_id = $1 AND gateway_id = $2 ORDER BY provider, model",
-        account, gateway,
-    )
-    return Page([price_view(r) for r in rows])
+    after, limit = page_params(request, "text", "text")
+    rows = await _prices(services, account, gateway, after, limit + 1)
+    return page_of(rows, limit, lambda r: (r["provider"], r["model"]), price_view)
 
 
 @router.route("PUT", "/accounts/{account}/gateways/{gateway}/prices",
@@ -281,8 +305,8 @@ async def put_prices(request: Request, services: Any, account: str, gateway: str
     await ensure_gateway(services.db, account, gateway)
     data = await json_body(request)
     items = data.get("prices")
-    if not isinstance(items, list) or len(items) > 1000:
-        raise AdminError(422, "prices must be a list (at most 1000 entries)", "prices")
+    if not isinstance(items, list) or len(items) > MAX_PRICES:
+        raise AdminError(422, f"prices must be a list (at most {MAX_PRICES} entries)", "prices")
     rows = []
     seen: set[tuple[str, str | None]] = set()
     for i, item in enumerate(items):
@@ -306,20 +330,23 @@ async def put_prices(request: Request, services: Any, account: str, gateway: str
             f"VALUES ({', '.join(f'${i}' for i in range(1, len(PRICE_FIELDS) + 5))})", rows,
         )
     services.providers.invalidate()
-    page: Page = await list_prices(request, services, account, gateway)
-    return page
+    return Page([price_view(r) for r in await _prices(services, account, gateway, None, MAX_PRICES)])  # all of them
 
 
 # -- gateway tokens ----------------------------------------------------------------------------------------------
 
 
-@router.route("GET", "/accounts/{account}/gateways/{gateway}/tokens", "Gateway tokens (never the secret)")
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/tokens", "Gateway tokens (never the secret)",
+              paginated=True)
 async def list_tokens(request: Request, services: Any, account: str, gateway: str) -> Page:
     await ensure_gateway(services.db, account, gateway)
+    after, limit = page_params(request, "time", "uuid")
     rows = await services.db.pool.fetch(
         "SELECT id, name, created_at FROM gateway_tokens WHERE account_id = $1 AND gateway_id = $2 "
-        "ORDER BY created_at", account, gateway)
-    return Page([{"id": str(r["id"]), "name": r["name"], "created_at": r["created_at"].isoformat()} for r in rows])
+        "AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid)) ORDER BY created_at, id LIMIT $5",
+        account, gateway, *(after or (None, None)), limit + 1)
+    return page_of(rows, limit, lambda r: (r["created_at"], r["id"]), lambda r: {
+        "id": str(r["id"]), "name": r["name"], "created_at": r["created_at"].isoformat()})
 
 
 @router.route("POST", "/accounts/{account}/gateways/{gateway}/tokens", "Create a token (the secret is shown once)",

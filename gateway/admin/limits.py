@@ -13,14 +13,24 @@ from typing import Any
 
 from starlette.requests import Request
 
-from gateway.admin.api import AdminError, AdminRouter, Created, Page, json_body, not_found
+from gateway.admin.api import (
+    AdminError,
+    AdminRouter,
+    Created,
+    Page,
+    invalid_cursor,
+    json_body,
+    not_found,
+    page_of,
+    page_params,
+)
 from gateway.admin.gateways import ensure_gateway
 from gateway.limits.policies import validate_policy
 from gateway.limits.rules import Rule, RuleError, json_safe
 from gateway.limits.store import LimitStore, TooManyRules, bucket_status
 from gateway.money import usd_str
 from gateway.routes.graph import RouteError
-from gateway.routes.store import RouteNotFound, RouteStore
+from gateway.routes.store import MAX_VERSION, RouteNotFound, RouteStore
 
 router = AdminRouter("spend limits, policies and dynamic routes")
 
@@ -71,11 +81,16 @@ def _rule_error(exc: RuleError) -> AdminError:
 # -- spend limits ----------------------------------------------------------------------------------------------
 
 
-@router.route("GET", "/accounts/{account}/gateways/{gateway}/spend-limits", "Rules, with each bucket's spend")
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/spend-limits", "Rules, with each bucket's spend",
+              paginated=True)
 async def list_rules(request: Request, services: Any, account: str, gateway: str) -> Page:
     await ensure_gateway(services.db, account, gateway)
+    after, limit = page_params(request, "time", "uuid")
+    rows = await _store(services).rules_page(account, gateway, after, limit + 1)
     now = services.clock()
-    return Page([await rule_view(services, r, now) for r in await _store(services).rules(account, gateway)])
+    page = page_of(rows, limit, lambda r: (r[0], r[1].id))
+    page.items = [await rule_view(services, rule, now) for _, rule in page.items]
+    return page
 
 
 @router.route("POST", "/accounts/{account}/gateways/{gateway}/spend-limits", "Create a rule (at most 20)",
@@ -127,11 +142,13 @@ async def delete_rule(request: Request, services: Any, account: str, gateway: st
 # -- policies --------------------------------------------------------------------------------------------------
 
 
-@router.route("GET", "/accounts/{account}/gateways/{gateway}/policies", "Group -> allowed models")
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/policies", "Group -> allowed models", paginated=True)
 async def list_policies(request: Request, services: Any, account: str, gateway: str) -> Page:
     await ensure_gateway(services.db, account, gateway)
-    policies = await _store(services).policies(account, gateway)
-    return Page([{"id": p.id, "group": p.group, "models": list(p.models)} for p in policies])
+    after, limit = page_params(request, "time", "uuid")
+    rows = await _store(services).policies_page(account, gateway, after, limit + 1)
+    return page_of(rows, limit, lambda r: (r[0], r[1].id), lambda r: {
+        "id": r[1].id, "group": r[1].group, "models": list(r[1].models)})
 
 
 @router.route("POST", "/accounts/{account}/gateways/{gateway}/policies", "Allow a group some models",
@@ -169,10 +186,13 @@ def _iso(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
 
 
-@router.route("GET", "/accounts/{account}/gateways/{gateway}/routes", "Dynamic routes")
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/routes", "Dynamic routes", paginated=True)
 async def list_routes(request: Request, services: Any, account: str, gateway: str) -> Page:
     await ensure_gateway(services.db, account, gateway)
-    return Page([_iso(r) for r in await _routes(services).summaries(account, gateway)])
+    after, limit = page_params(request, "text")
+    start = None if after is None else str(after[0])
+    rows = await _routes(services).summaries(account, gateway, after=start, limit=limit + 1)
+    return page_of(rows, limit, lambda r: (r["name"],), _iso)
 
 
 @router.route("POST", "/accounts/{account}/gateways/{gateway}/routes",
@@ -197,13 +217,19 @@ async def get_route(request: Request, services: Any, account: str, gateway: str,
     return {"name": name, "deployed_version": found[0], "graph": found[1]}
 
 
-@router.route("GET", "/accounts/{account}/gateways/{gateway}/routes/{name}/versions", "Every version of a route")
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/routes/{name}/versions", "Every version of a route",
+              paginated=True)
 async def list_versions(request: Request, services: Any, account: str, gateway: str, name: str) -> Page:
     await ensure_gateway(services.db, account, gateway)
+    after, limit = page_params(request, "int")
+    version = None if after is None else int(after[0])
+    if version is not None and not 0 <= version <= MAX_VERSION:
+        raise invalid_cursor()
     try:
-        return Page([_iso(v) for v in await _routes(services).versions(account, gateway, name)])
+        rows = await _routes(services).versions(account, gateway, name, after=version, limit=limit + 1)
     except RouteNotFound:
         raise not_found(f"route {name!r}") from None
+    return page_of(rows, limit, lambda v: (v["version"],), _iso)
 
 
 @router.route("POST", "/accounts/{account}/gateways/{gateway}/routes/{name}/versions",

@@ -12,11 +12,10 @@ from gateway.admin.api import (
     AdminError,
     AdminRouter,
     Page,
-    encode_cursor,
     json_body,
     not_found,
+    page_of,
     page_params,
-    time_id_cursor,
     time_range,
 )
 from gateway.admin.gateways import ensure_gateway
@@ -80,8 +79,7 @@ async def list_logs(request: Request, services: Any, account: str, gateway: str)
         if key.startswith("metadata."):
             args.append(key.removeprefix("metadata."))
             add(f"metadata->>${len(args)}::text = ?", value)
-    cursor, limit = page_params(request)
-    after = time_id_cursor(cursor)
+    after, limit = page_params(request, "time", "uuid")
     if after is not None:
         args += list(after)
         where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
@@ -89,11 +87,7 @@ async def list_logs(request: Request, services: Any, account: str, gateway: str)
     rows = await services.db.pool.fetch(
         f"SELECT {FIELDS} FROM request_logs WHERE {' AND '.join(where)} "
         f"ORDER BY created_at DESC, id DESC LIMIT ${len(args)}", *args)
-    items = [log_view(r) for r in rows[:limit]]
-    next_cursor = None
-    if len(rows) > limit:
-        next_cursor = encode_cursor([rows[limit - 1]["created_at"].isoformat(), str(rows[limit - 1]["id"])])
-    return Page(items, next_cursor)
+    return page_of(rows, limit, lambda r: (r["created_at"], r["id"]), log_view)
 
 
 def status_filter(raw: str) -> int:

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import asyncpg
 
 from gateway.db import Database
+from gateway.limits.windows import Window
 
 TOPUP_NAMESPACE = uuid.UUID("5c7e2d1a-3f0b-4e8a-9d6c-1b2a3c4d5e6f")
 DURATIONS = ("daily", "weekly", "monthly")
-STRATEGIES = ("fixed", "sliding")
+STRATEGIES = ("fixed", "rolling")
+ROLLING_LENGTH = {"daily": timedelta(days=1), "weekly": timedelta(days=7), "monthly": timedelta(days=30)}
+SLICE = timedelta(hours=1)
 
 
 class LedgerError(Exception):
@@ -42,7 +45,7 @@ class AutoTopUp:
 class SpendingLimit:
     amount_nano: int
     duration: Literal["daily", "weekly", "monthly"]
-    strategy: Literal["fixed", "sliding"]
+    strategy: Literal["fixed", "rolling"]
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,8 @@ class Ledger:
         self, hold_id: uuid.UUID, tenant: str, amount_nano: int, expires_at: datetime,
         *, request_id: str | None = None, now: datetime | None = None,
     ) -> HoldResult:
-        """Place a hold. A refusal is a result, not an exception: it is the normal 402 path."""
+        """Place a hold. A refusal is a result, not an exception: not enough credit (the 402 path) or the account
+        spending limit (a 429)."""
         result = await self.db.pool.fetchval(
             "SELECT ledger.hold($1, $2, $3, $4, $5, $6)",
             hold_id, tenant, amount_nano, expires_at, request_id, _now(now),
@@ -263,6 +267,33 @@ class Ledger:
             """,
             tenant, _now(now),
         )
+
+    async def spending_limit_reset(self, tenant: str, duration: str, strategy: str, needed_nano: int,
+                                   *, now: datetime | None = None) -> datetime:
+        """When a hold refused by the account spending limit fits again, as far as spend leaving the window goes
+        (open holds that settle for less than they hold may free room sooner). `needed_nano` is what must leave
+        the window: spent + open holds + the refused hold - the limit.
+
+        Fixed: the next calendar window (00:00 UTC; Monday; the 1st). Rolling: spend is kept in hourly slices and
+        a slice counts while its hour overlaps the window, so spend leaves on hour boundaries: the answer is the
+        time the oldest slices whose sum covers `needed_nano` have left (never early, at most an hour late). When
+        the whole window's spend does not cover it (the open holds and this hold alone pass the limit), the time
+        when all of it has left."""
+        now = _now(now).astimezone(UTC)
+        if strategy == "fixed":
+            return Window(duration, "fixed").end(now)  # type: ignore[arg-type]
+        rows = await self.db.pool.fetch(
+            "SELECT hour, spent FROM ledger.usage_hourly WHERE tenant = $1 "
+            "AND hour >= ledger.limit_window_start($2, $3, $4) ORDER BY hour",
+            tenant, duration, strategy, now,
+        )
+        length = ROLLING_LENGTH[duration]
+        freed = 0
+        for row in rows:
+            freed += row["spent"]
+            if freed >= needed_nano:
+                return row["hour"].astimezone(UTC) + SLICE + length  # type: ignore[no-any-return]
+        return now.replace(minute=0, second=0, microsecond=0) + SLICE + length
 
     # -- statement ---------------------------------------------------------------------------------------------
 

@@ -60,7 +60,7 @@ accounts = sa.Table(
     sa.CheckConstraint("(auto_topup_threshold IS NULL) = (auto_topup_amount IS NULL)", name="auto_topup_pair"),
     sa.CheckConstraint(
         "(spend_limit IS NULL) = (spend_limit_duration IS NULL) AND (spend_limit IS NULL) = (spend_limit_strategy IS NULL)"
-        " AND spend_limit_duration IN ('daily', 'weekly', 'monthly') AND spend_limit_strategy IN ('fixed', 'sliding')",
+        " AND spend_limit_duration IN ('daily', 'weekly', 'monthly') AND spend_limit_strategy IN ('fixed', 'rolling')",
         name="spend_limit",
     ),
     schema="ledger",

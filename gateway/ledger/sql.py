@@ -16,7 +16,7 @@ RETURNS timestamptz LANGUAGE sql STABLE AS $$
                date_trunc(CASE p_duration WHEN 'daily' THEN 'day' WHEN 'weekly' THEN 'week' ELSE 'month' END,
                           p_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
            ELSE
-               -- sliding: whole hourly slices; the slice holding (now - duration) counts in full (never under-counts)
+               -- rolling: whole hourly slices; the slice holding (now - duration) counts in full (never under-counts)
                date_trunc('hour', (p_now - CASE p_duration WHEN 'daily' THEN interval '1 day'
                                                 WHEN 'weekly' THEN interval '7 days' ELSE interval '30 days' END)
                                   AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'

@@ -66,6 +66,26 @@ class LimitStore:
 
         return await self._policies.get(key, load)
 
+    # -- pages (admin API: ordered by creation, then id; `after` is the last (created_at, id) of the previous page) --
+
+    async def rules_page(self, account: str, gateway: str, after: tuple[datetime, uuid.UUID] | None,
+                         limit: int) -> list[tuple[datetime, Rule]]:
+        rows = await self.db.pool.fetch(
+            "SELECT id, spec, created_at FROM limits.rules WHERE account_id = $1 AND gateway_id = $2 "
+            "AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid)) ORDER BY created_at, id LIMIT $5",
+            account, gateway, *(after or (None, None)), limit,
+        )
+        return [(r["created_at"], parse_rule(str(r["id"]), r["spec"])) for r in rows]
+
+    async def policies_page(self, account: str, gateway: str, after: tuple[datetime, uuid.UUID] | None,
+                            limit: int) -> list[tuple[datetime, Policy]]:
+        rows = await self.db.pool.fetch(
+            'SELECT id, "group", models, created_at FROM limits.policies WHERE account_id = $1 AND gateway_id = $2 '
+            "AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid)) ORDER BY created_at, id LIMIT $5",
+            account, gateway, *(after or (None, None)), limit,
+        )
+        return [(r["created_at"], Policy(str(r["id"]), r["group"], tuple(r["models"]))) for r in rows]
+
     # -- writes (admin API and CLI) --
 
     async def create_rule(self, account: str, gateway: str, spec: dict[str, Any]) -> Rule:

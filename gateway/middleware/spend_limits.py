@@ -7,10 +7,18 @@ one round trip reserves the estimate in every matching bucket and, on unified bi
 - all granted: call inward; `cf-aig-budget-remaining` goes on the response; after the response body has fully
   passed — or the client went away, or the inner app raised — the reservation is settled with the actual cost
   (from the Exchange), once, in a `finally`;
-- a `block` rule would overflow: 429 naming the rule, its bucket and its reset, and `Retry-After`;
+- a `block` rule would overflow: 429 "Spending limit exceeded" naming the rule and its bucket;
 - only `fallback_model` rules would overflow: the planner re-targets the request to the fallback model
   (`exchange.step` + 1) and the layer reserves against the fallback's own rules, up to `MAX_FALLBACKS` steps;
-- the credit balance (or the account's own spending limit) cannot cover it: 402.
+- the account's own spending limit (unified billing, checked in the credit hold) would overflow: 429 "Account
+  spending limit exceeded" naming its duration and strategy;
+- the credit balance cannot cover it: 402, with what is available and what this request needed.
+
+Both 429s carry `Retry-After` and the same amounts, as decimal USD strings: `spent_usd` (settled in the window),
+`pending_usd` (what other requests in flight hold there), `reserved_usd` (this request's worst case, what it
+needed), `limit_usd`, and `resets_at`: for a fixed window its end; for a rolling one the time enough of the spend
+has left the window for this request to fit (rules: their slices; the account limit: its hourly slices; see
+`Ledger.spending_limit_reset`), which ignores holds that may settle for less sooner.
 
 The actual cost of a call that reached the provider but reported no usage (an upstream that died mid-stream)
 is the full reservation: the provider may have billed us, so we never under-bill. A call that never produced a
@@ -34,6 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.db import unavailable
 from gateway.errors import json_error
 from gateway.exchange import Exchange
+from gateway.ledger import Ledger
 from gateway.limits.policies import allowed
 from gateway.limits.reservations import BucketState, HoldRequest, Limits, Outcome, bucket_lines
 from gateway.limits.settlements import Settlements
@@ -117,7 +126,7 @@ class SpendLimits:
                 break
             plan = replanned
         if outcome is not None and not outcome.ok:
-            await self._refuse(scope, receive, send, exchange, outcome)
+            await self._refuse(scope, receive, send, exchange, outcome, plan)
             return
         if outcome is None:
             await self.app(scope, receive, send)
@@ -183,26 +192,52 @@ class SpendLimits:
         return sender
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange,
-                      outcome: Outcome) -> None:
+                      outcome: Outcome, plan: Plan) -> None:
+        now = self.clock()
+        if outcome.credit_refusal is not None and outcome.credit_refusal.get("reason") == "spending_limit":
+            refusal = outcome.credit_refusal
+            spent, pending, limit = int(refusal["spent"]), int(refusal["pending"]), int(refusal["limit"])
+            reserved = outcome.estimate_nano
+            resets = await Ledger(self.limits.db).spending_limit_reset(
+                plan.tenant, refusal["duration"], refusal["strategy"], spent + pending + reserved - limit, now=now)
+            await self._too_much(
+                scope, receive, send, exchange, "Account spending limit exceeded", now, resets,
+                duration=refusal["duration"], strategy=refusal["strategy"], spent=spent, pending=pending,
+                reserved=reserved, limit=limit)
+            return
         if outcome.credit_refusal is not None:
             refusal = outcome.credit_refusal
-            message = refusal.get("message") or "Insufficient credit for this request's worst-case cost"
+            message = "Insufficient credit for this request's worst-case cost"
             exchange.error = message
-            await json_error(402, message, **{k: v for k, v in refusal.items() if k not in ("ok", "message")})(
-                scope, receive, send)
+            available = refusal.get("available")
+            await json_error(
+                402, message, reason=refusal.get("reason"),
+                available_usd=None if available is None else usd_str(max(int(available), 0)),
+                reserved_usd=usd_str(outcome.estimate_nano),
+            )(scope, receive, send)
             return
-        now = self.clock()
         tightest = min(outcome.exceeded, key=lambda s: s.remaining_nano)
         rule = tightest.line.rule
         resets = rule.window.end(now) if rule.window.type == "fixed" else await self._rolling_reset(
             tightest, outcome.estimate_nano, now)
-        retry_after = max(1, math.ceil((resets - now).total_seconds()))
-        exchange.error = "Spending limit exceeded"
-        await json_error(
-            429, "Spending limit exceeded", headers={"Retry-After": str(retry_after)},
+        await self._too_much(
+            scope, receive, send, exchange, "Spending limit exceeded", now, resets,
             rule=rule.raw.get("name", rule.name), rule_id=rule.id, bucket=_bucket_json(tightest.line.key),
-            spent_usd=usd_str(tightest.spent_nano + tightest.pending_nano), limit_usd=usd_str(rule.budget_nano),
-            resets_at=resets.isoformat(),
+            spent=tightest.spent_nano, pending=tightest.pending_nano, reserved=outcome.estimate_nano,
+            limit=rule.budget_nano)
+
+    @staticmethod
+    async def _too_much(scope: Scope, receive: Receive, send: Send, exchange: Exchange, message: str,
+                        now: datetime, resets: datetime, *, spent: int, pending: int, reserved: int, limit: int,
+                        **named: Any) -> None:
+        """The 429 of a budget (a rule's bucket or the account's spending limit): what is spent, what other
+        requests in flight hold, what this request needed (its worst case), the limit, and when it resets."""
+        exchange.error = message
+        retry_after = max(1, math.ceil((resets - now).total_seconds()))
+        await json_error(
+            429, message, headers={"Retry-After": str(retry_after)}, **named,
+            spent_usd=usd_str(spent), pending_usd=usd_str(pending), reserved_usd=usd_str(reserved),
+            limit_usd=usd_str(limit), resets_at=resets.isoformat(),
         )(scope, receive, send)
 
     async def _rolling_reset(self, state: BucketState, estimate: int, now: datetime) -> datetime:

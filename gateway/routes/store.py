@@ -47,12 +47,15 @@ class RouteStore:
             self._deployed[key] = None if row is None else (row["version"], row["graph"])
         return self._deployed[key]
 
-    async def summaries(self, account: str, gateway: str) -> list[dict[str, Any]]:
+    async def summaries(self, account: str, gateway: str, *, after: str | None = None,
+                        limit: int | None = None) -> list[dict[str, Any]]:
+        """Routes by name; a page of them: those named after `after`, at most `limit`."""
         rows = await self.db.pool.fetch(
             """SELECT r.name, r.deployed_version, r.created_at, max(v.version) AS latest_version
                  FROM routes r LEFT JOIN route_versions v ON v.route_id = r.id
-                WHERE r.account_id = $1 AND r.gateway_id = $2 GROUP BY r.id ORDER BY r.name""",
-            account, gateway,
+                WHERE r.account_id = $1 AND r.gateway_id = $2 AND ($3::text IS NULL OR r.name > $3)
+                GROUP BY r.id ORDER BY r.name LIMIT $4""",
+            account, gateway, after, limit,
         )
         return [dict(r) for r in rows]
 
@@ -87,16 +90,18 @@ class RouteStore:
             raise RouteNotFound(name)
         return {"name": name, "version": version, "graph": graph}
 
-    async def versions(self, account: str, gateway: str, name: str) -> list[dict[str, Any]]:
-        rows = await self.db.pool.fetch(
+    async def versions(self, account: str, gateway: str, name: str, *, after: int | None = None,
+                       limit: int | None = None) -> list[dict[str, Any]]:
+        """A route's versions in order; a page of them: those after version `after`, at most `limit`."""
+        rows = await self.db.pool.fetch(  # the route's row even when no version follows `after`
             """SELECT v.version, v.graph, v.created_at, v.version = r.deployed_version AS deployed
-                 FROM routes r JOIN route_versions v ON v.route_id = r.id
-                WHERE r.account_id = $1 AND r.gateway_id = $2 AND r.name = $3 ORDER BY v.version""",
-            account, gateway, name,
+                 FROM routes r LEFT JOIN route_versions v ON v.route_id = r.id AND ($4::int IS NULL OR v.version > $4)
+                WHERE r.account_id = $1 AND r.gateway_id = $2 AND r.name = $3 ORDER BY v.version LIMIT $5""",
+            account, gateway, name, after, limit,
         )
         if not rows:
             raise RouteNotFound(name)
-        return [dict(r) for r in rows]
+        return [dict(r) for r in rows if r["version"] is not None]
 
     async def deploy(self, account: str, gateway: str, name: str, version: Any) -> None:
         if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:

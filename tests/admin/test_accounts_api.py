@@ -90,10 +90,22 @@ async def test_auto_topup_and_spending_limit_endpoints(admin: httpx.AsyncClient,
     assert (await admin.delete(f"/accounts/{account}/credits/auto-topup")).json()["result"]["auto_topup"] is None
 
     assert (await admin.get(f"/accounts/{account}/billing/spending-limit")).json()["result"] is None
-    limit = await admin.put(f"/accounts/{account}/billing/spending-limit",
-                            json={"amount_usd": "100", "duration": "weekly", "strategy": "sliding"})
-    assert limit.json()["result"] == {"amount_usd": "100.00", "duration": "weekly", "strategy": "sliding",
-                                      "spent_usd": "0.00", "pending_usd": "0.00", "remaining_usd": "100.00"}
+    for strategy in ("rolling", "sliding"):  # `sliding`, the former name, is read as `rolling`
+        limit = await admin.put(f"/accounts/{account}/billing/spending-limit",
+                                json={"amount_usd": "100", "duration": "weekly", "strategy": strategy})
+        assert limit.json()["result"] == {"amount_usd": "100.00", "duration": "weekly", "strategy": "rolling",
+                                          "spent_usd": "0.00", "pending_usd": "0.00", "remaining_usd": "100.00"}
+        shown = await admin.get(f"/accounts/{account}/billing/spending-limit")
+        assert shown.json()["result"]["strategy"] == "rolling"
+        assert await db.pool.fetchval("SELECT spend_limit_strategy FROM ledger.accounts WHERE code = 'credits' "
+                                      "AND owner = $1", account) == "rolling"
+    unknown = await admin.put(f"/accounts/{account}/billing/spending-limit",
+                              json={"amount_usd": "100", "duration": "weekly", "strategy": "sideways"})
+    assert unknown.status_code == 422 and unknown.json()["error"]["field"] == "strategy"
+    spec = (await admin.get("/openapi.json")).json()
+    body = spec["paths"]["/admin/accounts/{account}/billing/spending-limit"]["put"]["requestBody"]
+    assert body["content"]["application/json"]["schema"]["properties"]["strategy"]["enum"] == [
+        "fixed", "rolling", "sliding"]
     wrong = await admin.put(f"/accounts/{account}/billing/spending-limit",
                             json={"amount_usd": "100", "duration": "hourly"})
     assert wrong.status_code == 422 and wrong.json()["error"]["field"] == "duration"

@@ -108,7 +108,7 @@ async def test_100_debits_crossing_the_threshold_post_exactly_one_auto_topup(db:
 
 async def test_spending_limit_is_strict_under_a_burst(db: Database) -> None:
     ledger, t = await funded_tenant(db, 1000)
-    await ledger.set_spending_limit(t, SpendingLimit(25 * USD, "daily", "sliding"))
+    await ledger.set_spending_limit(t, SpendingLimit(25 * USD, "daily", "rolling"))
 
     async def request() -> bool:
         hid = uuid.uuid4()

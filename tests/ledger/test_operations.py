@@ -223,7 +223,7 @@ async def test_failing_payment_method_retries_later_and_never_loads_twice(db: Da
     await assert_invariants(db)
 
 
-@pytest.mark.parametrize("strategy", ["fixed", "sliding"])
+@pytest.mark.parametrize("strategy", ["fixed", "rolling"])
 async def test_account_spending_limit_is_checked_in_the_hold(db: Database, strategy: str) -> None:
     ledger, t = await funded_tenant(db, 100)
     # spend before the limit exists still counts once it is set (slices rebuilt from transfers)
@@ -240,7 +240,7 @@ async def test_account_spending_limit_is_checked_in_the_hold(db: Database, strat
     assert refused.detail and refused.detail["spent"] == 3 * USD and refused.detail["pending"] == 4 * USD
     fits = await ledger.hold(uuid.uuid4(), t, 3 * USD, now + timedelta(minutes=5), now=now)
     assert fits.ok
-    # next window (fixed) / a day later (sliding): the old usage no longer counts
+    # next window (fixed) / a day later (rolling): the old usage no longer counts
     tomorrow = now + timedelta(days=1, hours=2)
     assert await ledger.spending_limit_usage(t, now=tomorrow) == 0
     await ledger.set_spending_limit(t, None)
@@ -250,6 +250,34 @@ async def test_account_spending_limit_is_checked_in_the_hold(db: Database, strat
     await db.pool.execute("DELETE FROM ledger.open_holds WHERE tenant = $1 AND false", t)
     for row in await db.pool.fetch("SELECT hold_id FROM ledger.open_holds WHERE tenant = $1", t):
         await ledger.void(row["hold_id"])
+    await assert_invariants(db)
+
+
+async def test_spending_limit_reset_is_when_enough_spend_has_left_the_window(db: Database) -> None:
+    """Fixed: the next calendar window. Rolling: hourly slices leave a day after their hour ends; the reset is when
+    the oldest slices covering what must leave have left (all of them when even that is not enough)."""
+    ledger, t = await funded_tenant(db, 100)
+    await ledger.set_spending_limit(t, SpendingLimit(10 * USD, "daily", "rolling"))
+    for hours_ago, spent in ((20, 2), (5, 3)):
+        hid = uuid.uuid4()
+        await ledger.hold(hid, t, spent * USD, NOW + timedelta(minutes=5), now=NOW - timedelta(hours=hours_ago))
+        await ledger.settle(hid, spent * USD, now=NOW - timedelta(hours=hours_ago, minutes=-30))
+    assert await ledger.spending_limit_usage(t, now=NOW) == 5 * USD
+
+    def leaves(hours_ago: int) -> datetime:  # the slice of that hour stops counting a day after the hour ends
+        return NOW - timedelta(hours=hours_ago) + timedelta(hours=1, days=1)
+
+    assert await ledger.spending_limit_reset(t, "daily", "rolling", 1 * USD, now=NOW) == leaves(20)
+    assert await ledger.spending_limit_reset(t, "daily", "rolling", 2 * USD, now=NOW) == leaves(20)
+    assert await ledger.spending_limit_reset(t, "daily", "rolling", 3 * USD, now=NOW) == leaves(5)
+    assert await ledger.spending_limit_reset(t, "daily", "rolling", 6 * USD, now=NOW) == leaves(0)
+    later = NOW + timedelta(minutes=42)
+    assert await ledger.spending_limit_reset(t, "daily", "fixed", USD, now=later) == NOW.replace(hour=0) + timedelta(
+        days=1)
+    monday = NOW.replace(hour=0) + timedelta(days=7 - NOW.weekday())
+    assert await ledger.spending_limit_reset(t, "weekly", "fixed", USD, now=later) == monday
+    assert await ledger.spending_limit_reset(t, "monthly", "fixed", USD, now=later) == (
+        NOW.replace(day=1, hour=0) + timedelta(days=32)).replace(day=1)
     await assert_invariants(db)
 
 

@@ -107,7 +107,8 @@ async def test_block_rule_answers_429_with_retry_after(db: Database) -> None:
     assert third.headers["retry-after"] == str(12 * 3600)
     assert third.json() == {"success": False, "error": {
         "message": "Spending limit exceeded", "rule": "daily", "rule_id": rule.id, "bucket": {},
-        "spent_usd": "2.00", "limit_usd": "2.00", "resets_at": (NOW.replace(hour=0) + timedelta(days=1)).isoformat()}}
+        "spent_usd": "2.00", "pending_usd": "0.00", "reserved_usd": "1.00", "limit_usd": "2.00",
+        "resets_at": (NOW.replace(hour=0) + timedelta(days=1)).isoformat()}}
     assert upstream.calls == 2
 
 
