@@ -1,5 +1,15 @@
 """Configuration from the environment (and a `.env` file). The variable names are public interface
-(README, "Running it in production")."""
+(README, "Running it in production").
+
+Where the `.env` file and the embedded database's data directory are, the same from any working directory inside a
+project (`locate_project`):
+- `SPENDGATE_DATA_DIR` set in the environment pins the project: the directory that holds the data directory, and
+  the `.env` there if there is one;
+- otherwise the project is the nearest directory, the current one or a parent (as git finds `.git`), that holds a
+  `.env` file or a `.spendgate` directory; failing both, the current directory;
+- the data directory is `SPENDGATE_DATA_DIR` (a relative path counts from the directory of the `.env` that set it,
+  else from the current directory) or `<project>/.spendgate`. Real environment variables win over the `.env`.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +57,35 @@ def _choice(value: str, name: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+DATA_DIR_NAME = ".spendgate"
+DOTENV_NAME = ".env"
+
+
+@dataclass(frozen=True)
+class Project:
+    """Where settings come from: the project directory, its `.env` file (None: none was found) and why."""
+
+    root: Path
+    dotenv: Path | None
+    reason: str  # "SPENDGATE_DATA_DIR", "found" (a .env or .spendgate here or above) or "cwd"
+
+
+def locate_project(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Project:
+    """The project directory and its `.env` (module docstring). Reads only the file system, never creates."""
+    environ = os.environ if environ is None else environ
+    cwd = (cwd or Path.cwd()).absolute()
+    pinned = environ.get("SPENDGATE_DATA_DIR")
+    if pinned:
+        root = (cwd / pinned).resolve().parent
+        dotenv = root / DOTENV_NAME
+        return Project(root, dotenv if dotenv.is_file() else None, "SPENDGATE_DATA_DIR")
+    for directory in (cwd, *cwd.parents):
+        dotenv = directory / DOTENV_NAME
+        if dotenv.is_file() or (directory / DATA_DIR_NAME).is_dir():
+            return Project(directory, dotenv if dotenv.is_file() else None, "found")
+    return Project(cwd, None, "cwd")
+
+
 @dataclass(frozen=True)
 class ProviderConfig:
     """Where a provider lives and the gateway's own keys for it (unified billing), standard and ZDR."""
@@ -61,7 +100,8 @@ class ProviderConfig:
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
-    data_dir: Path = Path(".spendgate")
+    data_dir: Path = Path(DATA_DIR_NAME)
+    dotenv: Path | None = None  # the .env file these settings were read from, if any
     host: str = "127.0.0.1"
     port: int = 8787
     workers: int = 1
@@ -85,9 +125,18 @@ class Settings:
     otel: bool = False  # one OpenTelemetry span per request (needs the `tracing` extra)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
-        env: dict[str, str] = read_dotenv(dotenv) if dotenv is not None else {}
-        env.update(os.environ if environ is None else environ)
+    def from_env(cls, environ: Mapping[str, str] | None = None, dotenv: Path | bool | None = True,
+                 cwd: Path | None = None) -> Settings:
+        """Settings from `environ` (default: the process environment) over a `.env` file: the project's
+        (`locate_project`) when `dotenv` is True, that file when it is a path, none when it is None or False."""
+        environ = os.environ if environ is None else environ
+        cwd = (cwd or Path.cwd()).absolute()
+        project = locate_project(environ, cwd)
+        dotenv_path = project.dotenv if dotenv is True else dotenv if isinstance(dotenv, Path) else None
+        file_values = read_dotenv(dotenv_path) if dotenv_path is not None else {}
+        env: dict[str, str] = {**file_values, **environ}
+        if dotenv_path is not None and not dotenv_path.is_file():
+            dotenv_path = None
 
         def get(name: str) -> str | None:
             value = env.get(name)
@@ -108,7 +157,9 @@ class Settings:
         proxies = get("SPENDGATE_TRUSTED_PROXIES")
         return cls(
             database_url=get("DATABASE_URL"),
-            data_dir=Path(get("SPENDGATE_DATA_DIR") or ".spendgate"),
+            data_dir=_data_dir(environ.get("SPENDGATE_DATA_DIR") or None, file_values.get("SPENDGATE_DATA_DIR") or None,
+                               dotenv_path, project.root, cwd),
+            dotenv=dotenv_path,
             host=get("SPENDGATE_HOST") or "127.0.0.1",
             port=int(get("SPENDGATE_PORT") or 8787),
             workers=int(get("SPENDGATE_WORKERS") or 1),
@@ -129,3 +180,13 @@ class Settings:
             shutdown_timeout_seconds=float(get("SPENDGATE_SHUTDOWN_TIMEOUT_S") or 30.0),
             otel=(get("SPENDGATE_OTEL") or "false").lower() in ("1", "true", "yes"),
         )
+
+
+def _data_dir(from_environ: str | None, from_dotenv: str | None, dotenv: Path | None, root: Path, cwd: Path) -> Path:
+    """Absolute: the environment's SPENDGATE_DATA_DIR (relative to the current directory), else the .env's (relative
+    to that file's directory), else the project's `.spendgate`."""
+    if from_environ:
+        return (cwd / from_environ).resolve()
+    if from_dotenv and dotenv is not None:
+        return (dotenv.parent / from_dotenv).resolve()
+    return (root / DATA_DIR_NAME).resolve()

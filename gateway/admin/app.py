@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.admin import accounts, gateways, limits, logs
 from gateway.admin.api import AdminRouter, create_admin_app
 from gateway.admin.token import AdminTokenCheck
-from gateway.services import Services
+
+if TYPE_CHECKING:  # the CLI imports ROUTERS without the serving machinery
+    from gateway.services import Services
 
 ROUTERS: list[AdminRouter] = [accounts.router, gateways.router, limits.router, logs.router]
 

@@ -111,7 +111,7 @@ async def test_cli_limits_policies_routes(db: Database, monkeypatch: pytest.Monk
     await db.pool.execute("INSERT INTO gateways (account_id, id) VALUES ($1, 'gw')", name)
     code, rule, _ = await asyncio.to_thread(cli, "limits", "create", name, "gw", "--json", json.dumps(RULE))
     assert code == 0 and rule["name"] == "per-user-daily"  # type: ignore[index]
-    code, rules, _ = await asyncio.to_thread(cli, "limits", "list", name, "gw")
+    code, rules, _ = await asyncio.to_thread(cli, "limits", "list", name, "gw", "--json")
     assert [r["id"] for r in rules] == [rule["id"]]  # type: ignore[index, union-attr]
     code, _, err = await asyncio.to_thread(cli, "limits", "create", name, "gw", "--json", '{"name": "x"}')
     assert code == 1 and "budget_usd" in err
