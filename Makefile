@@ -2,36 +2,43 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Two stamps: `make run` installs the runtime only; `make test` (and lint, bench) add the dev extras on top, so
+# `make test` after `make run` installs just what is missing.
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
 
 .PHONY: run test migrate lint bench soak install clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $(RUNTIME)
+
+$(DEV): $(RUNTIME)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
+	@touch $(DEV)
 
-install: $(STAMP)
+install: $(DEV)
 
-run: $(STAMP)
+run: $(RUNTIME)
 	$(BIN)/spendgate serve
 
-test: $(STAMP)
+test: $(DEV)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-migrate: $(STAMP)
+migrate: $(RUNTIME)
 	$(BIN)/spendgate migrate
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check .
 	$(BIN)/mypy gateway
 
-bench: $(STAMP)
+bench: $(DEV)
 	@for script in bench/*.py; do case $$script in */soak.py|*/_*) continue;; esac; \
 		echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
-soak: $(STAMP)  # 10 minutes of mixed traffic through three instances behind nginx
+soak: $(DEV)  # 10 minutes of mixed traffic through three instances behind nginx
 	$(BIN)/python bench/soak.py
 
 clean:

@@ -220,7 +220,7 @@ def git_state() -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    dirty = [line[3:] for line in git("status", "--porcelain", "--", "gateway", "migrations").splitlines()]
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "gateway").splitlines()]
     return {"head": git("rev-parse", "--short", "HEAD").strip(), "uncommitted_gateway_files": dirty}
 
 

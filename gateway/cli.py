@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from gateway.settings import Settings
 
@@ -17,46 +16,17 @@ running `spendgate serve`, each command starts the embedded server and stops it 
 """
 
 
-def _database_url(settings: Settings) -> str:
-    from gateway.db import embedded_database_url
-
-    return settings.database_url or embedded_database_url(settings.data_dir)
-
-
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from gateway.db import migrate
+    from gateway.serve import migrate
 
-    migrate(_database_url(settings))
-    print("migrations applied")
-    return 0
+    return migrate(settings)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """Serve until SIGTERM/SIGINT. Then (uvicorn + Services.stop): stop accepting, let in-flight requests and
-    streams finish for up to SPENDGATE_SHUTDOWN_TIMEOUT_S, cancel what is left, settle every reservation this
-    process holds, flush the request logs, close the pool, exit 0."""
-    import os
+    """Migrate, then serve until SIGTERM/SIGINT (gateway/serve.py: start-up order, the ready line, shutdown)."""
+    from gateway.serve import serve
 
-    import uvicorn
-
-    from gateway.app import create_app
-
-    # The app's startup migrates under an advisory lock, so instances starting together are safe.
-    url = _database_url(settings)
-    settings = Settings(**{**settings.__dict__, "database_url": url})
-    host = args.host or settings.host
-    port = args.port or settings.port
-    print(f"spendgate serving on http://{host}:{port}", file=sys.stderr, flush=True)
-    options: dict[str, Any] = {"host": host, "port": port, "log_level": "warning", "lifespan": "on",
-                               "log_config": None,  # uvicorn's own records go through our JSON log lines
-                               "timeout_graceful_shutdown": max(1, round(settings.shutdown_timeout_seconds))}
-    if settings.workers > 1:
-        # each worker process builds its own app (and pool) from the environment
-        os.environ["DATABASE_URL"] = url
-        uvicorn.run("gateway.app:create_app", factory=True, workers=settings.workers, **options)
-    else:
-        uvicorn.run(create_app(settings), **options)
-    return 0
+    return serve(settings, args.host, args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,33 +2,103 @@
 
 Production sets `DATABASE_URL`. Without it, `embedded_database_url` starts a private Postgres server from the
 `pgserver` package (it ships the server binaries) under `$SPENDGATE_DATA_DIR/pg`, so that `make run` needs
-nothing installed. The embedded server listens on a Unix socket only and stops when the process exits.
+nothing installed. The embedded server listens on a Unix socket only. pgserver stops it when the last process
+holding a handle on it releases the handle (`release_embedded`, or pgserver's own atexit hook).
+
+The migrations ship inside the package (`gateway/migrations`), so an installed wheel migrates like a checkout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
 log = logging.getLogger("spendgate.db")
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-# Same constant in migrations/env.py: several instances starting together migrate one at a time.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Same constant in gateway/migrations/env.py: several instances starting together migrate one at a time.
 MIGRATION_LOCK_KEY = 0x5350454E44  # "SPEND"
 
 
-def embedded_database_url(data_dir: Path) -> str:
-    """Start (or reuse) the embedded Postgres under data_dir/pg and return its URL."""
-    import pgserver  # imported lazily: production never needs it
+def _pgserver() -> Any:
+    """pgserver, imported lazily: production never needs it. Its import asks platformdirs for a runtime directory,
+    which warns on every start where XDG_RUNTIME_DIR is unset (containers, CI, ssh without a login session)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import pgserver
+        import pgserver.postgres_server
 
-    pgdata = (data_dir / "pg").resolve()  # pgserver re-exports get_server without __all__
+    return pgserver
+
+
+def embedded_pgdata(data_dir: Path) -> Path:
+    return (data_dir / "pg").resolve()
+
+
+def _process_runs(pid: int) -> bool:
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def prune_dead_holders(pgdata: Path) -> list[int]:
+    """Drop the handles of processes that no longer run; returns their pids.
+
+    pgserver keeps the pids of the processes holding the server in `pgdata/.handle_pids.json` and stops the server
+    when the last of them releases its handle. A process that was killed (SIGKILL, OOM killer, power loss) never
+    removes its pid, so no later process would ever be the last one and the server would outlive them all."""
+    pgserver = _pgserver()
+    from pgserver.utils import DiskList
+
+    holders = DiskList(pgdata / ".handle_pids.json")
+    with pgserver.postgres_server.PostgresServer._lock:  # the lock pgserver itself takes around that file
+        pids = holders.get()
+        dead = [pid for pid in pids if pid != os.getpid() and not _process_runs(pid)]
+        if dead:
+            holders.put([pid for pid in pids if pid not in dead])
+    if dead:
+        log.info("embedded database: dropped the handles of processes that no longer run: %s", dead)
+    return dead
+
+
+def embedded_server(data_dir: Path) -> Any:
+    """Start (or reuse) the embedded Postgres under data_dir/pg and take a handle on it for this process."""
+    pgserver = _pgserver()
+    pgdata = embedded_pgdata(data_dir)
     pgdata.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
-    return str(server.get_uri())
+    prune_dead_holders(pgdata)
+    return pgserver.get_server(pgdata, cleanup_mode="stop")
+
+
+def release_embedded(server: Any) -> None:
+    """Release this process's handle; the server stops when no running process holds one any more. Idempotent."""
+    server.cleanup()
+
+
+def embedded_database_url(data_dir: Path) -> str:
+    """Start (or reuse) the embedded Postgres under data_dir/pg and return its URL. The handle is released when
+    the process exits normally (pgserver's atexit hook)."""
+    return str(embedded_server(data_dir).get_uri())
+
+
+def describe_database(url: str) -> str:
+    """The database URL for a console line: scheme, user, host, port and database; never the password."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = (f"{parts.username}@" if parts.username else "") + host + (f":{parts.port}" if parts.port else "")
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 def alembic_config(database_url: str) -> Any:

@@ -1,7 +1,8 @@
 """The admin API's bearer token.
 
 `SPENDGATE_ADMIN_TOKEN` wins when set. Otherwise the first instance to start generates one, stores only its
-SHA-256 in `admin_tokens`, and prints it once on stderr; later starts find the hash and print nothing.
+SHA-256 in `admin_tokens`, and prints it once on stderr, framed so that it stands out from the JSON log lines;
+later starts find the hash (`spendgate serve` says so in one line, `STORED_NOTICE`).
 `spendgate admin-token rotate` replaces it (and prints the new one once). Comparison is constant-time.
 """
 
@@ -24,6 +25,25 @@ def new_token() -> str:
     return "sgadm_" + secrets.token_urlsafe(32)
 
 
+STORED_NOTICE = ("spendgate: the admin API token is stored (only its SHA-256); to replace it, run "
+                 "`spendgate admin-token rotate`")
+
+
+def framed_token(token: str) -> str:
+    """The one time a generated token is shown: plain text between blank lines and rules, not a JSON log line."""
+    rule = "=" * 78
+    return "\n".join([
+        "", rule,
+        "  spendgate generated the admin API token. It is shown this once: store it now.",
+        "",
+        f"      {token}",
+        "",
+        "  Send it as `Authorization: Bearer <token>` to /admin. Only its SHA-256 is stored;",
+        "  `spendgate admin-token rotate` replaces it.",
+        rule, "",
+    ])
+
+
 async def ensure_admin_token(db: Database, configured: str | None, *, announce: bool = True) -> str | None:
     """Make sure an admin token exists; returns the new token when one was generated now."""
     if configured:
@@ -36,8 +56,7 @@ async def ensure_admin_token(db: Database, configured: str | None, *, announce: 
     if not inserted:
         return None
     if announce:
-        print(f"spendgate: generated the admin API token (shown once, store it now): {token}",
-              file=sys.stderr, flush=True)
+        print(framed_token(token), file=sys.stderr, flush=True)
     return token
 
 

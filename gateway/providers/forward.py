@@ -64,12 +64,19 @@ def upstream_headers(headers: Iterable[tuple[bytes, bytes]], auth: dict[str, str
     return out
 
 
+# Never relayed from an upstream answer: the hop-by-hop headers (RFC 9110 7.6.1; uvicorn frames the body itself),
+# Content-Encoding (the body goes decoded) and Content-Length (set again where the body is known), and the
+# upstream's Server and Date: the server that answers the client adds its own, and a second copy of either would
+# make the answer carry two.
+NOT_RELAYED = HOP_BY_HOP | {"content-encoding", "server", "date"}
+
+
 def response_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
-    return [
-        (name.lower(), value)
-        for name, value in response.headers.raw
-        if name.lower().decode("latin-1") not in HOP_BY_HOP and name.lower() != b"content-encoding"
-    ]
+    raw = [(name.lower(), value) for name, value in response.headers.raw]
+    # a header the upstream named in its Connection header is hop-by-hop too
+    named = {token.strip().lower() for name, value in raw if name == b"connection" for token in value.split(b",")}
+    return [(name, value) for name, value in raw
+            if name.decode("latin-1") not in NOT_RELAYED and not name.startswith(b"proxy-") and name not in named]
 
 
 async def send_with_retries(

@@ -199,7 +199,7 @@ def test_dockerfile_slim_non_root_with_healthcheck() -> None:
 
 def test_migrations_take_the_advisory_lock() -> None:
     """What makes replicas starting together safe (exercised for real by the image-layout test below)."""
-    env_py = (ROOT / "migrations" / "env.py").read_text()
+    env_py = (ROOT / "gateway" / "migrations" / "env.py").read_text()
     assert re.search(r"pg_advisory_xact_lock\(:k\)\"\), \{\"k\": MIGRATION_LOCK_KEY\}", env_py)
 
 
@@ -225,9 +225,9 @@ def empty_database(database_url: str) -> Iterator[str]:
 @pytest.mark.timeout(240)
 def test_image_layout_serves_and_migrates(tmp_path: Path, empty_database: str) -> None:
     """The image without Docker: the build stage's own RUN line (pip pointed at a temp prefix), the final stage's
-    COPY lines into a temp /app, its ENV, its CMD. Three replicas start together on an empty database (so they
-    race for the migrations), all become ready; the HEALTHCHECK command passes; the migration Job's command
-    succeeds on the migrated database."""
+    COPY lines into a temp /app, its ENV, its CMD; the package and its migrations come from the installed copy.
+    Three replicas start together on an empty database (so they race for the migrations), all become ready; the
+    HEALTHCHECK command passes; the migration Job's command succeeds on the migrated database."""
     build, final = dockerfile_stages()[0], dockerfile_stages()[-1]
     src, prefix, app = tmp_path / "src", tmp_path / "install", tmp_path / "app"
     for stage, root in ((build, src), (final, app)):
@@ -245,9 +245,12 @@ def test_image_layout_serves_and_migrates(tmp_path: Path, empty_database: str) -
                     (shutil.copytree if path.is_dir() else shutil.copy)(path, to)
     [run] = [args for instr, args in build if instr == "RUN"]
     assert "pip install " in run and "/install" in run, run
-    # never touch this venv's own install: --ignore-installed; the dependencies are already here: --no-deps
-    run = run.replace("pip install ", f"{sys.executable} -m pip install --no-deps --ignore-installed --quiet ")
+    # never touch this venv's own install: --ignore-installed; the dependencies are already here: --no-deps;
+    # offline: the build backend is this venv's setuptools (a dev dependency)
+    run = run.replace("pip install ", f"{sys.executable} -m pip install --no-deps --ignore-installed --quiet "
+                                      "--no-build-isolation ")
     run = run.replace("/install", str(prefix))
+    app.mkdir(exist_ok=True)
     built = subprocess.run(["bash", "-ec", run], cwd=src, capture_output=True, text=True, timeout=180)
     assert built.returncode == 0, built.stdout + built.stderr
     site = next(prefix.glob("lib/python*/site-packages"))
@@ -267,7 +270,9 @@ def test_image_layout_serves_and_migrates(tmp_path: Path, empty_database: str) -
     where = subprocess.run([sys.executable, "-c", "import gateway.db as d; print(d.__file__, d.MIGRATIONS_DIR)"],
                            env=env, cwd=app, capture_output=True, text=True, timeout=30)
     module, migrations = where.stdout.split()
-    assert Path(module).is_relative_to(app) and Path(migrations).is_dir(), where.stdout + where.stderr
+    assert Path(module).is_relative_to(site) and Path(migrations).is_relative_to(site), where.stdout + where.stderr
+    assert sorted(p.name for p in Path(migrations).glob("versions/*.py")) == sorted(
+        p.name for p in (ROOT / "gateway" / "migrations").glob("versions/*.py")), where.stdout
 
     cmd = json.loads(dict(final)["CMD"])
     ports = [free_port() for _ in range(3)]
