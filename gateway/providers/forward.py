@@ -45,13 +45,17 @@ class UpstreamTimeout(UpstreamFailure):
 
 def upstream_headers(headers: Iterable[tuple[bytes, bytes]], auth: dict[str, str] | None,
                      gateway_key: bool = False) -> dict[str, str]:
-    """Client headers minus hop-by-hop, cf-aig-*, cf-access-*, Content-Encoding (the body goes decoded), the key
-    headers when we set the key, and the account-moving headers when the key is the gateway's."""
+    """Client headers minus hop-by-hop (those the client named in its Connection header and any proxy-* too),
+    cf-aig-*, cf-access-*, forwarding headers, cookies, Content-Encoding (the body goes decoded), the key headers
+    when we set the key, and the account-moving headers when the key is the gateway's."""
+    named_headers = [(raw_name.decode("latin-1").lower(), raw_value) for raw_name, raw_value in headers]
+    named = {token.strip() for name, value in named_headers if name == "connection"
+             for token in value.decode("latin-1").lower().split(",")}
     out: dict[str, str] = {}
-    for raw_name, raw_value in headers:
-        name = raw_name.decode("latin-1").lower()
-        if name in HOP_BY_HOP or name.startswith(("cf-aig-", "cf-access-", "x-forwarded-")) or name in (
-                "cookie", "content-encoding"):
+    for name, raw_value in named_headers:
+        if name in HOP_BY_HOP or name in named or name.startswith(
+                ("cf-aig-", "cf-access-", "x-forwarded-", "proxy-")) or name in ("cookie", "content-encoding",
+                                                                                "forwarded", "x-real-ip"):
             continue
         if auth is not None and name in KEY_HEADERS:
             continue

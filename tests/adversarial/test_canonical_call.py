@@ -374,6 +374,23 @@ async def test_account_moving_headers_are_dropped_on_the_gateways_keys(hostile: 
     assert beta.status_code == 200 and hostile.recorder("anthropic").last.query == "beta=true"
 
 
+async def test_hop_by_hop_and_forwarding_headers_stop_at_the_gateway(hostile: HostileStack) -> None:
+    _, base = hostile.new_gateway(credits_usd="5")
+    hostile.clear()
+    hop = {"connection": "keep-alive, x-private-hop", "x-private-hop": "secret", "proxy-authorization": "Basic eA==",
+           "proxy-custom": "1", "forwarded": "for=10.0.0.1", "x-real-ip": "10.0.0.1", "x-forwarded-for": "10.0.0.1",
+           "te": "trailers", "x-kept": "yes"}
+    async with httpx.AsyncClient(timeout=30) as client:
+        answer = await client.post(f"{base}/openai/chat/completions", json=CHAT, headers=hop)
+    assert answer.status_code == 200
+    received = hostile.recorder("openai").last.headers
+    assert received["x-kept"] == "yes"  # an end-to-end header passes
+    for name in ("x-private-hop", "proxy-authorization", "proxy-custom", "forwarded", "x-real-ip", "x-forwarded-for",
+                 "te"):
+        assert name not in received, name
+    assert "x-private-hop" not in received.get("connection", "")
+
+
 async def test_a_client_never_prices_the_gateways_money(hostile: HostileStack) -> None:
     account, base = hostile.new_gateway(credits_usd="5", allow_custom_cost=True)
     hostile.clear()
