@@ -31,7 +31,6 @@ RETENTION_STRATEGIES = ("STOP_INSERTING", "DELETE_OLDEST")
 # Bounds that keep settings inside the columns and parameters they end up in (the log writer's row count is a
 # BIGINT query parameter); both are far beyond any real use.
 MAX_LOG_ROWS = 10**12
-MAX_CACHE_TTL_S = 365 * 24 * 3600
 
 
 def valid_id(value: str) -> bool:
@@ -60,8 +59,6 @@ class GatewaySettings:
     block_unpriced: bool = False
     default_max_output_tokens: int = 4096
     inject_max_tokens: bool = False
-    cache_ttl: int | None = None
-    rate_limit: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any], *, base: GatewaySettings | None = None) -> GatewaySettings:
@@ -91,11 +88,6 @@ def _validate(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
             raise SettingsError(name, f"{name} must be an integer between 1 and 1000000")
         return value
-    if name == "cache_ttl":
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or not 0 <= value <= MAX_CACHE_TTL_S):
-            raise SettingsError(name, f"{name} must be an integer of seconds from 0 to {MAX_CACHE_TTL_S}, or null")
-        return value
     if name == "alert_webhook":
         if value is not None and not _http_url(value):
             raise SettingsError(name, f"{name} must be an http(s) URL or null")
@@ -114,10 +106,6 @@ def _validate(name: str, value: Any) -> Any:
         if strategy not in RETENTION_STRATEGIES:
             raise SettingsError(name, "log_retention.strategy must be STOP_INSERTING or DELETE_OLDEST")
         return {"max_rows": rows, "strategy": strategy}
-    if name == "rate_limit":
-        if value is not None and not isinstance(value, dict):
-            raise SettingsError(name, "rate_limit must be an object or null")
-        return value
     raise SettingsError(name, f"unknown setting {name!r}")  # pragma: no cover - guarded by from_json
 
 

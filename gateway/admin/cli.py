@@ -132,8 +132,6 @@ SETTING_HELP = {
     "block_unpriced": "refuse models without a known price, BYOK included",
     "default_max_output_tokens": "output tokens reserved for a request that sets no output limit",
     "inject_max_tokens": "write default_max_output_tokens into requests that set no output limit",
-    "cache_ttl": "seconds, or null: stored and validated; this version does not cache answers",
-    "rate_limit": "an object, or null: stored; this version does not enforce it",
 }
 
 

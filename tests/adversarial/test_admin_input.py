@@ -296,19 +296,20 @@ async def test_control_characters_in_strings_are_422_naming_the_field(
 
 async def test_control_characters_in_settings_and_prices_are_422(admin: httpx.AsyncClient, base: str) -> None:
     refused(await admin.patch(base, json={"alert_webhook": "http://h\x00"}), 422, "alert_webhook")
-    refused(await admin.patch(base, json={"rate_limit": {"per_minute": "\x00"}}), 422, "rate_limit.per_minute")
+    refused(await admin.patch(base, json={"log_retention": {"max_rows": 5, "strategy": "\x00"}}), 422,
+            "log_retention.strategy")
     entry = {"provider": "openai", "model": "gpt\x00", "input_per_mtok": "1", "output_per_mtok": "1"}
     refused(await admin.put(f"{base}/prices", json={"prices": [entry]}), 422, "prices[0].model")
     gateway = (await admin.get(base)).json()["result"]
-    assert gateway["alert_webhook"] is None and gateway["rate_limit"] is None
+    assert gateway["alert_webhook"] is None and gateway["log_retention"] is None
 
 
 @pytest.mark.parametrize("body", [b"[" * 100_000, b'{"a":' * 100_000,
-                                  b'{"rate_limit":' + b'{"a":' * 100 + b"1" + b"}" * 101])
+                                  b'{"log_retention":' + b'{"a":' * 100 + b"1" + b"}" * 101])
 async def test_nesting_bombs_are_4xx(admin: httpx.AsyncClient, base: str, body: bytes) -> None:
     refused(await admin.patch(base, content=body), 422)
     refused(await admin.post("/accounts", content=body), 422)
-    assert (await admin.get(base)).json()["result"]["rate_limit"] is None
+    assert (await admin.get(base)).json()["result"]["log_retention"] is None
 
 
 async def test_bodies_that_are_not_objects_are_422(admin: httpx.AsyncClient, account: str, base: str) -> None:
@@ -327,7 +328,7 @@ async def test_integers_past_their_columns_are_422(admin: httpx.AsyncClient, bas
         refused(await admin.post(f"{base}/routes/main/deploy", json={"version": version}), 422, "version")
     refused(await admin.patch(base, json={"log_retention": {"max_rows": 10**30}}), 422, "log_retention.max_rows")
     refused(await admin.patch(base, json={"log_retention": {"max_rows": 2**62}}), 422, "log_retention")
-    refused(await admin.patch(base, json={"cache_ttl": 2**40}), 422, "cache_ttl")
+    refused(await admin.patch(base, json={"default_max_output_tokens": 2**40}), 422, "default_max_output_tokens")
     refused(await admin.post(f"{base}/spend-limits", json={**RULE, "scope": {"model": {"equals": 10**30}}}), 422,
             "scope.model.equals")
     assert (await admin.get(base)).json()["result"]["log_retention"] is None
