@@ -8,6 +8,34 @@ from gateway.db import Database
 from tests.pg import fresh_database
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    _share_default_ssl_context()
+
+
+def _share_default_ssl_context() -> None:
+    """Every httpx client builds an SSL context at creation (~18 ms: it loads the CA bundle), and the tests create
+    thousands (their own, and the SDKs': the openai SDK brings its own copy of httpx, `httpx2`), all for plain
+    HTTP on loopback. Clients created with the default arguments share one context here. Test-only: the gateway
+    itself creates one client per process."""
+    import functools
+    import importlib
+
+    for package in ("httpx", "httpx2"):
+        try:
+            default = importlib.import_module(f"{package}._transports.default")
+        except ImportError:
+            continue
+        create = default.create_ssl_context
+        shared = functools.lru_cache(maxsize=4)(create)
+
+        def create_ssl_context(verify: object = True, cert: object = None, trust_env: bool = True,
+                               _create: object = create, _shared: object = shared) -> object:
+            make = _shared if verify is True and cert is None else _create
+            return make(verify=verify, cert=cert, trust_env=trust_env)  # type: ignore[operator]
+
+        default.create_ssl_context = create_ssl_context
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     with fresh_database() as url:
@@ -35,6 +63,7 @@ SLOW_FILES = (
     "tests/spend/test_upstream_faults.py",
     "tests/adversarial/test_fuzz.py",
     "tests/ledger/test_state_machine.py",
+    "tests/cli/test_commands.py",
 )
 
 

@@ -35,6 +35,7 @@ def test_without_a_database_a_command_says_where_it_looked_and_creates_nothing(t
         assert tree(tmp_path) == [cwd]
 
 
+@pytest.mark.slow
 def test_a_database_that_is_not_migrated_is_refused_until_spendgate_migrate(tmp_path: Path) -> None:
     with empty_database() as url:
         env = clean_env(DATABASE_URL=url)
@@ -85,6 +86,7 @@ def test_safe_url_removes_every_password(url: str, shown: str) -> None:
     assert safe_url(url) == shown
 
 
+@pytest.mark.slow
 def test_the_embedded_database_is_the_projects_from_any_subdirectory(tmp_path: Path) -> None:
     project = tmp_path / "project"
     sub = project / "sub" / "dir"
