@@ -319,7 +319,7 @@ CREATED: Column = ("CREATED", field("created_at"))
 LOG_COLUMNS: tuple[Column, ...] = (
     ("TIME", field("created_at")), ("STATUS", field("status_code")), ("PROVIDER", field("provider")),
     ("MODEL", field("model")), ("TOKENS IN/OUT", lambda r: f"{cell(r.get('tokens_in'))}/{cell(r.get('tokens_out'))}"),
-    ("COST USD", field("cost_usd")), ("ID", field("id")))
+    ("COST USD", field("cost_usd")), ("PAID BY", field("billing_mode")), ("ID", field("id")))
 
 # (command, action) -> how its GET result prints without --json
 VIEWS: dict[tuple[str, str], Callable[[Any], str]] = {

@@ -220,10 +220,11 @@ def test_a_cli_token_and_key_work_on_a_running_gateway_and_its_logs_read_back(
 
     listed = ok(run("logs", "list", account, "secure"))
     assert listed.splitlines()[0].split() == ["TIME", "STATUS", "PROVIDER", "MODEL", "TOKENS", "IN/OUT", "COST",
-                                              "USD", "ID"]
+                                              "USD", "PAID", "BY", "ID"]
     logs = rows(listed)
     assert [r[1] for r in logs] == ["200", "401"]  # newest first
     assert logs[0][2:4] == ["openai", "gpt-4o-mini"]
+    assert logs[0][6] == "byok"  # the stored key paid
     assert [r[1] for r in rows(ok(run("logs", "list", account, "secure", "--status", "401")))] == ["401"]
     raw = ok_json(run("logs", "list", account, "secure", "--json", "--provider", "openai"))
     assert {r["status_code"] for r in raw} == {200, 401}  # type: ignore[union-attr, index]
