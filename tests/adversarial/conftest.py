@@ -20,6 +20,7 @@ from gateway.app import create_app
 from gateway.db import Database
 from gateway.settings import PROVIDERS, Settings
 from tests.cluster import Operator
+from tests.eventually import eventually
 from tests.fakes import FakeServer
 from tests.fakes.common import Recorder
 from tests.fakes.providers import start_provider_fakes
@@ -96,10 +97,7 @@ def hostile(database_url: str) -> Iterator[HostileStack]:
 
 async def log_rows(db: Database, account: str, expected: int, within: float = 10.0) -> list[Any]:
     """The account's log rows once `expected` of them were written (the writer batches)."""
-    rows: list[Any] = []
-    for _ in range(int(within / 0.1)):
-        rows = await db.pool.fetch("SELECT * FROM request_logs WHERE account_id = $1 ORDER BY created_at", account)
-        if len(rows) >= expected:
-            return rows
-        await asyncio.sleep(0.1)
+    rows: list[Any] = await eventually(
+        lambda: db.pool.fetch("SELECT * FROM request_logs WHERE account_id = $1 ORDER BY created_at", account),
+        until=lambda rows: len(rows) >= expected, within=within, what=f"{expected} log rows")
     return rows

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from gateway.money import to_nano
 from gateway.paths import locate
 from gateway.settings import PROVIDERS, ProviderConfig, Settings
 from tests.cluster import Operator
+from tests.eventually import eventually_sync
 from tests.fakes import FakeServer, openai_app
 
 ADMIN = "adversarial-metadata-admin"
@@ -59,14 +59,10 @@ class Gateway:
 
     def log_row(self, account: str, log_id: str, gateway: str = "g") -> dict[str, Any]:
         """The log row of one request, once the writer has stored it (it writes in the background)."""
-        deadline = time.monotonic() + 10
         with self.operator.admin() as admin:
-            while True:
-                answer = admin.get(f"/accounts/{account}/gateways/{gateway}/logs/{log_id}")
-                if answer.status_code == 200:
-                    return answer.json()["result"]  # type: ignore[no-any-return]
-                assert time.monotonic() < deadline, f"no log row {log_id}: {answer.status_code} {answer.text}"
-                time.sleep(0.05)
+            answer = eventually_sync(lambda: admin.get(f"/accounts/{account}/gateways/{gateway}/logs/{log_id}"),
+                                     until=lambda answer: answer.status_code == 200, what=f"log row {log_id}")
+        return answer.json()["result"]  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +19,7 @@ from starlette.routing import Mount
 from gateway.app import create_app
 from gateway.context import JsonLogFormatter, request_id_var
 from gateway.settings import PROVIDERS, ProviderConfig, Settings
+from tests.eventually import eventually_sync
 from tests.fakes import FakeServer, openai_app
 from tests.middleware.test_identity import AUD, IdP
 
@@ -59,12 +59,10 @@ class Chain:
         return f"{self.base}/v1/{account}/g/openai/chat/completions"
 
     def logs(self, account: str, n: int = 1) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + 5
-        while True:
-            rows = self.admin.get(f"/accounts/{account}/gateways/g/logs").json()["result"]
-            if len(rows) >= n or time.monotonic() > deadline:
-                return rows  # type: ignore[no-any-return]
-            time.sleep(0.05)
+        rows: list[dict[str, Any]] = eventually_sync(
+            lambda: self.admin.get(f"/accounts/{account}/gateways/g/logs").json()["result"],
+            until=lambda rows: len(rows) >= n, what=f"{n} log rows")
+        return rows
 
     def close(self) -> None:
         self.admin.close()

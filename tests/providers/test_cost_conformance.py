@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from gateway.db import Database
+from tests.eventually import eventually
 from tests.providers.conftest import Stack
 
 M = Decimal(1_000_000)
@@ -138,12 +139,8 @@ async def credits(client: httpx.AsyncClient, stack: Stack, account: str) -> Deci
 
 
 async def log_row(db: Database, log_id: str) -> Any:
-    for _ in range(100):
-        row = await db.pool.fetchrow("SELECT * FROM request_logs WHERE id = $1::uuid", log_id)
-        if row is not None:
-            return row
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"no log row {log_id}")
+    return await eventually(lambda: db.pool.fetchrow("SELECT * FROM request_logs WHERE id = $1::uuid", log_id),
+                            what=f"log row {log_id}")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

@@ -9,19 +9,18 @@ import httpx
 import openai
 import pytest
 
+from tests.eventually import eventually_sync
 from tests.providers.conftest import Stack
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "log me please"}]}
 
 
 def wait_logs(stack: Stack, account: str, gateway: str = "default", n: int = 1, **params: Any) -> list[dict]:
-    deadline = time.monotonic() + 5
     with stack.admin() as admin:
-        while True:
-            rows = admin.get(f"/accounts/{account}/gateways/{gateway}/logs", params=params).json()["result"]
-            if len(rows) >= n or time.monotonic() > deadline:
-                return rows  # type: ignore[no-any-return]
-            time.sleep(0.05)
+        rows: list[dict] = eventually_sync(
+            lambda: admin.get(f"/accounts/{account}/gateways/{gateway}/logs", params=params).json()["result"],
+            until=lambda rows: len(rows) >= n, what=f"{n} log rows")
+    return rows
 
 
 def test_a_served_request_is_logged_with_usage_cost_and_bodies(stack: Stack) -> None:

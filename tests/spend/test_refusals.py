@@ -14,6 +14,7 @@ import pytest
 
 from gateway.db import Database
 from gateway.limits.invariants import assert_all_invariants
+from tests.eventually import eventually
 from tests.spend.conftest import Clock, SpendStack
 
 BYOK = {"Authorization": "Bearer sk-client"}
@@ -30,11 +31,7 @@ async def chat(client: httpx.AsyncClient, base: str, max_tokens: int, headers: d
 
 async def until(check: Any) -> None:
     """Wait (at most 10 s) until `check()`, a blocking call, is true."""
-    async with asyncio.timeout(10):
-        for _ in range(100_000):
-            if await asyncio.to_thread(check):
-                return
-            await asyncio.sleep(0.02)
+    await eventually(check, blocking=True)
 
 
 def retry_after_matches(response: httpx.Response, now: datetime) -> None:

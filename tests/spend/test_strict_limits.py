@@ -15,6 +15,7 @@ import pytest
 
 from gateway.db import Database
 from gateway.limits.invariants import assert_all_invariants
+from tests.eventually import eventually_sync
 from tests.spend.conftest import Clock, SpendStack
 
 CENT10 = Decimal("0.10")  # a request with max_tokens=100 and 100 output tokens
@@ -208,11 +209,8 @@ def test_alerts_are_delivered_once(spend_stack: SpendStack, clock: Clock) -> Non
     byok = {"Authorization": "Bearer sk-client"}
     for _ in range(4):
         assert chat(base, headers=byok).status_code == 200  # 0.40 spent: crosses 0.25 once
-    deadline = time.monotonic() + 20
-    mine: list[dict[str, Any]] = []
-    while time.monotonic() < deadline and not mine:
-        mine = [a for a in spend_stack.webhook.received if a["rule"]["id"] == rule["id"]]
-        time.sleep(0.2)
+    eventually_sync(lambda: [a for a in spend_stack.webhook.received if a["rule"]["id"] == rule["id"]], within=20,
+                    what="the alert")
     time.sleep(2.5)  # a few more delivery rounds: nothing is sent twice
     mine = [a for a in spend_stack.webhook.received if a["rule"]["id"] == rule["id"]]
     assert [(a["fraction"], a["limit_usd"]) for a in mine] == [("0.25", "1.00")]
