@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -125,6 +126,23 @@ class Gateway:
     settings: GatewaySettings = field(default_factory=GatewaySettings)
 
 
+@dataclass(frozen=True)
+class GatewayRecord:
+    """A gateway as the admin API shows it: its settings and when it was created and last changed."""
+
+    id: str
+    settings: GatewaySettings
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> GatewayRecord:
+        return cls(row["id"], GatewaySettings.from_json(row["settings"]), row["created_at"], row["updated_at"])
+
+
+_RECORD = "SELECT id, settings, created_at, updated_at FROM gateways WHERE account_id = $1 AND id = $2"
+
+
 class UnknownAccount(LookupError):
     pass
 
@@ -149,6 +167,7 @@ class GatewayStore:
         self.fail_open = fail_open
         self._cache: ConfigCache[tuple[str, str], Gateway] = self.new_cache()
         self._listener: asyncio.Task[None] | None = None
+        self._listening = False
         self._on_change: list[Callable[[str], None]] = []
         self.on_change(self._drop)
 
@@ -205,8 +224,79 @@ class GatewayStore:
                     "SELECT settings FROM gateways WHERE account_id = $1 AND id = 'default'", account_id)
         return Gateway(account_id, gateway_id, GatewaySettings.from_json(settings))
 
+    # -- the table, for the admin API (each write reaches every instance's caches through the table's NOTIFY) ----
+
+    async def record(self, account_id: str, gateway_id: str) -> GatewayRecord:
+        """The gateway as stored, read now (not from the cache). `default` exists for every account: created here
+        for accounts older than that rule. Raises UnknownAccount, UnknownGateway."""
+        row = await self.db.pool.fetchrow(_RECORD, account_id, gateway_id)
+        if row is None:
+            if not await self.db.pool.fetchval("SELECT 1 FROM accounts WHERE id = $1", account_id):
+                raise UnknownAccount(account_id)
+            if gateway_id != "default":
+                raise UnknownGateway(gateway_id)
+            await self.create_default(account_id)
+            row = await self.db.pool.fetchrow(_RECORD, account_id, gateway_id)
+        return GatewayRecord.of(row)
+
+    async def records(self, account_id: str, *, after: str | None, limit: int) -> list[GatewayRecord]:
+        """The account's gateways by id: those after `after`, at most `limit`."""
+        rows = await self.db.pool.fetch(
+            "SELECT id, settings, created_at, updated_at FROM gateways WHERE account_id = $1 "
+            "AND ($2::text IS NULL OR id > $2) ORDER BY id LIMIT $3", account_id, after, limit,
+        )
+        return [GatewayRecord.of(r) for r in rows]
+
+    async def create(self, account_id: str, gateway_id: str, settings: GatewaySettings) -> GatewayRecord | None:
+        """The new gateway; None when the account has one of that id already."""
+        try:
+            row = await self.db.pool.fetchrow(
+                "INSERT INTO gateways (account_id, id, settings) VALUES ($1, $2, $3) "
+                "RETURNING id, settings, created_at, updated_at",
+                account_id, gateway_id, settings.to_json(),
+            )
+        except asyncpg.UniqueViolationError:
+            return None
+        return GatewayRecord.of(row)
+
+    async def create_default(self, account_id: str, conn: asyncpg.Connection | None = None) -> None:
+        """The account's `default` gateway, unless it exists (`conn`: inside the caller's transaction)."""
+        await (conn or self.db.pool).execute(
+            "INSERT INTO gateways (account_id, id) VALUES ($1, 'default') ON CONFLICT DO NOTHING", account_id)
+
+    async def update(self, account_id: str, gateway_id: str, settings: GatewaySettings) -> GatewayRecord:
+        row = await self.db.pool.fetchrow(
+            "UPDATE gateways SET settings = $3, updated_at = now() WHERE account_id = $1 AND id = $2 "
+            "RETURNING id, settings, created_at, updated_at",
+            account_id, gateway_id, settings.to_json(),
+        )
+        self.invalidate("gateways")  # this instance at once; the others through NOTIFY
+        return GatewayRecord.of(row)
+
+    async def delete(self, account_id: str, gateway_id: str) -> None:
+        """The gateway and, through the foreign keys, its configuration."""
+        await self.db.pool.execute("DELETE FROM gateways WHERE account_id = $1 AND id = $2", account_id, gateway_id)
+        self.invalidate("gateways")
+
+    # -- the NOTIFY listener --------------------------------------------------------------------------------
+
     async def start(self) -> None:
-        self._listener = asyncio.create_task(self._listen(), name="spendgate-config-listener")
+        """Start listening; returns once the LISTEN is registered (a change committed after this returns is heard),
+        or once the first attempt failed (the database is unreachable: the listener keeps retrying)."""
+        if self._listener is not None:
+            return
+        first_attempt = asyncio.Event()
+        self._listener = asyncio.create_task(self._listen(first_attempt), name="spendgate-config-listener")
+        attempt = asyncio.ensure_future(first_attempt.wait())
+        try:
+            # the listener task ending early (it never does, short of a bug) must not leave start() waiting
+            await asyncio.wait({attempt, self._listener}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            attempt.cancel()
+
+    @property
+    def listening(self) -> bool:
+        return self._listening
 
     async def stop(self) -> None:
         if self._listener is not None:
@@ -215,8 +305,9 @@ class GatewayStore:
                 await self._listener
             except asyncio.CancelledError:
                 pass
+            self._listener = None
 
-    async def _listen(self) -> None:
+    async def _listen(self, first_attempt: asyncio.Event) -> None:
         while True:
             conn: asyncpg.Connection | None = None
             try:
@@ -224,6 +315,8 @@ class GatewayStore:
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(self.CHANNEL, lambda _c, _pid, _ch, payload: self.invalidate(payload))
+                self._listening = True
+                first_attempt.set()
                 self.invalidate(CONNECTION_LOST)  # anything may have changed while we were not listening
                 await lost.wait()
             except asyncio.CancelledError:
@@ -231,6 +324,8 @@ class GatewayStore:
             except Exception as exc:  # keep listening through database restarts
                 log.warning("config listener lost its connection: %s", exc)
             finally:
+                self._listening = False
+                first_attempt.set()
                 if conn is not None and not conn.is_closed():
                     await conn.close()
             self.invalidate(CONNECTION_LOST)

@@ -24,10 +24,9 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 1.0) 
 async def test_a_rule_change_reaches_the_other_instance_within_a_second(db: Database) -> None:
     account, gateway = await new_gateway(db)
     here, there = GatewayStore(db), GatewayStore(db)
-    await here.start()
+    await here.start()  # returns once listening
     await there.start()
     try:
-        await asyncio.sleep(0.3)  # both listening
         writer, reader = LimitStore(db, here), LimitStore(db, there)
         assert await reader.rules(account, gateway) == []  # cached empty on the other instance
         rule = await writer.create_rule(account, gateway, SPEC)
