@@ -17,6 +17,7 @@ then ends by that same signal, as uvicorn alone would.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -113,17 +114,54 @@ def unreachable(exc: Exception, described: str) -> bool:
     return True
 
 
-def migrate(settings: Settings) -> int:
+class _Upgrades(logging.Handler):
+    """Counts the revisions Alembic applies, instead of letting its per-revision lines reach the console."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.applied: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Running upgrade "):
+            self.applied.append(message.removeprefix("Running upgrade ").split(",", 1)[0])
+
+
+def apply_migrations(url: str) -> str:
+    """Migrate, and say what happened in one line: `migrations: applied 3 (0014_… -> 0016_…)` or `up to date`.
+    Alembic's own INFO lines (one per revision, several lines each, then two more at every later start) are
+    quieted for the rest of the process; its warnings and errors still reach the log."""
     from gateway.db import migrate as apply
 
+    quiet = logging.getLogger("alembic")
+    runtime = logging.getLogger("alembic.runtime.migration")
+    counter = _Upgrades()
+    runtime.addHandler(counter)
+    runtime.setLevel(logging.INFO)
+    runtime.propagate = False
+    try:
+        apply(url)
+    finally:
+        runtime.removeHandler(counter)
+        runtime.propagate = True
+        runtime.setLevel(logging.NOTSET)
+        quiet.setLevel(logging.WARNING)
+    if not counter.applied:
+        return "migrations: up to date"
+    first = counter.applied[0].split(" -> ")[0].strip() or "an empty database"
+    last = counter.applied[-1].split(" -> ")[-1].strip()
+    return f"migrations: applied {len(counter.applied)} ({first} -> {last})"
+
+
+def migrate(settings: Settings) -> int:
     with StopSignals() as signals, database(settings, signals) as (url, described):
         try:
-            apply(url)
+            summary = apply_migrations(url)
         except Exception as exc:
             if unreachable(exc, described):
                 return 1
             raise
-        print("migrations applied")
+        print(summary)
     return 0
 
 
@@ -197,7 +235,6 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
 
     import uvicorn
 
-    from gateway.db import migrate as apply
 
     host = host or settings.host
     port = port or settings.port
@@ -209,7 +246,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     with StopSignals() as signals, database(settings, signals) as (url, described):
         # Instances starting together are safe: migrations take an advisory lock, the token insert is idempotent.
         try:
-            apply(url)
+            print(f"spendgate: {apply_migrations(url)}", file=sys.stderr, flush=True)
             asyncio.run(_admin_token_notice(url, settings.admin_token))
         except Exception as exc:
             if unreachable(exc, described):

@@ -122,7 +122,9 @@ def test_ready_line_after_bind_and_the_admin_token_once(fresh_database: str, tmp
         assert framed and len(framed.group(1)) >= 40, out[-3000:]
         token = framed.group(2)
         assert out.count(token) == 1 and out.index(token) < out.index(READY)
-        assert out.index("Running upgrade") < out.index(READY)  # migrated first (an empty database)
+        # migrated first (an empty database), said in one line, not one per revision
+        assert re.search(r"^spendgate: migrations: applied \d+ \(.+ -> .+\)$", out, re.M), out[-3000:]
+        assert out.index("migrations: applied") < out.index(READY) and "Running upgrade" not in out
         answer = httpx.get(first.url + "/admin/accounts", headers={"Authorization": f"Bearer {token}"}, timeout=5)
         assert answer.status_code == 200, answer.text
     finally:
@@ -134,6 +136,7 @@ def test_ready_line_after_bind_and_the_admin_token_once(fresh_database: str, tmp
         stored = [line for line in out.splitlines() if "admin API token is stored" in line]
         assert len(stored) == 1 and "spendgate admin-token rotate" in stored[0], out[-3000:]
         assert "sgadm_" not in out and "=" * 40 not in out
+        assert "spendgate: migrations: up to date" in out and "alembic" not in out  # nothing else from Alembic
     finally:
         second.stop()
     for server in (first, second):

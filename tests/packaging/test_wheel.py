@@ -123,7 +123,7 @@ def test_the_installed_wheel_migrates_and_serves_outside_the_checkout(installed:
 
     migrated = subprocess.run([str(installed / "bin" / "spendgate"), "migrate"], cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=120)
-    assert migrated.returncode == 0 and "migrations applied" in migrated.stdout, migrated.stderr[-3000:]
+    assert migrated.returncode == 0 and "migrations: applied" in migrated.stdout, migrated.stderr[-3000:]
     versions = {p.stem for p in (MIGRATIONS / "versions").glob("*.py")}
     heads = asyncio.run(_heads(empty_database))
     assert heads and heads <= versions, (heads, versions)
