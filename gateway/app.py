@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
@@ -22,14 +22,14 @@ from gateway.limits.planner import RouterPlanner
 from gateway.middleware.access_identity import AccessIdentity, JWTVerifier
 from gateway.middleware.attribution import Attribution
 from gateway.middleware.dynamic_routes import DynamicRoutes
-from gateway.middleware.gateway_auth import GatewayAuth, TokenStore
+from gateway.middleware.gateway_auth import GatewayAuth
 from gateway.middleware.request_log import RequestLog
 from gateway.middleware.server_errors import ServerErrors
 from gateway.middleware.spend_limits import SpendLimits
 from gateway.middleware.tracing import Tracing
 from gateway.middleware.zdr import ZeroDataRetention
 from gateway.providers.router import ProviderRouter
-from gateway.services import Services
+from gateway.services import Running, Services
 from gateway.settings import Settings
 
 
@@ -72,32 +72,26 @@ class _Chain:
         self._app: ASGIApp | None = None
 
     def build(self) -> ASGIApp:
-        s = self.services
-        router = ProviderRouter(settings=s.settings, gateways=s.gateways, providers=s.providers, client=s.http)
-        app: ASGIApp = router
-        verifier = JWTVerifier.from_settings(s.settings, s.http)
-        tokens = s.extras.setdefault("tokens", TokenStore(s.db, s.gateways))
-
-        def clock() -> datetime:
-            return s.clock()
-
-        fail_open = s.settings.db_unavailable == "fail_open_byok"
-        chain: list[tuple[Any, dict[str, Any]]] = [  # outermost first
-            (RequestLog, {"gateways": s.gateways, "writer": s.log_writer, "observe": s.metrics.observe}),
-            *([(Tracing, {})] if s.settings.otel else []),  # SPENDGATE_OTEL=true, with the `tracing` extra
-            (ServerErrors, {"on_db_unavailable": s.db.connection_lost}),
-            (GatewayAuth, {"gateways": s.gateways, "tokens": tokens, "verifier": verifier}),
-            (AccessIdentity, {"verifier": verifier}),
-            (Attribution, {}),
-            (ZeroDataRetention, {}),
-            (DynamicRoutes, {"routes": s.route_store, "limit_store": s.limit_store,
-                             "max_body_bytes": s.settings.max_body_bytes, "clock": clock}),
-            (SpendLimits, {"limits": s.limits, "store": s.limit_store, "planner": RouterPlanner(router),
-                           "clock": clock, "settlements": s.settlements,
-                           "hold_ttl": timedelta(seconds=s.settings.hold_ttl_seconds), "fail_open": fail_open}),
+        s, r = self.services.settings, self.services.running
+        router = ProviderRouter(settings=s, gateways=r.gateways, providers=r.providers, client=r.http)
+        verifier = JWTVerifier.from_settings(s, r.http)
+        chain = [  # outermost first
+            Middleware(RequestLog, gateways=r.gateways, writer=r.log_writer, observe=self.services.metrics.observe),
+            *([Middleware(Tracing)] if s.otel else []),  # SPENDGATE_OTEL=true, with the `tracing` extra
+            Middleware(ServerErrors, on_db_unavailable=r.db.connection_lost),
+            Middleware(GatewayAuth, gateways=r.gateways, tokens=r.tokens, verifier=verifier),
+            Middleware(AccessIdentity, verifier=verifier),
+            Middleware(Attribution),
+            Middleware(ZeroDataRetention),
+            Middleware(DynamicRoutes, routes=r.route_store, limit_store=r.limit_store,
+                       max_body_bytes=s.max_body_bytes, clock=r.clock),
+            Middleware(SpendLimits, limits=r.limits, store=r.limit_store, planner=RouterPlanner(router),
+                       clock=r.clock, settlements=r.settlements, hold_ttl=timedelta(seconds=s.hold_ttl_seconds),
+                       fail_open=s.db_unavailable == "fail_open_byok"),
         ]
-        for layer, options in reversed(chain):
-            app = layer(app, **options)
+        app: ASGIApp = router
+        for cls, args, options in reversed(chain):
+            app = cls(app, *args, **options)
         return app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -108,21 +102,21 @@ class _Chain:
         await self._app(scope, receive, send)
 
 
-async def _announce_admin_token(services: Services) -> None:
-    await ensure_admin_token(services.db, services.settings.admin_token)
-
-
 def create_app(settings: Settings | None = None, *, db: Database | None = None, background: bool = True) -> Starlette:
     """The gateway. `background=False` runs no sweeper or auto top-up worker in this process (tests, tools)."""
     settings = settings or Settings.from_env()
     services = Services(settings, db, background=background)
-    services.on_start(lambda: _announce_admin_token(services))
+
+    async def announce_admin_token(running: Running) -> None:
+        await ensure_admin_token(running.db, settings.admin_token)
+
+    services.on_start(announce_admin_token)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> JSONResponse:
-        if services.started and await services.db.is_current():
+        if services.started and await services.running.db.is_current():
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "not ready", "reason": "database unreachable or migrations pending"}, 503)
 

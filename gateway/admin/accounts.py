@@ -10,6 +10,7 @@ from starlette.requests import Request
 from gateway.admin.api import (
     AdminError,
     AdminRouter,
+    AdminServices,
     Created,
     Page,
     json_body,
@@ -20,6 +21,7 @@ from gateway.admin.api import (
     time_range,
     usd_field,
 )
+from gateway.db import Database
 from gateway.gateways import ID_PATTERN, valid_id
 from gateway.ledger import AutoTopUp, Ledger, LedgerError, SpendingLimit
 from gateway.money import usd_str
@@ -29,7 +31,7 @@ router = AdminRouter("accounts and credits")
 USD_STRING = {"type": "string", "pattern": r"^\d+(\.\d{1,9})?$", "examples": ["50.00"]}
 
 
-async def ensure_account(db: Any, account: str) -> None:
+async def ensure_account(db: Database, account: str) -> None:
     if not await db.pool.fetchval("SELECT 1 FROM accounts WHERE id = $1", account):
         raise not_found(f"account {account!r}")
 
@@ -40,7 +42,7 @@ def ledger_error(exc: LedgerError) -> AdminError:
 
 
 @router.route("GET", "/accounts", "List accounts", paginated=True)
-async def list_accounts(request: Request, services: Any) -> Page:
+async def list_accounts(request: Request, services: AdminServices) -> Page:
     after, limit = page_params(request, "text")
     rows = await services.db.pool.fetch(
         "SELECT id, created_at FROM accounts WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2",
@@ -53,7 +55,7 @@ async def list_accounts(request: Request, services: Any) -> Page:
 @router.route("POST", "/accounts", "Create an account (and its credit ledger)",
               body={"type": "object", "required": ["id"], "properties": {"id": {"type": "string",
                                                                                   "pattern": ID_PATTERN}}})
-async def create_account(request: Request, services: Any) -> Created:
+async def create_account(request: Request, services: AdminServices) -> Created:
     data = await json_body(request)
     account = str_field(data, "id", max_length=63)
     assert account is not None
@@ -66,12 +68,12 @@ async def create_account(request: Request, services: Any) -> Created:
             raise AdminError(409, f"account {account!r} already exists", "id") from None
         await services.ledger.open_tenant(account, conn)
         # every account has its `default` gateway from the start, so budgets can be set before the first call
-        await conn.execute("INSERT INTO gateways (account_id, id) VALUES ($1, 'default')", account)
+        await services.gateways.create_default(account, conn)
     return Created({"id": row["id"], "created_at": row["created_at"].isoformat()})
 
 
 @router.route("GET", "/accounts/{account}", "Get an account")
-async def get_account(request: Request, services: Any, account: str) -> dict[str, Any]:
+async def get_account(request: Request, services: AdminServices, account: str) -> dict[str, Any]:
     row = await services.db.pool.fetchrow("SELECT id, created_at FROM accounts WHERE id = $1", account)
     if row is None:
         raise not_found(f"account {account!r}")
@@ -95,7 +97,7 @@ async def credits_view(ledger: Ledger, account: str) -> dict[str, Any]:
 
 
 @router.route("GET", "/accounts/{account}/credits", "Balance, pending holds and auto top-up settings")
-async def get_credits(request: Request, services: Any, account: str) -> dict[str, Any]:
+async def get_credits(request: Request, services: AdminServices, account: str) -> dict[str, Any]:
     await ensure_account(services.db, account)
     return await credits_view(services.ledger, account)
 
@@ -103,7 +105,7 @@ async def get_credits(request: Request, services: Any, account: str) -> dict[str
 @router.route("POST", "/accounts/{account}/credits/topups", "Load credits (idempotent by idempotency_key)",
               body={"type": "object", "required": ["amount_usd", "idempotency_key"],
                     "properties": {"amount_usd": USD_STRING, "idempotency_key": {"type": "string", "maxLength": 200}}})
-async def create_topup(request: Request, services: Any, account: str) -> Created:
+async def create_topup(request: Request, services: AdminServices, account: str) -> Created:
     await ensure_account(services.db, account)
     data = await json_body(request)
     amount = usd_field(data, "amount_usd")
@@ -128,7 +130,7 @@ AUTO_TOPUP_BODY = {"type": "object", "required": ["threshold_usd", "amount_usd"]
 
 
 @router.route("PUT", "/accounts/{account}/credits/auto-topup", "Set auto top-up", body=AUTO_TOPUP_BODY)
-async def put_auto_topup(request: Request, services: Any, account: str) -> dict[str, Any]:
+async def put_auto_topup(request: Request, services: AdminServices, account: str) -> dict[str, Any]:
     await ensure_account(services.db, account)
     data = await json_body(request)
     threshold = usd_field(data, "threshold_usd", allow_zero=True)
@@ -139,7 +141,7 @@ async def put_auto_topup(request: Request, services: Any, account: str) -> dict[
 
 
 @router.route("DELETE", "/accounts/{account}/credits/auto-topup", "Turn auto top-up off")
-async def delete_auto_topup(request: Request, services: Any, account: str) -> dict[str, Any]:
+async def delete_auto_topup(request: Request, services: AdminServices, account: str) -> dict[str, Any]:
     await ensure_account(services.db, account)
     await services.ledger.set_auto_topup(account, None)
     return await credits_view(services.ledger, account)
@@ -147,7 +149,7 @@ async def delete_auto_topup(request: Request, services: Any, account: str) -> di
 
 @router.route("GET", "/accounts/{account}/credits/statement", "Posted transfers of the account over a period",
               query={"from": "ISO 8601 start (inclusive)", "to": "ISO 8601 end (exclusive)"}, paginated=True)
-async def get_statement(request: Request, services: Any, account: str) -> Page:
+async def get_statement(request: Request, services: AdminServices, account: str) -> Page:
     await ensure_account(services.db, account)
     start, end = time_range(request)
     after, limit = page_params(request, "time", "uuid")
@@ -184,14 +186,14 @@ async def limit_view(ledger: Ledger, account: str) -> dict[str, Any] | None:
 
 
 @router.route("GET", "/accounts/{account}/billing/spending-limit", "The unified-billing spending limit (or null)")
-async def get_spending_limit(request: Request, services: Any, account: str) -> dict[str, Any] | None:
+async def get_spending_limit(request: Request, services: AdminServices, account: str) -> dict[str, Any] | None:
     await ensure_account(services.db, account)
     return await limit_view(services.ledger, account)
 
 
 @router.route("PUT", "/accounts/{account}/billing/spending-limit", "Set the unified-billing spending limit",
               body=LIMIT_BODY)
-async def put_spending_limit(request: Request, services: Any, account: str) -> dict[str, Any] | None:
+async def put_spending_limit(request: Request, services: AdminServices, account: str) -> dict[str, Any] | None:
     await ensure_account(services.db, account)
     data = await json_body(request)
     amount = usd_field(data, "amount_usd")
@@ -203,7 +205,7 @@ async def put_spending_limit(request: Request, services: Any, account: str) -> d
 
 
 @router.route("DELETE", "/accounts/{account}/billing/spending-limit", "Remove the spending limit")
-async def delete_spending_limit(request: Request, services: Any, account: str) -> None:
+async def delete_spending_limit(request: Request, services: AdminServices, account: str) -> None:
     await ensure_account(services.db, account)
     await services.ledger.set_spending_limit(account, None)
     return None

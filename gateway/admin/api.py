@@ -18,13 +18,14 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import asyncpg
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.admin import docs
 from gateway.db import unavailable
@@ -33,8 +34,39 @@ from gateway.gateways import valid_id
 from gateway.money import BIGINT_MAX, InvalidAmount, parse_usd, to_nano
 from gateway.text import text_problem
 
+if TYPE_CHECKING:  # the operator commands import the admin endpoints without the serving machinery
+    from gateway.db import Database
+    from gateway.gateways import GatewayStore
+    from gateway.ledger import Ledger
+    from gateway.limits.store import LimitStore
+    from gateway.providers.store import ProviderStore
+    from gateway.routes.store import RouteStore
+    from gateway.tokens import TokenStore
+
 log = logging.getLogger("spendgate.admin")
 T = TypeVar("T")
+
+
+class AdminServices(Protocol):
+    """What the admin endpoints use: a serving process's gateway.services.Running, or an operator command's
+    gateway.admin.cli_db.OperatorServices."""
+
+    @property
+    def db(self) -> Database: ...
+    @property
+    def gateways(self) -> GatewayStore: ...
+    @property
+    def ledger(self) -> Ledger: ...
+    @property
+    def providers(self) -> ProviderStore: ...
+    @property
+    def tokens(self) -> TokenStore: ...
+    @property
+    def limit_store(self) -> LimitStore: ...
+    @property
+    def route_store(self) -> RouteStore: ...
+    @property
+    def clock(self) -> Callable[[], datetime]: ...
 
 
 class AdminError(Exception):
@@ -310,12 +342,12 @@ def time_range(request: Request) -> tuple[datetime | None, datetime | None]:
 # -- the app ---------------------------------------------------------------------------------------------------
 
 
-def _wrap(endpoint: Endpoint, context: Any) -> Callable[[Request], Awaitable[Response]]:
+def _wrap(endpoint: Endpoint, services: Callable[[], AdminServices]) -> Callable[[Request], Awaitable[Response]]:
     async def handle(request: Request) -> Response:
         try:
             check_path(request.path_params)
             check_query(request)
-            outcome = await endpoint.handler(request, context, **request.path_params)
+            outcome = await endpoint.handler(request, services(), **request.path_params)
         except AdminError as exc:
             return json_error(exc.status, exc.message, field=exc.field)
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
@@ -420,9 +452,11 @@ def _path_params(path: str) -> list[str]:
     return [part[1:-1].split(":")[0] for part in path.split("/") if part.startswith("{")]
 
 
-def create_admin_app(routers: list[AdminRouter], context: Any,
-                     authenticate: Callable[[str | None], Awaitable[bool]]) -> Starlette:
-    """The admin ASGI app. `authenticate(bearer_token)` decides every request except the OpenAPI document."""
+def create_admin_app(routers: list[AdminRouter], services: Callable[[], AdminServices],
+                     authenticate: Callable[[str | None], Awaitable[bool]]) -> ASGIApp:
+    """The admin ASGI app. `services()`: what each request's handler is given (called per request: a serving
+    process starts its services on the first one). `authenticate(bearer_token)` decides every request except the
+    OpenAPI document."""
     spec = openapi(routers)
 
     async def openapi_json(request: Request) -> Response:
@@ -431,10 +465,10 @@ def create_admin_app(routers: list[AdminRouter], context: Any,
     routes = [Route("/openapi.json", openapi_json, methods=["GET"]), *docs.ROUTES]
     for router in routers:
         for ep in router.endpoints:
-            routes.append(Route(ep.path, _wrap(ep, context), methods=[ep.method]))
+            routes.append(Route(ep.path, _wrap(ep, services), methods=[ep.method]))
     inner = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _method_not_allowed})
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not docs.is_public(scope):
             token = None
             for name, value in scope["headers"]:
@@ -449,7 +483,7 @@ def create_admin_app(routers: list[AdminRouter], context: Any,
                 return
         await inner(scope, receive, send)
 
-    return app  # type: ignore[return-value]
+    return app
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from gateway.admin import accounts, gateways, limits, logs
+from gateway.admin import accounts, custom_providers, gateways, limits, logs, prices, provider_keys, tokens
 from gateway.admin.api import AdminRouter, create_admin_app
 from gateway.admin.token import AdminTokenCheck
 
 if TYPE_CHECKING:  # the CLI imports ROUTERS without the serving machinery
-    from gateway.services import Services
+    from starlette.types import ASGIApp
 
-ROUTERS: list[AdminRouter] = [accounts.router, gateways.router, limits.router, logs.router]
+    from gateway.services import Running, Services
+
+# in the order of the OpenAPI document
+ROUTERS: list[AdminRouter] = [accounts.router, gateways.router, provider_keys.router, custom_providers.router,
+                              prices.router, tokens.router, limits.router, logs.router]
 
 
-def admin_app(services: Services) -> Any:
+def admin_app(services: Services) -> ASGIApp:
+    """Each request's handler gets the started services (the app starts them on the first request)."""
     check: AdminTokenCheck | None = None
 
     async def authenticate(token: str | None) -> bool:
         nonlocal check
         if check is None:
-            check = AdminTokenCheck(services.db, services.settings.admin_token)
+            check = AdminTokenCheck(services.running.db, services.settings.admin_token)
         return await check(token)
 
-    return create_admin_app(ROUTERS, services, authenticate)
+    def running() -> Running:
+        return services.running
+
+    return create_admin_app(ROUTERS, running, authenticate)

@@ -581,7 +581,8 @@ async def _run(args: argparse.Namespace, settings: Settings, url: str, call: Cal
         async def operator(token: str | None) -> bool:
             return True
 
-        app = create_admin_app(ROUTERS, OperatorServices(settings, db), operator)
+        services = OperatorServices(settings, db)
+        app = create_admin_app(ROUTERS, lambda: services, operator)
         method, path, body, query = call
         status, raw_body = await asgi_call(app, method, path, body, query)
     finally:

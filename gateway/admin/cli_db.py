@@ -165,8 +165,8 @@ async def check_migrated(db: Database) -> None:
 
 
 class OperatorServices:
-    """What the admin endpoints use of gateway.services.Services, for one command. Caches live as long as the
-    command; running instances learn of every change through the database's NOTIFY, as with the API."""
+    """The admin endpoints' services (gateway.admin.api.AdminServices) for one command. Caches live as long as
+    the command; running instances learn of every change through the database's NOTIFY, as with the API."""
 
     def __init__(self, settings: Settings, db: Database) -> None:
         from gateway.gateways import GatewayStore
@@ -174,13 +174,14 @@ class OperatorServices:
         from gateway.limits.store import LimitStore
         from gateway.providers.store import ProviderStore
         from gateway.routes.store import RouteStore
+        from gateway.tokens import TokenStore
 
         self.settings = settings
         self.db = db
         self.gateways = GatewayStore(db)  # not started: no listener, the command is over in a moment
         self.ledger = Ledger(db)
         self.providers = ProviderStore(db, self.gateways)
+        self.tokens = TokenStore(db, self.gateways)
         self.limit_store = LimitStore(db, self.gateways)
         self.route_store = RouteStore(db, self.gateways)
-        self.extras: dict[str, Any] = {}
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from gateway.admin.api import (
     AdminError,
     AdminRouter,
+    AdminServices,
     Created,
     Page,
     invalid_cursor,
@@ -27,10 +28,10 @@ from gateway.admin.api import (
 from gateway.admin.gateways import ensure_gateway
 from gateway.limits.policies import validate_policy
 from gateway.limits.rules import Rule, RuleError, json_safe
-from gateway.limits.store import LimitStore, TooManyRules, bucket_status
+from gateway.limits.store import TooManyRules, bucket_status
 from gateway.money import usd_str
 from gateway.routes.graph import RouteError
-from gateway.routes.store import MAX_VERSION, RouteNotFound, RouteStore
+from gateway.routes.store import MAX_VERSION, RouteNotFound
 
 router = AdminRouter("spend limits, policies and dynamic routes")
 
@@ -48,14 +49,6 @@ ROUTE_SCHEMA = {"type": "object", "required": ["start", "elements"],
                 "properties": {"start": {"type": "string"}, "elements": {"type": "array"}}}
 
 
-def _store(services: Any) -> LimitStore:
-    return services.limit_store  # type: ignore[no-any-return]
-
-
-def _routes(services: Any) -> RouteStore:
-    return services.route_store  # type: ignore[no-any-return]
-
-
 def _uuid(value: str, what: str) -> str:
     try:
         return str(uuid.UUID(value))
@@ -63,7 +56,7 @@ def _uuid(value: str, what: str) -> str:
         raise not_found(f"{what} {value!r}") from None
 
 
-async def rule_view(services: Any, rule: Rule, now: datetime) -> dict[str, Any]:
+async def rule_view(services: AdminServices, rule: Rule, now: datetime) -> dict[str, Any]:
     buckets = await bucket_status(services.db, rule, now)
     return {
         "id": rule.id, **rule.raw,
@@ -83,10 +76,10 @@ def _rule_error(exc: RuleError) -> AdminError:
 
 @router.route("GET", "/accounts/{account}/gateways/{gateway}/spend-limits", "Rules, with each bucket's spend",
               paginated=True)
-async def list_rules(request: Request, services: Any, account: str, gateway: str) -> Page:
-    await ensure_gateway(services.db, account, gateway)
+async def list_rules(request: Request, services: AdminServices, account: str, gateway: str) -> Page:
+    await ensure_gateway(services, account, gateway)
     after, limit = page_params(request, "time", "uuid")
-    rows = await _store(services).rules_page(account, gateway, after, limit + 1)
+    rows = await services.limit_store.rules_page(account, gateway, after, limit + 1)
     now = services.clock()
     page = page_of(rows, limit, lambda r: (r[0], r[1].id))
     page.items = [await rule_view(services, rule, now) for _, rule in page.items]
@@ -95,21 +88,22 @@ async def list_rules(request: Request, services: Any, account: str, gateway: str
 
 @router.route("POST", "/accounts/{account}/gateways/{gateway}/spend-limits", "Create a rule (at most 20)",
               body=RULE_SCHEMA)
-async def create_rule(request: Request, services: Any, account: str, gateway: str) -> Created:
-    await ensure_gateway(services.db, account, gateway)
+async def create_rule(request: Request, services: AdminServices, account: str, gateway: str) -> Created:
+    await ensure_gateway(services, account, gateway)
     data = await json_body(request)
     try:
-        rule = await _store(services).create_rule(account, gateway, data)
+        rule = await services.limit_store.create_rule(account, gateway, data)
     except RuleError as exc:
         raise AdminError(409 if isinstance(exc, TooManyRules) else 422, str(exc), exc.field) from None
     return Created(await rule_view(services, rule, services.clock()))
 
 
 @router.route("GET", "/accounts/{account}/gateways/{gateway}/spend-limits/{rule_id}", "One rule")
-async def get_rule(request: Request, services: Any, account: str, gateway: str, rule_id: str) -> dict[str, Any]:
-    await ensure_gateway(services.db, account, gateway)
+async def get_rule(request: Request, services: AdminServices,
+                   account: str, gateway: str, rule_id: str) -> dict[str, Any]:
+    await ensure_gateway(services, account, gateway)
     rule_id = _uuid(rule_id, "rule")
-    rule = next((r for r in await _store(services).rules(account, gateway) if r.id == rule_id), None)
+    rule = next((r for r in await services.limit_store.rules(account, gateway) if r.id == rule_id), None)
     if rule is None:
         raise not_found(f"rule {rule_id!r}")
     return await rule_view(services, rule, services.clock())
@@ -117,12 +111,13 @@ async def get_rule(request: Request, services: Any, account: str, gateway: str, 
 
 @router.route("PUT", "/accounts/{account}/gateways/{gateway}/spend-limits/{rule_id}",
               "Replace a rule (its buckets and their spend are kept)", body=RULE_SCHEMA)
-async def replace_rule(request: Request, services: Any, account: str, gateway: str, rule_id: str) -> dict[str, Any]:
-    await ensure_gateway(services.db, account, gateway)
+async def replace_rule(request: Request, services: AdminServices,
+                       account: str, gateway: str, rule_id: str) -> dict[str, Any]:
+    await ensure_gateway(services, account, gateway)
     rule_id = _uuid(rule_id, "rule")
     data = await json_body(request)
     try:
-        rule = await _store(services).replace_rule(account, gateway, rule_id, data)
+        rule = await services.limit_store.replace_rule(account, gateway, rule_id, data)
     except RuleError as exc:
         raise _rule_error(exc) from None
     if rule is None:
@@ -131,10 +126,11 @@ async def replace_rule(request: Request, services: Any, account: str, gateway: s
 
 
 @router.route("DELETE", "/accounts/{account}/gateways/{gateway}/spend-limits/{rule_id}", "Delete a rule")
-async def delete_rule(request: Request, services: Any, account: str, gateway: str, rule_id: str) -> dict[str, Any]:
-    await ensure_gateway(services.db, account, gateway)
+async def delete_rule(request: Request, services: AdminServices,
+                      account: str, gateway: str, rule_id: str) -> dict[str, Any]:
+    await ensure_gateway(services, account, gateway)
     rule_id = _uuid(rule_id, "rule")
-    if not await _store(services).delete_rule(account, gateway, rule_id):
+    if not await services.limit_store.delete_rule(account, gateway, rule_id):
         raise not_found(f"rule {rule_id!r}")
     return {"id": rule_id, "deleted": True}
 
@@ -143,10 +139,10 @@ async def delete_rule(request: Request, services: Any, account: str, gateway: st
 
 
 @router.route("GET", "/accounts/{account}/gateways/{gateway}/policies", "Group -> allowed models", paginated=True)
-async def list_policies(request: Request, services: Any, account: str, gateway: str) -> Page:
-    await ensure_gateway(services.db, account, gateway)
+async def list_policies(request: Request, services: AdminServices, account: str, gateway: str) -> Page:
+    await ensure_gateway(services, account, gateway)
     after, limit = page_params(request, "time", "uuid")
-    rows = await _store(services).policies_page(account, gateway, after, limit + 1)
+    rows = await services.limit_store.policies_page(account, gateway, after, limit + 1)
     return page_of(rows, limit, lambda r: (r[0], r[1].id), lambda r: {
         "id": r[1].id, "group": r[1].group, "models": list(r[1].models)})
 
@@ -154,23 +150,23 @@ async def list_policies(request: Request, services: Any, account: str, gateway: 
 @router.route("POST", "/accounts/{account}/gateways/{gateway}/policies", "Allow a group some models",
               body={"type": "object", "required": ["group", "models"],
                     "properties": {"group": {"type": "string"}, "models": {"type": "array"}}})
-async def create_policy(request: Request, services: Any, account: str, gateway: str) -> Created:
-    await ensure_gateway(services.db, account, gateway)
+async def create_policy(request: Request, services: AdminServices, account: str, gateway: str) -> Created:
+    await ensure_gateway(services, account, gateway)
     try:
         group, models = validate_policy(await json_body(request))
     except ValueError as exc:
         field, _, message = str(exc).partition(": ")
         raise AdminError(422, message or str(exc), field) from None
-    policy = await _store(services).create_policy(account, gateway, group, models)
+    policy = await services.limit_store.create_policy(account, gateway, group, models)
     return Created({"id": policy.id, "group": policy.group, "models": list(policy.models)})
 
 
 @router.route("DELETE", "/accounts/{account}/gateways/{gateway}/policies/{policy_id}", "Delete a policy")
-async def delete_policy(request: Request, services: Any, account: str, gateway: str,
+async def delete_policy(request: Request, services: AdminServices, account: str, gateway: str,
                         policy_id: str) -> dict[str, Any]:
-    await ensure_gateway(services.db, account, gateway)
+    await ensure_gateway(services, account, gateway)
     policy_id = _uuid(policy_id, "policy")
-    if not await _store(services).delete_policy(account, gateway, policy_id):
+    if not await services.limit_store.delete_policy(account, gateway, policy_id):
         raise not_found(f"policy {policy_id!r}")
     return {"id": policy_id, "deleted": True}
 
@@ -187,11 +183,11 @@ def _iso(row: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.route("GET", "/accounts/{account}/gateways/{gateway}/routes", "Dynamic routes", paginated=True)
-async def list_routes(request: Request, services: Any, account: str, gateway: str) -> Page:
-    await ensure_gateway(services.db, account, gateway)
+async def list_routes(request: Request, services: AdminServices, account: str, gateway: str) -> Page:
+    await ensure_gateway(services, account, gateway)
     after, limit = page_params(request, "text")
     start = None if after is None else str(after[0])
-    rows = await _routes(services).summaries(account, gateway, after=start, limit=limit + 1)
+    rows = await services.route_store.summaries(account, gateway, after=start, limit=limit + 1)
     return page_of(rows, limit, lambda r: (r["name"],), _iso)
 
 
@@ -199,19 +195,19 @@ async def list_routes(request: Request, services: Any, account: str, gateway: st
               "Create a route; its first version is deployed",
               body={"type": "object", "required": ["name", "graph"],
                     "properties": {"name": {"type": "string"}, "graph": ROUTE_SCHEMA}})
-async def create_route(request: Request, services: Any, account: str, gateway: str) -> Created:
-    await ensure_gateway(services.db, account, gateway)
+async def create_route(request: Request, services: AdminServices, account: str, gateway: str) -> Created:
+    await ensure_gateway(services, account, gateway)
     data = await json_body(request)
     try:
-        return Created(await _routes(services).create(account, gateway, data.get("name"), data.get("graph")))
+        return Created(await services.route_store.create(account, gateway, data.get("name"), data.get("graph")))
     except RouteError as exc:
         raise _route_error(exc) from None
 
 
 @router.route("GET", "/accounts/{account}/gateways/{gateway}/routes/{name}", "A route and its deployed graph")
-async def get_route(request: Request, services: Any, account: str, gateway: str, name: str) -> dict[str, Any]:
-    await ensure_gateway(services.db, account, gateway)
-    found = await _routes(services).deployed_version(account, gateway, name)
+async def get_route(request: Request, services: AdminServices, account: str, gateway: str, name: str) -> dict[str, Any]:
+    await ensure_gateway(services, account, gateway)
+    found = await services.route_store.deployed_version(account, gateway, name)
     if found is None:
         raise not_found(f"route {name!r}")
     return {"name": name, "deployed_version": found[0], "graph": found[1]}
@@ -219,14 +215,14 @@ async def get_route(request: Request, services: Any, account: str, gateway: str,
 
 @router.route("GET", "/accounts/{account}/gateways/{gateway}/routes/{name}/versions", "Every version of a route",
               paginated=True)
-async def list_versions(request: Request, services: Any, account: str, gateway: str, name: str) -> Page:
-    await ensure_gateway(services.db, account, gateway)
+async def list_versions(request: Request, services: AdminServices, account: str, gateway: str, name: str) -> Page:
+    await ensure_gateway(services, account, gateway)
     after, limit = page_params(request, "int")
     version = None if after is None else int(after[0])
     if version is not None and not 0 <= version <= MAX_VERSION:
         raise invalid_cursor()
     try:
-        rows = await _routes(services).versions(account, gateway, name, after=version, limit=limit + 1)
+        rows = await services.route_store.versions(account, gateway, name, after=version, limit=limit + 1)
     except RouteNotFound:
         raise not_found(f"route {name!r}") from None
     return page_of(rows, limit, lambda v: (v["version"],), _iso)
@@ -235,11 +231,11 @@ async def list_versions(request: Request, services: Any, account: str, gateway: 
 @router.route("POST", "/accounts/{account}/gateways/{gateway}/routes/{name}/versions",
               "Save a new version (not deployed)", body={"type": "object", "required": ["graph"],
                                                          "properties": {"graph": ROUTE_SCHEMA}})
-async def add_version(request: Request, services: Any, account: str, gateway: str, name: str) -> Created:
-    await ensure_gateway(services.db, account, gateway)
+async def add_version(request: Request, services: AdminServices, account: str, gateway: str, name: str) -> Created:
+    await ensure_gateway(services, account, gateway)
     data = await json_body(request)
     try:
-        return Created(await _routes(services).add_version(account, gateway, name, data.get("graph")))
+        return Created(await services.route_store.add_version(account, gateway, name, data.get("graph")))
     except RouteError as exc:
         raise _route_error(exc) from None
     except RouteNotFound:
@@ -248,11 +244,11 @@ async def add_version(request: Request, services: Any, account: str, gateway: st
 
 @router.route("POST", "/accounts/{account}/gateways/{gateway}/routes/{name}/deploy", "Deploy a version",
               body={"type": "object", "required": ["version"], "properties": {"version": {"type": "integer"}}})
-async def deploy(request: Request, services: Any, account: str, gateway: str, name: str) -> dict[str, Any]:
-    await ensure_gateway(services.db, account, gateway)
+async def deploy(request: Request, services: AdminServices, account: str, gateway: str, name: str) -> dict[str, Any]:
+    await ensure_gateway(services, account, gateway)
     data = await json_body(request)
     try:
-        await _routes(services).deploy(account, gateway, name, data.get("version"))
+        await services.route_store.deploy(account, gateway, name, data.get("version"))
     except RouteError as exc:
         raise _route_error(exc) from None
     except RouteNotFound:

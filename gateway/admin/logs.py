@@ -11,6 +11,7 @@ from starlette.requests import Request
 from gateway.admin.api import (
     AdminError,
     AdminRouter,
+    AdminServices,
     Page,
     json_body,
     not_found,
@@ -45,8 +46,8 @@ def log_view(row: Any) -> dict[str, Any]:
                      "from": "ISO time", "to": "ISO time", "user_id": "identity", "email": "identity",
                      "service_token": "identity", "group": "identity group",
                      "metadata.<key>": "a metadata value (also cf.* keys)"})
-async def list_logs(request: Request, services: Any, account: str, gateway: str) -> Page:
-    await ensure_gateway(services.db, account, gateway)
+async def list_logs(request: Request, services: AdminServices, account: str, gateway: str) -> Page:
+    await ensure_gateway(services, account, gateway)
     q = request.query_params
     where = ["account_id = $1", "gateway_id = $2"]
     args: list[Any] = [account, gateway]
@@ -96,8 +97,8 @@ def status_filter(raw: str) -> int:
     return int(raw)
 
 
-async def _one(services: Any, account: str, gateway: str, log_id: str) -> Any:
-    await ensure_gateway(services.db, account, gateway)
+async def _one(services: AdminServices, account: str, gateway: str, log_id: str) -> Any:
+    await ensure_gateway(services, account, gateway)
     try:
         lid = uuid.UUID(log_id)
     except ValueError:
@@ -111,13 +112,14 @@ async def _one(services: Any, account: str, gateway: str, log_id: str) -> Any:
 
 
 @router.route("GET", "/accounts/{account}/gateways/{gateway}/logs/{log_id}", "One log")
-async def get_log(request: Request, services: Any, account: str, gateway: str, log_id: str) -> dict[str, Any]:
+async def get_log(request: Request, services: AdminServices, account: str, gateway: str, log_id: str) -> dict[str, Any]:
     return log_view(await _one(services, account, gateway, log_id))
 
 
 @router.route("PATCH", "/accounts/{account}/gateways/{gateway}/logs/{log_id}", "Feedback on a log",
               body={"type": "object", "required": ["feedback"], "properties": {"feedback": {"enum": [1, -1]}}})
-async def patch_log(request: Request, services: Any, account: str, gateway: str, log_id: str) -> dict[str, Any]:
+async def patch_log(request: Request, services: AdminServices,
+                    account: str, gateway: str, log_id: str) -> dict[str, Any]:
     row = await _one(services, account, gateway, log_id)
     data = await json_body(request)
     if type(data.get("feedback")) is not int or data["feedback"] not in (1, -1):  # not True, not 1.0

@@ -8,33 +8,23 @@ Gemini's `?key=`), as Cloudflare's documented SDK set-ups send it: recognised by
 same way (401 when it is not one of this gateway's), never forwarded, and the call is billed as if no provider key
 was sent (a stored key, else unified billing).
 
-Tokens are stored as SHA-256 hashes; each instance caches a gateway's hashes until a NOTIFY says they changed
-(revoking a token applies on every instance within a second).
+Tokens are minted and stored by gateway/tokens.py, as SHA-256 hashes; each instance caches a gateway's hashes
+until a NOTIFY says they changed (revoking a token applies on every instance within a second).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.config_cache import ConfigCache
-from gateway.db import Database
 from gateway.errors import json_error
 from gateway.exchange import Exchange
-from gateway.gateways import GatewayStore, UnknownAccount, UnknownGateway, cache_invalidator
+from gateway.gateways import GatewayStore, UnknownAccount, UnknownGateway
 from gateway.paths import locate
 from gateway.providers.forward import KEY_HEADERS
-
-TOKEN_PREFIX = "sgk_"  # every gateway token starts so: recognised in a provider key's place without a query
-
-
-def new_gateway_token() -> str:
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+from gateway.tokens import TOKEN_PREFIX, TokenStore
 
 
 def _token_in_key_position(scope: Scope) -> str | None:
@@ -60,32 +50,6 @@ def _without_provider_keys(scope: Scope) -> Scope:
     pairs = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
              if k != "key"]
     return {**scope, "headers": headers, "query_string": urlencode(pairs).encode("latin-1")}
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-class TokenStore:
-    def __init__(self, db: Database, gateways: GatewayStore) -> None:
-        self.db = db
-        self._cache: ConfigCache[tuple[str, str], frozenset[str]] = gateways.new_cache()
-        gateways.on_change(cache_invalidator(self._cache))
-
-    async def digests(self, account: str, gateway: str) -> frozenset[str]:
-        async def load() -> frozenset[str]:
-            rows = await self.db.pool.fetch(
-                "SELECT token_sha256 FROM gateway_tokens WHERE account_id = $1 AND gateway_id = $2", account, gateway)
-            return frozenset(r["token_sha256"] for r in rows)
-
-        return await self._cache.get((account, gateway), load)
-
-    async def valid(self, account: str, gateway: str, token: str) -> bool:
-        digest = token_digest(token)
-        return any(hmac.compare_digest(digest, d) for d in await self.digests(account, gateway))
-
-    def invalidate(self) -> None:
-        self._cache.forget()
 
 
 def header(scope: Scope, name: bytes) -> str | None:

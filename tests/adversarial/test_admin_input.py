@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.admin.gateways import SLUG_RE
+from gateway.admin.custom_providers import SLUG_RE
 from gateway.app import create_app
 from gateway.db import Database
 from gateway.gateways import valid_id

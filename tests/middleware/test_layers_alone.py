@@ -10,8 +10,9 @@ import httpx
 from gateway.db import Database
 from gateway.exchange import Exchange
 from gateway.gateways import GatewaySettings, GatewayStore
-from gateway.middleware.gateway_auth import GatewayAuth, TokenStore, new_gateway_token, token_digest
+from gateway.middleware.gateway_auth import GatewayAuth
 from gateway.middleware.zdr import ZeroDataRetention
+from gateway.tokens import TokenStore, new_gateway_token, token_digest
 
 
 async def tiny(scope: Any, receive: Any, send: Any) -> None:

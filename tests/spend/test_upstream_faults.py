@@ -313,7 +313,7 @@ def rss() -> int:
 
 
 def pool_in_use(stack: SpendStack) -> int:
-    pool = stack.services.db.pool
+    pool = stack.services.running.db.pool
     return int(pool.get_size() - pool.get_idle_size())
 
 
