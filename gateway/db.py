@@ -23,8 +23,6 @@ import asyncpg
 log = logging.getLogger("spendgate.db")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-# Same constant in gateway/migrations/env.py: several instances starting together migrate one at a time.
-MIGRATION_LOCK_KEY = 0x5350454E44  # "SPEND"
 
 
 def _pgserver() -> Any:
@@ -102,11 +100,16 @@ def describe_database(url: str) -> str:
 
 
 def alembic_config(database_url: str) -> Any:
+    """The migrations' Alembic configuration. The migrations import nothing from the package; the tables the code
+    defines are handed to them here, for `alembic check` (alembic.command.check) and autogenerate only."""
     from alembic.config import Config
+
+    from gateway.schema import complete_metadata
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["database_url"] = database_url
+    cfg.attributes["target_metadata"] = complete_metadata()
     return cfg
 
 
@@ -121,14 +124,6 @@ def migration_heads() -> set[str]:
     from alembic.script import ScriptDirectory
 
     return set(ScriptDirectory.from_config(alembic_config("")).get_heads())
-
-
-def sqlalchemy_url(database_url: str) -> str:
-    """asyncpg URL -> SQLAlchemy URL with the asyncpg driver (the only driver we ship)."""
-    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
-        if database_url.startswith(prefix):
-            return "postgresql+asyncpg://" + database_url[len(prefix) :]
-    raise ValueError("DATABASE_URL must start with postgresql://")
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -211,16 +206,3 @@ class Database:
             return False
         return {r["version_num"] for r in rows} == migration_heads()
 
-
-def run_script(sql: str) -> None:
-    """Run a multi-statement SQL script inside an Alembic migration (functions, triggers, views).
-
-    SQLAlchemy's asyncpg adapter prepares every statement, and a prepared statement holds one command;
-    asyncpg's own `execute` without arguments runs a whole script, so migrations call this instead of op.execute.
-    """
-    from alembic import op
-    from sqlalchemy.util import await_only
-
-    driver_connection = op.get_bind().connection.driver_connection
-    assert driver_connection is not None
-    await_only(driver_connection.execute(sql))

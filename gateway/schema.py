@@ -1,14 +1,15 @@
 """Tables shared by every part of the gateway, in SQLAlchemy Core.
 
 Migrations are the schema's only author; these definitions name the tables for Core queries and give
-constraints stable names through the naming convention. Each part keeps its own tables beside its code
+constraints stable names through the naming convention. They describe every table the migrations create, and
+`alembic check` holds them to a migrated database (tests/migrations). Each part keeps its own tables beside its code
 (`gateway/ledger/schema.py`, ...) on this same `metadata`.
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 metadata = sa.MetaData(
     naming_convention={
@@ -50,3 +51,30 @@ admin_tokens = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.CheckConstraint("id = 1", name="single_row"),
 )
+
+# A gateway's tokens (cf-aig-authorization and the sgk_ keys), stored as SHA-256 hashes.
+gateway_tokens = sa.Table(
+    "gateway_tokens",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=sa.text("gen_random_uuid()")),
+    sa.Column("account_id", sa.Text, nullable=False),
+    sa.Column("gateway_id", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("token_sha256", sa.Text, nullable=False, unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.ForeignKeyConstraint(["account_id", "gateway_id"], ["gateways.account_id", "gateways.id"], ondelete="CASCADE",
+                            name="fk_gateway_tokens_gateway"),
+)
+
+# Each part defines its tables on `metadata` when its schema module is imported.
+PARTS = ("gateway.ledger.schema", "gateway.limits.schema", "gateway.logs.schema", "gateway.providers.schema",
+         "gateway.routes.schema")
+
+
+def complete_metadata() -> sa.MetaData:
+    """`metadata` with every part's tables: what the migrated database must match (`alembic check`)."""
+    import importlib
+
+    for name in PARTS:
+        importlib.import_module(name)
+    return metadata

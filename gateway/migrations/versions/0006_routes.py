@@ -7,12 +7,22 @@ Create Date: 2026-11-24
 
 from __future__ import annotations
 
-from gateway.db import run_script
+from alembic import op
+from sqlalchemy.util import await_only
 
 revision = "0006_routes"
 down_revision = "0005_limits"
 branch_labels = None
 depends_on = None
+
+
+def run_script(sql: str) -> None:
+    """Run a multi-statement script through asyncpg itself: SQLAlchemy's asyncpg adapter prepares each statement,
+    and a prepared statement holds one command. Each migration keeps its own copy (it imports nothing from
+    `gateway`)."""
+    driver = op.get_bind().connection.driver_connection
+    assert driver is not None
+    await_only(driver.execute(sql))
 
 
 def upgrade() -> None:

@@ -31,7 +31,8 @@ Create Date: 2026-12-01
 
 from __future__ import annotations
 
-from gateway.db import run_script
+from alembic import op
+from sqlalchemy.util import await_only
 
 revision = "0012_limits_batched"
 down_revision = "0011_late_settlement"
@@ -419,6 +420,15 @@ BEGIN
     RETURN to_jsonb(v_results);
 END $$;
 """
+
+
+def run_script(sql: str) -> None:
+    """Run a multi-statement script through asyncpg itself: SQLAlchemy's asyncpg adapter prepares each statement,
+    and a prepared statement holds one command. Each migration keeps its own copy (it imports nothing from
+    `gateway`)."""
+    driver = op.get_bind().connection.driver_connection
+    assert driver is not None
+    await_only(driver.execute(sql))
 
 
 def upgrade() -> None:

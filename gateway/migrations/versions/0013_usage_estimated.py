@@ -17,7 +17,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # IF NOT EXISTS: 0009 creates the table from the live table definition, which already has the column
+    # IF NOT EXISTS: until the migrations were frozen, 0009 built the table from the code's definition of the day,
+    # so databases created from commit 9e162a8 on already have the column (0009 itself no longer adds it)
     op.execute("ALTER TABLE request_logs ADD COLUMN IF NOT EXISTS usage_estimated boolean NOT NULL DEFAULT false")
     op.execute(
         """
@@ -41,8 +42,8 @@ def downgrade() -> None:
                status_code AS status, success, tokens_in, tokens_out, tokens_cache_read, tokens_cache_write,
                cost_usd, billing_mode, identity->>'user_id' AS user_id, identity->>'email' AS email,
                identity->'groups' AS groups, identity->>'service_token' AS service_token, metadata
-          FROM request_logs;
-        GRANT SELECT ON reporting.requests TO spendgate_reporting
+          FROM request_logs
         """
     )
+    op.execute("GRANT SELECT ON reporting.requests TO spendgate_reporting")  # one statement per op.execute
     op.execute("ALTER TABLE request_logs DROP COLUMN usage_estimated")

@@ -19,7 +19,9 @@ COLUMNS = ("cache_write_1h_per_mtok", "input_audio_per_mtok", "output_audio_per_
 
 
 def upgrade() -> None:
-    # IF NOT EXISTS: 0008 and 0009 create their tables from the live table definitions, which have the columns
+    # IF NOT EXISTS: until the migrations were frozen, 0008 and 0009 built their tables from the code's definitions
+    # of the day, so databases created from commit abf430b on already have the columns (0008 and 0009 themselves no
+    # longer add them)
     for column in COLUMNS:
         op.execute(f"ALTER TABLE price_overrides ADD COLUMN IF NOT EXISTS {column} numeric")
     op.execute("ALTER TABLE request_logs ADD COLUMN IF NOT EXISTS usage_details jsonb")

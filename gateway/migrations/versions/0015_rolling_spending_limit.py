@@ -9,7 +9,8 @@ Create Date: 2026-12-03
 
 from __future__ import annotations
 
-from gateway.db import run_script
+from alembic import op
+from sqlalchemy.util import await_only
 
 revision = "0015_rolling_spending_limit"
 down_revision = "0014_component_prices"
@@ -21,12 +22,22 @@ CHECK = ("(spend_limit IS NULL) = (spend_limit_duration IS NULL) AND (spend_limi
 
 
 def _rename(old: str, new: str) -> str:
-    # a database created after the rename already has the new CHECK (0002 creates the table from its definition)
+    # dropped and added again: until the migrations were frozen, 0002 built the table from the code's definition of
+    # the day, so databases created from commit 73cda4f on already have the new CHECK (0002 itself creates the old)
     return f"""
         ALTER TABLE ledger.accounts DROP CONSTRAINT ck_accounts_spend_limit;
         UPDATE ledger.accounts SET spend_limit_strategy = '{new}' WHERE spend_limit_strategy = '{old}';
         ALTER TABLE ledger.accounts ADD CONSTRAINT ck_accounts_spend_limit CHECK ({CHECK.format(f"('fixed', '{new}')")});
     """
+
+
+def run_script(sql: str) -> None:
+    """Run a multi-statement script through asyncpg itself: SQLAlchemy's asyncpg adapter prepares each statement,
+    and a prepared statement holds one command. Each migration keeps its own copy (it imports nothing from
+    `gateway`)."""
+    driver = op.get_bind().connection.driver_connection
+    assert driver is not None
+    await_only(driver.execute(sql))
 
 
 def upgrade() -> None:
