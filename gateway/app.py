@@ -17,9 +17,10 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from gateway.admin.app import admin_app
 from gateway.admin.token import ensure_admin_token
 from gateway.db import Database
-from gateway.errors import json_error
+from gateway.errors import InvalidRequest, to_response
+from gateway.identity import JWTVerifier
 from gateway.limits.planner import RouterPlanner
-from gateway.middleware.access_identity import AccessIdentity, JWTVerifier
+from gateway.middleware.access_identity import AccessIdentity
 from gateway.middleware.attribution import Attribution
 from gateway.middleware.dynamic_routes import DynamicRoutes
 from gateway.middleware.gateway_auth import GatewayAuth
@@ -55,7 +56,7 @@ class _RefuseNewlines:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and "\n" in scope["path"]:
-            await json_error(400, "the path contains a line feed")(scope, receive, send)
+            await to_response(InvalidRequest("the path contains a line feed")).render()(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
+from gateway.errors import BodyTooLarge, RequestRefused
+
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope
 
@@ -76,10 +78,6 @@ class Usage:
 
 DETAIL_FIELDS = ("cache_write_1h_tokens", "input_audio_tokens", "cache_audio_read_tokens", "output_audio_tokens",
                  "output_image_tokens", "reasoning_tokens", "tool_prompt_tokens", "web_searches", "service_tier")
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -152,7 +150,8 @@ class Exchange:
     where: GatewayPath | None = None  # the parsed request path (gateway/paths.py)
     call: Call | None = None  # the canonical call (gateway/providers/call.py)
     target: Target | None = None  # where the call goes and who pays (gateway/providers/target.py)
-    refusal: Any = None  # why the call was refused before anything went upstream (kept: the answer never changes)
+    # why the call was refused before anything went upstream (kept: the answer never changes)
+    refusal: RequestRefused | None = None
     # who asks, and what they say about themselves
     identity: Identity | None = None
     authenticated: bool = False
@@ -167,7 +166,7 @@ class Exchange:
     body: bytes | None = None  # as received
     decoded_body: bytes | None = None  # its Content-Encoding undone
     json_body: Any = None  # parsed strictly (gateway/providers/call.py); None when there is none
-    json_error: Exception | None = None  # why the body is not JSON (refused where JSON is needed)
+    json_error: RequestRefused | None = None  # why the body is not JSON (refused where JSON is needed)
     input_bound: int = 0  # the body's worst-case input tokens (gateway/providers/estimate.py), from the one parse
     # spend limits
     reservation: Any = None
@@ -205,7 +204,7 @@ class Exchange:
         if self.body is not None:
             return self.body
         if self.body_too_large:
-            raise BodyTooLarge(f"request body exceeds {limit} bytes")
+            raise BodyTooLarge(limit)
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -219,7 +218,7 @@ class Exchange:
                 # sticky: a second reader must not read on from where this one stopped and find a "body"
                 self.body_too_large = True
                 self.request_size = size
-                raise BodyTooLarge(f"request body exceeds {limit} bytes")
+                raise BodyTooLarge(limit)
             chunks.append(chunk)
             more = message.get("more_body", False)
         self.body = b"".join(chunks)

@@ -21,6 +21,7 @@ import asyncpg
 
 from gateway.config_cache import ConfigCache
 from gateway.db import Database
+from gateway.errors import SettingsError, UnknownAccount, UnknownGateway
 
 log = logging.getLogger("spendgate.gateways")
 
@@ -36,12 +37,6 @@ MAX_LOG_ROWS = 10**12
 
 def valid_id(value: str) -> bool:
     return ID_RE.match(value) is not None
-
-
-class SettingsError(ValueError):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -141,14 +136,6 @@ class GatewayRecord:
 
 
 _RECORD = "SELECT id, settings, created_at, updated_at FROM gateways WHERE account_id = $1 AND id = $2"
-
-
-class UnknownAccount(LookupError):
-    pass
-
-
-class UnknownGateway(LookupError):
-    pass
 
 
 CONNECTION_LOST = "*connection-lost*"  # the "table" passed to on_change callbacks when the listener lost the db

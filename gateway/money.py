@@ -14,14 +14,12 @@ from __future__ import annotations
 
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, InvalidOperation
 
+from gateway.errors import InvalidAmount
+
 NANO_PER_USD = 1_000_000_000
 _NANO = Decimal(NANO_PER_USD)
 MAX_USD = Decimal(1_000_000_000)
 BIGINT_MAX = 2**63 - 1  # Postgres BIGINT, where nano-USD amounts and balances are stored
-
-
-class InvalidAmount(ValueError):
-    """An amount that is not a finite, non-negative decimal USD value."""
 
 
 def parse_usd(value: object, *, field: str = "amount_usd", allow_zero: bool = False,
@@ -29,19 +27,19 @@ def parse_usd(value: object, *, field: str = "amount_usd", allow_zero: bool = Fa
     """Parse a USD amount given as a decimal string (or int), at most `maximum`. Floats and bools are refused:
     money is exact."""
     if isinstance(value, bool) or isinstance(value, float) or value is None:
-        raise InvalidAmount(f"{field} must be a decimal string such as \"12.50\"")
+        raise InvalidAmount(field, f"{field} must be a decimal string such as \"12.50\"")
     try:
         amount = Decimal(str(value).strip())
     except (InvalidOperation, ValueError):
-        raise InvalidAmount(f"{field} must be a decimal string such as \"12.50\"") from None
+        raise InvalidAmount(field, f"{field} must be a decimal string such as \"12.50\"") from None
     if not amount.is_finite():
-        raise InvalidAmount(f"{field} must be finite")
+        raise InvalidAmount(field, f"{field} must be finite")
     if amount < 0 or (amount == 0 and not allow_zero):
-        raise InvalidAmount(f"{field} must be {'zero or ' if allow_zero else ''}greater than zero")
+        raise InvalidAmount(field, f"{field} must be {'zero or ' if allow_zero else ''}greater than zero")
     if amount > maximum:
-        raise InvalidAmount(f"{field} must be at most {maximum:f} USD")
+        raise InvalidAmount(field, f"{field} must be at most {maximum:f} USD")
     if amount.as_tuple().exponent < -9:  # type: ignore[operator]
-        raise InvalidAmount(f"{field} has more than 9 decimal places (the ledger counts nano-USD)")
+        raise InvalidAmount(field, f"{field} has more than 9 decimal places (the ledger counts nano-USD)")
     return amount
 
 

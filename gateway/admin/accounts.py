@@ -13,6 +13,7 @@ from gateway.admin.api import (
     AdminServices,
     Created,
     Page,
+    admin_error,
     json_body,
     not_found,
     page_of,
@@ -22,8 +23,9 @@ from gateway.admin.api import (
     usd_field,
 )
 from gateway.db import Database
+from gateway.errors import LedgerError
 from gateway.gateways import ID_PATTERN, valid_id
-from gateway.ledger import AutoTopUp, Ledger, LedgerError, SpendingLimit
+from gateway.ledger import AutoTopUp, Ledger, SpendingLimit
 from gateway.money import usd_str
 
 router = AdminRouter("accounts and credits")
@@ -37,8 +39,7 @@ async def ensure_account(db: Database, account: str) -> None:
 
 
 def ledger_error(exc: LedgerError) -> AdminError:
-    status = {"unknown_account": 404, "id_conflict": 409, "insufficient_credit": 409}.get(exc.reason, 422)
-    return AdminError(status, str(exc))
+    return admin_error(exc)
 
 
 @router.route("GET", "/accounts", "List accounts", paginated=True)

@@ -29,9 +29,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.admin import docs
 from gateway.db import unavailable
-from gateway.errors import json_error
+from gateway.errors import AdminError as AdminError
+from gateway.errors import GatewayError, InvalidAmount, json_error, to_response
 from gateway.gateways import valid_id
-from gateway.money import BIGINT_MAX, InvalidAmount, parse_usd, to_nano
+from gateway.money import BIGINT_MAX, parse_usd, to_nano
 from gateway.text import text_problem
 
 if TYPE_CHECKING:  # the operator commands import the admin endpoints without the serving machinery
@@ -69,12 +70,10 @@ class AdminServices(Protocol):
     def clock(self) -> Callable[[], datetime]: ...
 
 
-class AdminError(Exception):
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.field = field
+def admin_error(error: GatewayError) -> AdminError:
+    """A domain error as the admin API answers it (gateway/errors.py maps it: status, message, field)."""
+    answer = to_response(error)
+    return AdminError(answer.status, answer.message, answer.fields.get("field"))
 
 
 def not_found(what: str) -> AdminError:
@@ -349,7 +348,7 @@ def _wrap(endpoint: Endpoint, services: Callable[[], AdminServices]) -> Callable
             check_query(request)
             outcome = await endpoint.handler(request, services(), **request.path_params)
         except AdminError as exc:
-            return json_error(exc.status, exc.message, field=exc.field)
+            return to_response(exc).render()
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             # Input the checks above let through and the database refused: still the operator's input, so a
             # 4xx; logged, because every such case is a check missing here.

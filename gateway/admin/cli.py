@@ -23,13 +23,10 @@ from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 from gateway.admin.cli_output import Column, cell, field, pretty_json, record, table
+from gateway.errors import CliError
 from gateway.settings import Settings
 
 Call = tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]  # method, path, body, query
-
-
-class CliError(Exception):
-    """An operator's mistake found before any call (bad JSON, no key on stdin): `error: ...`, exit 1."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -512,7 +509,7 @@ def run_command(args: argparse.Namespace, settings: Settings) -> int:
         if not getattr(args, "quiet", False):
             print(where.line(), file=sys.stderr, flush=True)
         return asyncio.run(_run(args, settings, cli_db.database_url(where), call))
-    except (CliError, cli_db.CliError) as exc:
+    except CliError as exc:  # an operator's mistake (bad JSON, no key on stdin...), or no database
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
@@ -538,7 +535,7 @@ def run_psql(args: argparse.Namespace, settings: Settings) -> int:
         if psql is None:
             raise CliError("psql not found: install the PostgreSQL client (e.g. apt-get install postgresql-client)")
         url = cli_db.database_url(where)
-    except (CliError, cli_db.CliError) as exc:
+    except CliError as exc:  # an operator's mistake (bad JSON, no key on stdin...), or no database
         print(f"error: {exc}", file=sys.stderr)
         return 1
     parts = urlsplit(url)

@@ -20,16 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from gateway.errors import CliError
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
     from gateway.db import Database
 
 SECRET_QUERY_KEYS = ("password", "sslpassword", "passfile", "sslkey")
-
-
-class CliError(Exception):
-    """What the operator is told on stderr (and the command exits 1)."""
 
 
 def safe_url(url: str) -> str:

@@ -15,19 +15,18 @@ from gateway.admin.api import (
     AdminServices,
     Created,
     Page,
+    admin_error,
     json_body,
     not_found,
     page_of,
     page_params,
     str_field,
 )
+from gateway.errors import SettingsError, UnknownAccount, UnknownGateway
 from gateway.gateways import (
     ID_PATTERN,
     GatewayRecord,
     GatewaySettings,
-    SettingsError,
-    UnknownAccount,
-    UnknownGateway,
     valid_id,
 )
 
@@ -57,7 +56,7 @@ def validate_settings(data: dict[str, Any], base: GatewaySettings | None = None)
     try:
         return GatewaySettings.from_json(data, base=base)
     except SettingsError as exc:
-        raise AdminError(422, str(exc), exc.field) from None
+        raise admin_error(exc) from None
 
 
 @router.route("GET", "/accounts/{account}/gateways", "List gateways", paginated=True)

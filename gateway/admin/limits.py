@@ -19,6 +19,7 @@ from gateway.admin.api import (
     AdminServices,
     Created,
     Page,
+    admin_error,
     invalid_cursor,
     json_body,
     not_found,
@@ -26,12 +27,12 @@ from gateway.admin.api import (
     page_params,
 )
 from gateway.admin.gateways import ensure_gateway
+from gateway.errors import PolicyError, RouteError, RouteNotFound, RuleError
 from gateway.limits.policies import validate_policy
-from gateway.limits.rules import Rule, RuleError, json_safe
-from gateway.limits.store import TooManyRules, bucket_status
+from gateway.limits.rules import Rule, json_safe
+from gateway.limits.store import bucket_status
 from gateway.money import usd_str
-from gateway.routes.graph import RouteError
-from gateway.routes.store import MAX_VERSION, RouteNotFound
+from gateway.routes.store import MAX_VERSION
 
 router = AdminRouter("spend limits, policies and dynamic routes")
 
@@ -68,7 +69,7 @@ async def rule_view(services: AdminServices, rule: Rule, now: datetime) -> dict[
 
 
 def _rule_error(exc: RuleError) -> AdminError:
-    return AdminError(422, str(exc), exc.field)
+    return admin_error(exc)  # TooManyRules: 409
 
 
 # -- spend limits ----------------------------------------------------------------------------------------------
@@ -94,7 +95,7 @@ async def create_rule(request: Request, services: AdminServices, account: str, g
     try:
         rule = await services.limit_store.create_rule(account, gateway, data)
     except RuleError as exc:
-        raise AdminError(409 if isinstance(exc, TooManyRules) else 422, str(exc), exc.field) from None
+        raise _rule_error(exc) from None
     return Created(await rule_view(services, rule, services.clock()))
 
 
@@ -154,9 +155,8 @@ async def create_policy(request: Request, services: AdminServices, account: str,
     await ensure_gateway(services, account, gateway)
     try:
         group, models = validate_policy(await json_body(request))
-    except ValueError as exc:
-        field, _, message = str(exc).partition(": ")
-        raise AdminError(422, message or str(exc), field) from None
+    except PolicyError as exc:
+        raise admin_error(exc) from None
     policy = await services.limit_store.create_policy(account, gateway, group, models)
     return Created({"id": policy.id, "group": policy.group, "models": list(policy.models)})
 
@@ -175,7 +175,7 @@ async def delete_policy(request: Request, services: AdminServices, account: str,
 
 
 def _route_error(exc: RouteError) -> AdminError:
-    return AdminError(409 if "exists" in str(exc) else 422, str(exc), exc.field)
+    return admin_error(exc)  # RouteExists: 409
 
 
 def _iso(row: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from gateway.admin.api import (
 )
 from gateway.admin.gateways import TAG, ensure_gateway
 from gateway.admin.provider_keys import provider_field
-from gateway.money import InvalidAmount, parse_usd
+from gateway.errors import InvalidAmount
+from gateway.money import parse_usd
 from gateway.pricing import PRICE_FIELDS
 from gateway.providers.store import Price
 

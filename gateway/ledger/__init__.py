@@ -1,11 +1,12 @@
 """The double-entry credit ledger (TigerBeetle's model in Postgres). Knows nothing of HTTP."""
 
+from gateway.errors import LedgerError, LedgerReason
 from gateway.ledger.ledger import (
     AutoTopUp,
     Balance,
+    HoldRefusal,
     HoldResult,
     Ledger,
-    LedgerError,
     SpendingLimit,
     StatementRow,
 )
@@ -16,9 +17,11 @@ __all__ = [
     "AutoTopUps",
     "Balance",
     "Charge",
+    "HoldRefusal",
     "HoldResult",
     "Ledger",
     "LedgerError",
+    "LedgerReason",
     "PaymentMethod",
     "ReceivablePaymentMethod",
     "SpendingLimit",

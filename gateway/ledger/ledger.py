@@ -17,6 +17,7 @@ from typing import Any, Literal
 import asyncpg
 
 from gateway.db import Database
+from gateway.errors import LedgerError, LedgerReason
 from gateway.limits.windows import Window
 
 TOPUP_NAMESPACE = uuid.UUID("5c7e2d1a-3f0b-4e8a-9d6c-1b2a3c4d5e6f")
@@ -24,15 +25,6 @@ DURATIONS = ("daily", "weekly", "monthly")
 STRATEGIES = ("fixed", "rolling")
 ROLLING_LENGTH = {"daily": timedelta(days=1), "weekly": timedelta(days=7), "monthly": timedelta(days=30)}
 SLICE = timedelta(hours=1)
-
-
-class LedgerError(Exception):
-    """A refused ledger operation. `reason` is machine-readable: unknown_account, id_conflict, ..."""
-
-    def __init__(self, reason: str, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.details = details
 
 
 @dataclass(frozen=True)
@@ -62,12 +54,39 @@ class Balance:
 
 
 @dataclass(frozen=True)
+class HoldRefusal:
+    """Why a credit hold was refused: the balance (`available_nano`: what it has left) or, for `spending_limit`, the
+    account's spending limit — its `duration` and `strategy`, what is `spent_nano` in the window, what other holds
+    keep `pending_nano`, the `limit_nano`."""
+
+    reason: LedgerReason
+    available_nano: int | None = None
+    spent_nano: int = 0
+    pending_nano: int = 0
+    limit_nano: int = 0
+    duration: str | None = None
+    strategy: str | None = None
+
+    @classmethod
+    def of(cls, result: dict[str, Any]) -> HoldRefusal:
+        """From the refusal `ledger.hold` returns (gateway/ledger/sql.py)."""
+        available = result.get("available")
+        return cls(LedgerReason(result["reason"]), None if available is None else int(available),
+                   int(result.get("spent") or 0), int(result.get("pending") or 0), int(result.get("limit") or 0),
+                   result.get("duration"), result.get("strategy"))
+
+
+@dataclass(frozen=True)
 class HoldResult:
     ok: bool
-    reason: str | None = None  # insufficient_credit | spending_limit | unknown_account | id_conflict
+    reason: LedgerReason | None = None  # insufficient_credit | spending_limit | unknown_account | id_conflict
     available_nano: int | None = None
     replay: bool = False
     detail: dict[str, Any] | None = None
+
+    @property
+    def refusal(self) -> HoldRefusal | None:
+        return None if self.ok or self.detail is None else HoldRefusal.of(self.detail)
 
 
 @dataclass(frozen=True)
@@ -105,7 +124,7 @@ class Ledger:
             "SELECT id FROM ledger.accounts WHERE code = $1 AND owner = $2 AND shard = $3", code, owner, shard
         )
         if value is None:
-            raise LedgerError("unknown_account", f"no {code} account for {owner or 'the platform'!r}")
+            raise LedgerError(LedgerReason.UNKNOWN_ACCOUNT, f"no {code} account for {owner or 'the platform'!r}")
         return int(value)
 
     async def balance(self, tenant: str) -> Balance:
@@ -113,7 +132,7 @@ class Ledger:
             "SELECT * FROM ledger.accounts WHERE code = 'credits' AND owner = $1 AND shard = 0", tenant
         )
         if row is None:
-            raise LedgerError("unknown_account", f"account {tenant!r} has no credits ledger")
+            raise LedgerError(LedgerReason.UNKNOWN_ACCOUNT, f"account {tenant!r} has no credits ledger")
         auto = None
         if row["auto_topup_threshold"] is not None:
             auto = AutoTopUp(row["auto_topup_threshold"], row["auto_topup_amount"])
@@ -130,7 +149,7 @@ class Ledger:
     ) -> dict[str, Any]:
         """Post a single transfer. Raises LedgerError when refused (insufficient_credit, id_conflict, ...)."""
         if amount_nano <= 0:
-            raise LedgerError("invalid_amount", "amount must be greater than zero")
+            raise LedgerError(LedgerReason.INVALID_AMOUNT, "amount must be greater than zero")
         for attempt in range(2):
             try:
                 result: dict[str, Any] = await self.db.pool.fetchval(
@@ -142,11 +161,11 @@ class Ledger:
                 if attempt:  # the same id raced us and won; the next call sees it as a replay
                     raise
         if not result["ok"]:
-            reason = result["reason"]
+            reason = LedgerReason(result["reason"])
             messages = {
-                "id_conflict": f"transfer id {transfer_id} was already used with different fields",
-                "insufficient_credit": "the debit account's balance does not cover the amount",
-                "unknown_account": "unknown ledger account",
+                LedgerReason.ID_CONFLICT: f"transfer id {transfer_id} was already used with different fields",
+                LedgerReason.INSUFFICIENT_CREDIT: "the debit account's balance does not cover the amount",
+                LedgerReason.UNKNOWN_ACCOUNT: "unknown ledger account",
             }
             raise LedgerError(reason, messages.get(reason, reason))
         return result
@@ -162,8 +181,9 @@ class Ledger:
         try:
             result = await self.transfer(tid, funding, credits, amount_nano, code, now=now)
         except LedgerError as exc:
-            if exc.reason == "id_conflict":
-                raise LedgerError("id_conflict", "idempotency key already used for a different top-up") from None
+            if exc.reason == LedgerReason.ID_CONFLICT:
+                raise LedgerError(LedgerReason.ID_CONFLICT, "idempotency key already used for a different top-up") \
+                    from None
             raise
         return tid, bool(result.get("replay"))
 
@@ -190,7 +210,7 @@ class Ledger:
 
     async def _resolve(self, hold_id: uuid.UUID, actual: int, kind: str, now: datetime | None) -> Any:
         if actual < 0:
-            raise LedgerError("invalid_amount", "actual cost must not be negative")
+            raise LedgerError(LedgerReason.INVALID_AMOUNT, "actual cost must not be negative")
         return await self.db.pool.fetchval(
             "SELECT ledger.settle_hold($1, $2, $3, $4)", hold_id, actual, kind, _now(now)
         )
@@ -211,14 +231,14 @@ class Ledger:
 
     async def set_auto_topup(self, tenant: str, setting: AutoTopUp | None) -> None:
         if setting is not None and (setting.threshold_nano < 0 or setting.amount_nano <= 0):
-            raise LedgerError("invalid_amount", "threshold must be >= 0 and amount > 0")
+            raise LedgerError(LedgerReason.INVALID_AMOUNT, "threshold must be >= 0 and amount > 0")
         status = await self.db.pool.execute(
             "UPDATE ledger.accounts SET auto_topup_threshold = $2, auto_topup_amount = $3 "
             "WHERE code = 'credits' AND owner = $1 AND shard = 0",
             tenant, setting and setting.threshold_nano, setting and setting.amount_nano,
         )
         if status.endswith(" 0"):
-            raise LedgerError("unknown_account", f"account {tenant!r} has no credits ledger")
+            raise LedgerError(LedgerReason.UNKNOWN_ACCOUNT, f"account {tenant!r} has no credits ledger")
 
     async def set_spending_limit(self, tenant: str, limit: SpendingLimit | None) -> None:
         """Set or clear the account's unified-billing spending limit.
@@ -228,7 +248,7 @@ class Ledger:
         """
         if limit is not None:
             if limit.duration not in DURATIONS or limit.strategy not in STRATEGIES or limit.amount_nano <= 0:
-                raise LedgerError("invalid_limit", "invalid spending limit")
+                raise LedgerError(LedgerReason.INVALID_LIMIT, "invalid spending limit")
         async with self.db.pool.acquire() as conn, conn.transaction():
             old = await conn.fetchrow(
                 "SELECT id, spend_limit FROM ledger.accounts WHERE code = 'credits' AND owner = $1 AND shard = 0 "
@@ -236,7 +256,7 @@ class Ledger:
                 tenant,
             )
             if old is None:
-                raise LedgerError("unknown_account", f"account {tenant!r} has no credits ledger")
+                raise LedgerError(LedgerReason.UNKNOWN_ACCOUNT, f"account {tenant!r} has no credits ledger")
             if limit is not None and old["spend_limit"] is None:
                 await conn.execute("DELETE FROM ledger.usage_hourly WHERE tenant = $1", tenant)
                 await conn.execute(
@@ -321,4 +341,5 @@ class Ledger:
 def _hold_result(result: dict[str, Any]) -> HoldResult:
     if result["ok"]:
         return HoldResult(True, available_nano=result.get("available"), replay=bool(result.get("replay")))
-    return HoldResult(False, reason=result["reason"], available_nano=result.get("available"), detail=result)
+    return HoldResult(False, reason=LedgerReason(result["reason"]), available_nano=result.get("available"),
+                      detail=result)

@@ -22,7 +22,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from gateway.db import log_failure
-from gateway.ledger.ledger import Ledger, LedgerError
+from gateway.errors import LedgerError
+from gateway.ledger.ledger import Ledger
 
 log = logging.getLogger("spendgate.ledger")
 

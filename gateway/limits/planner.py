@@ -31,11 +31,11 @@ from typing import Any
 
 from starlette.types import Receive, Scope
 
+from gateway.errors import EstimateTooLarge, RequestRefused
 from gateway.exchange import Call, Exchange
 from gateway.middleware.spend_limits import Plan
 from gateway.money import from_nano, to_nano
 from gateway.pricing import unit_prices
-from gateway.providers.call import RequestRefused
 from gateway.providers.router import ProviderRouter
 from gateway.providers.target import Target
 
@@ -68,9 +68,9 @@ class RouterPlanner:
             return None
         estimate = self._estimate_nano(target, call)
         if estimate is not None and estimate > MAX_ESTIMATE_NANO:
-            exchange.refusal = RequestRefused(
-                400, f"the worst-case cost of this request (${from_nano(estimate)}) is past what the gateway "
-                     f"accepts for one call (${from_nano(MAX_ESTIMATE_NANO)})")
+            exchange.refusal = EstimateTooLarge(
+                estimate, MAX_ESTIMATE_NANO, f"the worst-case cost of this request (${from_nano(estimate)}) is past "
+                f"what the gateway accepts for one call (${from_nano(MAX_ESTIMATE_NANO)})")
             exchange.target = None
             return None
         return Plan(target.provider, f"{target.provider}/{target.model}", target.billing_mode, exchange.account_id,

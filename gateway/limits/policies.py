@@ -14,6 +14,8 @@ import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from gateway.errors import PolicyError
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -43,16 +45,16 @@ def allowed(policies: Iterable[Policy], groups: Iterable[str], model: str) -> bo
 
 
 def validate_policy(data: object) -> tuple[str, tuple[str, ...]]:
-    """Admin input -> (group, patterns). Raises ValueError("field: message")."""
+    """Admin input -> (group, patterns). Raises PolicyError naming the field."""
     if not isinstance(data, dict):
-        raise ValueError("policy: must be an object {\"group\", \"models\"}")
+        raise PolicyError("policy", "must be an object {\"group\", \"models\"}")
     group, models = data.get("group"), data.get("models")
     if not isinstance(group, str) or not group or len(group) > 200:
-        raise ValueError("group: must be a non-empty string")
+        raise PolicyError("group", "must be a non-empty string")
     if (not isinstance(models, list) or not models or len(models) > 100
             or not all(isinstance(m, str) and "/" in m for m in models)):
-        raise ValueError('models: must be a non-empty list of "provider/model" patterns')
+        raise PolicyError("models", 'must be a non-empty list of "provider/model" patterns')
     extra = set(data) - {"group", "models"}
     if extra:
-        raise ValueError(f"{sorted(extra)[0]}: unknown field")
+        raise PolicyError(sorted(extra)[0], "unknown field")
     return group, tuple(models)

@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 
 from gateway.db import Database
+from gateway.ledger.ledger import HoldRefusal
 from gateway.limits.rules import Rule
 
 log = logging.getLogger("spendgate.limits")
@@ -91,7 +92,7 @@ class Outcome:
     ok: bool
     states: list[BucketState] = field(default_factory=list)  # before this reservation
     exceeded: list[BucketState] = field(default_factory=list)
-    credit_refusal: dict[str, Any] | None = None
+    credit_refusal: HoldRefusal | None = None  # the credit hold was refused (and nothing was reserved)
     estimate_nano: int = 0
 
     def remaining_after_nano(self) -> int | None:
@@ -381,7 +382,9 @@ class Limits:
         states = [BucketState(line, int(s["spent"]), int(s["pending"]))
                   for line, s in zip(lines, data.get("state", []), strict=False)]
         exceeded = [states[i] for i in data.get("exceeded", [])]
-        return Outcome(rid, bool(data["ok"]), states, exceeded, data.get("credit"), estimate_nano)
+        credit = data.get("credit")
+        return Outcome(rid, bool(data["ok"]), states, exceeded, None if credit is None else HoldRefusal.of(credit),
+                       estimate_nano)
 
     async def settle(self, reservation_id: uuid.UUID, actual_nano: int, *, outcome: str = "settled",
                      now: datetime | None = None) -> dict[str, Any]:

@@ -27,20 +27,15 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
+from gateway.errors import InvalidAmount, RuleError
 from gateway.limits.windows import WINDOW_TYPES, WINDOWS, Window
-from gateway.money import InvalidAmount, parse_usd, to_nano
+from gateway.money import parse_usd, to_nano
 
 MAX_RULES_PER_GATEWAY = 20
 MAX_KEY_CHARS = 2000
 MAX_KEY_VALUE_CHARS = 64
 IDENTITY_DIMENSIONS = ("cf.user_id", "cf.user.email", "cf.user.groups", "cf.service_token")
 ActionKind = Literal["block", "fallback", "monitor"]
-
-
-class RuleError(ValueError):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)

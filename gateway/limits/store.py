@@ -13,13 +13,10 @@ from typing import Any
 
 from gateway.config_cache import ConfigCache
 from gateway.db import Database
+from gateway.errors import TooManyRules
 from gateway.gateways import GatewayStore, cache_invalidator
 from gateway.limits.policies import Policy
-from gateway.limits.rules import MAX_RULES_PER_GATEWAY, Rule, RuleError, parse_rule
-
-
-class TooManyRules(RuleError):
-    pass
+from gateway.limits.rules import MAX_RULES_PER_GATEWAY, Rule, parse_rule
 
 
 class LimitStore:

@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import json_error
+from gateway.errors import MetadataError, to_response
 from gateway.exchange import Exchange, Identity
 
 MAX_ENTRIES = 5
@@ -38,10 +38,6 @@ MAX_SAFE_INTEGER = 2**53 - 1
 HEADER = "cf-aig-metadata"
 
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
-
-
-class MetadataError(ValueError):
-    pass
 
 
 def _refuse_constant(name: str) -> NoReturn:
@@ -133,8 +129,9 @@ class Attribution:
         try:
             client = parse_metadata(raw)
         except MetadataError as exc:
-            ex.status_code, ex.error = 400, str(exc)
-            await json_error(400, str(exc), header=HEADER)(scope, receive, send)
+            answer = to_response(exc)
+            ex.status_code, ex.error = answer.status, str(exc)
+            await answer.render()(scope, receive, send)
             return
         ex.metadata = {**client, **identity_metadata(ex.identity)}  # identity last: it always wins
         await self.app(scope, receive, send)

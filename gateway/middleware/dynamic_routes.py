@@ -30,12 +30,12 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import json_error
+from gateway.errors import RequestRefused, RouteServedNothing, UnknownDynamicRoute, to_response
 from gateway.exchange import Exchange, Usage
 from gateway.limits.planner import attributes_of
 from gateway.limits.store import LimitStore, bucket_remaining
 from gateway.paths import locate
-from gateway.providers.call import RequestRefused, read_json
+from gateway.providers.call import read_json
 from gateway.providers.options import MAX_ATTEMPTS
 from gateway.routes.graph import ModelStep, walk
 from gateway.routes.store import RouteStore
@@ -109,8 +109,7 @@ class DynamicRoutes:
         assert ex.account_id is not None and ex.gateway_id is not None
         found = await self.routes.deployed_version(ex.account_id, ex.gateway_id, name)
         if found is None:
-            ex.status_code, ex.error = 404, f"unknown dynamic route {name!r}"
-            await json_error(404, ex.error)(scope, receive, send)
+            await _refuse(scope, receive, send, ex, UnknownDynamicRoute(name))
             return
         version, graph = found
         attributes = attributes_of(ex)
@@ -151,9 +150,14 @@ class DynamicRoutes:
                 await send(message)
             return
         if last is None:
-            ex.status_code = 502
-            ex.error = f"dynamic route {name!r} ended without calling a model"
-            await json_error(502, ex.error)(scope, receive, send)
+            await _refuse(scope, receive, send, ex, RouteServedNothing(name))
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, ex: Exchange,
+                  error: UnknownDynamicRoute | RouteServedNothing) -> None:
+    answer = to_response(error)
+    ex.status_code, ex.error = answer.status, answer.message
+    await answer.render()(scope, receive, send)
 
 
 def _reset(ex: Exchange, body: dict[str, Any], step: int) -> None:

@@ -14,14 +14,14 @@ until a NOTIFY says they changed (revoking a token applies on every instance wit
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import json_error
+from gateway.errors import GatewayTokenRejected, IdentityRejected, UnknownAccount, UnknownGateway, to_response
 from gateway.exchange import Exchange
-from gateway.gateways import GatewayStore, UnknownAccount, UnknownGateway
+from gateway.gateways import GatewayStore
+from gateway.identity import JWTVerifier
 from gateway.paths import locate
 from gateway.providers.forward import KEY_HEADERS
 from gateway.tokens import TOKEN_PREFIX, TokenStore
@@ -60,11 +60,12 @@ def header(scope: Scope, name: bytes) -> str | None:
 
 
 class GatewayAuth:
-    def __init__(self, app: ASGIApp, *, gateways: GatewayStore, tokens: TokenStore, verifier: Any = None) -> None:
+    def __init__(self, app: ASGIApp, *, gateways: GatewayStore, tokens: TokenStore,
+                 verifier: JWTVerifier | None = None) -> None:
         self.app = app
         self.gateways = gateways
         self.tokens = tokens
-        self.verifier = verifier  # gateway.middleware.access_identity.JWTVerifier, when identity is configured
+        self.verifier = verifier  # when identity is configured
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,8 +87,7 @@ class GatewayAuth:
             # Cloudflare's documented SDK set-ups put the gateway token where the provider key goes: it is checked
             # like cf-aig-authorization, never forwarded, and the call goes on as if no provider key was sent
             if not await self.tokens.valid(gateway.account_id, gateway.id, found):
-                ex.status_code, ex.error = 401, "invalid gateway token (in the provider key's place)"
-                await json_error(401, ex.error)(scope, receive, send)
+                await _refuse(scope, receive, send, ex, "invalid gateway token (in the provider key's place)")
                 return
             ex.authenticated = True
             scope = _without_provider_keys(scope)
@@ -108,11 +108,18 @@ class GatewayAuth:
             reason = "invalid gateway token"
         jwt = header(scope, b"cf-access-jwt-assertion")
         if jwt and self.verifier is not None:
-            identity, error = await self.verifier.verify(jwt)
-            if identity is not None:
-                ex.identity, ex.authenticated = identity, True
+            try:
+                ex.identity = await self.verifier.verify(jwt)
+            except IdentityRejected as exc:
+                reason = f"invalid Access token: {exc.reason}"
+            else:
+                ex.authenticated = True
                 await self.app(scope, receive, send)
                 return
-            reason = f"invalid Access token: {error}"
-        ex.status_code, ex.error = 401, reason
-        await json_error(401, reason)(scope, receive, send)
+        await _refuse(scope, receive, send, ex, reason)
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, ex: Exchange, reason: str) -> None:
+    answer = to_response(GatewayTokenRejected(reason))
+    ex.status_code, ex.error = answer.status, reason
+    await answer.render()(scope, receive, send)

@@ -21,8 +21,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.context import request_id_var
 from gateway.db import unavailable
+from gateway.errors import UnknownAccount, UnknownGateway
 from gateway.exchange import Exchange
-from gateway.gateways import GatewayStore, UnknownAccount, UnknownGateway
+from gateway.gateways import GatewayStore
 from gateway.logs.writer import LogWriter
 from gateway.paths import locate
 

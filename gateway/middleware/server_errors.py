@@ -1,12 +1,13 @@
 """ServerErrors: an exception from any inner layer becomes a JSON error, if no byte of the answer was sent yet.
 
 - The database unreachable (gateway/db.py `unavailable`: refused or dropped connection, server restarting, too
-  many clients, a query timeout): **503** `{"success": false, "error": {"message": "Database unavailable…",
-  "retryable": true}}` with `Retry-After: 2`. The request was not forwarded (the layers that need the database —
-  gateway config, keys, spend reservations, credit holds — all run before the upstream call), so it is safe to
-  retry. This is how the gateway fails closed: unified billing and blocking rules always need the database.
-- Anything else: **500** `{"success": false, "error": {"message": "Internal error"}}`; the traceback goes to the
-  process log with the request id, never to the client.
+  many clients, a query timeout): `DatabaseUnavailable`, **503**
+  `{"success": false, "error": {"message": "Database unavailable…", "retryable": true}}` with `Retry-After: 2`.
+  The request was not forwarded (the layers that need the database — gateway config, keys, spend reservations,
+  credit holds — all run before the upstream call), so it is safe to retry. This is how the gateway fails
+  closed: unified billing and blocking rules always need the database.
+- Anything else: `InternalError`, **500** `{"success": false, "error": {"message": "Internal error"}}`; the
+  traceback goes to the process log with the request id, never to the client.
 
 After the answer started (a stream), nothing can be said to the client any more: the exception is re-raised and
 the server closes the connection, as Starlette's ServerErrorMiddleware does. Either way the pool is told about
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.db import unavailable
-from gateway.errors import json_error
+from gateway.errors import DatabaseUnavailable, InternalError, to_response
 from gateway.exchange import Exchange
 
 log = logging.getLogger("spendgate.errors")
@@ -58,13 +59,8 @@ class ServerErrors:
             if started:
                 raise
             ex = Exchange.of(scope)
-            if db_down:
-                ex.status_code = 503
-                ex.error = "Database unavailable; the request was not forwarded"
-                response = json_error(503, ex.error + ". Retry shortly.", headers={
-                    "Retry-After": str(DB_RETRY_AFTER_S)}, retryable=True)
-            else:
-                ex.status_code = 500
-                ex.error = ex.error or f"internal error: {type(exc).__name__}"
-                response = json_error(500, "Internal error")
-            await response(scope, receive, send)
+            error = DatabaseUnavailable(DB_RETRY_AFTER_S) if db_down else InternalError()
+            answer = to_response(error)
+            ex.status_code = answer.status
+            ex.error = error.message if db_down else ex.error or f"internal error: {type(exc).__name__}"
+            await answer.render()(scope, receive, send)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,7 +39,15 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.db import unavailable
-from gateway.errors import json_error
+from gateway.errors import (
+    AccountLimitExceeded,
+    InsufficientCredit,
+    LedgerReason,
+    PolicyDenied,
+    RuleBudgetExceeded,
+    SpendRefused,
+    to_response,
+)
 from gateway.exchange import Exchange
 from gateway.ledger import Ledger
 from gateway.limits.policies import allowed
@@ -108,8 +115,9 @@ class SpendLimits:
         account, gateway = exchange.account_id, exchange.gateway_id
         groups = list(exchange.identity.groups) if exchange.identity else []
         if not allowed(await self.store.policies(account, gateway), groups, plan.model):
-            exchange.error = "Access denied by policy"
-            await json_error(403, "Access denied by policy")(scope, receive, send)
+            answer = to_response(PolicyDenied(plan.model, tuple(groups)))
+            exchange.error = answer.message
+            await answer.render()(scope, receive, send)
             return
 
         outcome: Outcome | None = None
@@ -193,52 +201,34 @@ class SpendLimits:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange,
                       outcome: Outcome, plan: Plan) -> None:
+        """Answer the refusal (gateway/errors.py maps it): what is spent, what other requests in flight hold, what
+        this request needed (its worst case), the limit, and when it resets; or what the credit balance has."""
+        answer = to_response(await self._refusal(outcome, plan))
+        exchange.error = answer.message
+        await answer.render()(scope, receive, send)
+
+    async def _refusal(self, outcome: Outcome, plan: Plan) -> SpendRefused:
         now = self.clock()
-        if outcome.credit_refusal is not None and outcome.credit_refusal.get("reason") == "spending_limit":
-            refusal = outcome.credit_refusal
-            spent, pending, limit = int(refusal["spent"]), int(refusal["pending"]), int(refusal["limit"])
-            reserved = outcome.estimate_nano
+        credit = outcome.credit_refusal
+        reserved = outcome.estimate_nano
+        if credit is not None and credit.reason == LedgerReason.SPENDING_LIMIT:
+            assert credit.duration is not None and credit.strategy is not None
+            spent, pending, limit = credit.spent_nano, credit.pending_nano, credit.limit_nano
             resets = await Ledger(self.limits.db).spending_limit_reset(
-                plan.tenant, refusal["duration"], refusal["strategy"], spent + pending + reserved - limit, now=now)
-            await self._too_much(
-                scope, receive, send, exchange, "Account spending limit exceeded", now, resets,
-                duration=refusal["duration"], strategy=refusal["strategy"], spent=spent, pending=pending,
-                reserved=reserved, limit=limit)
-            return
-        if outcome.credit_refusal is not None:
-            refusal = outcome.credit_refusal
-            message = "Insufficient credit for this request's worst-case cost"
-            exchange.error = message
-            available = refusal.get("available")
-            await json_error(
-                402, message, reason=refusal.get("reason"),
-                available_usd=None if available is None else usd_str(max(int(available), 0)),
-                reserved_usd=usd_str(outcome.estimate_nano),
-            )(scope, receive, send)
-            return
+                plan.tenant, credit.duration, credit.strategy, spent + pending + reserved - limit, now=now)
+            return AccountLimitExceeded(duration=credit.duration, strategy=credit.strategy, spent_nano=spent,
+                                        pending_nano=pending, reserved_nano=reserved, limit_nano=limit,
+                                        resets_at=resets, refused_at=now)
+        if credit is not None:
+            return InsufficientCredit(credit.reason, credit.available_nano, reserved)
         tightest = min(outcome.exceeded, key=lambda s: s.remaining_nano)
         rule = tightest.line.rule
         resets = rule.window.end(now) if rule.window.type == "fixed" else await self._rolling_reset(
-            tightest, outcome.estimate_nano, now)
-        await self._too_much(
-            scope, receive, send, exchange, "Spending limit exceeded", now, resets,
+            tightest, reserved, now)
+        return RuleBudgetExceeded(
             rule=rule.raw.get("name", rule.name), rule_id=rule.id, bucket=_bucket_json(tightest.line.key),
-            spent=tightest.spent_nano, pending=tightest.pending_nano, reserved=outcome.estimate_nano,
-            limit=rule.budget_nano)
-
-    @staticmethod
-    async def _too_much(scope: Scope, receive: Receive, send: Send, exchange: Exchange, message: str,
-                        now: datetime, resets: datetime, *, spent: int, pending: int, reserved: int, limit: int,
-                        **named: Any) -> None:
-        """The 429 of a budget (a rule's bucket or the account's spending limit): what is spent, what other
-        requests in flight hold, what this request needed (its worst case), the limit, and when it resets."""
-        exchange.error = message
-        retry_after = max(1, math.ceil((resets - now).total_seconds()))
-        await json_error(
-            429, message, headers={"Retry-After": str(retry_after)}, **named,
-            spent_usd=usd_str(spent), pending_usd=usd_str(pending), reserved_usd=usd_str(reserved),
-            limit_usd=usd_str(limit), resets_at=resets.isoformat(),
-        )(scope, receive, send)
+            spent_nano=tightest.spent_nano, pending_nano=tightest.pending_nano, reserved_nano=reserved,
+            limit_nano=rule.budget_nano, resets_at=resets, refused_at=now)
 
     async def _rolling_reset(self, state: BucketState, estimate: int, now: datetime) -> datetime:
         rows = await self.limits.db.pool.fetch(

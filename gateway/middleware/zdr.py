@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import json_error
+from gateway.errors import HeaderError, to_response
 from gateway.exchange import Exchange
 
 
@@ -27,8 +27,9 @@ class ZeroDataRetention:
         raw = next((v.decode("latin-1").strip().lower() for k, v in scope["headers"] if k.lower() == b"cf-aig-zdr"),
                    None)
         if raw is not None and raw not in ("true", "false"):
-            ex.status_code, ex.error = 400, "cf-aig-zdr must be true or false"
-            await json_error(400, "cf-aig-zdr must be true or false", header="cf-aig-zdr")(scope, receive, send)
+            answer = to_response(HeaderError("cf-aig-zdr", "cf-aig-zdr must be true or false"))
+            ex.status_code, ex.error = answer.status, answer.message
+            await answer.render()(scope, receive, send)
             return
         default = bool(ex.gateway and ex.gateway.settings.zdr)
         ex.zdr_requested = (raw == "true") if raw is not None else default

@@ -32,10 +32,11 @@ from urllib.parse import parse_qsl, urlencode
 import orjson
 from starlette.types import Receive
 
-from gateway.exchange import BodyTooLarge, Call, Endpoint, Exchange
+from gateway.errors import BodyTooLarge, InvalidRequest, RequestRefused, UnsupportedEncoding
+from gateway.exchange import Call, Endpoint, Exchange
 from gateway.providers import output_limit
-from gateway.providers.estimate import NestedTooDeep, input_token_bound
-from gateway.providers.output_limit import LimitError, LimitFields
+from gateway.providers.estimate import input_token_bound
+from gateway.providers.output_limit import LimitFields
 
 MAX_DEPTH = 64
 # the bound is measured once, when the body is parsed; a fallback or a dynamic route changes only the model (at
@@ -74,18 +75,6 @@ QUERY_PARAMETERS: dict[str, frozenset[str]] = {
 }
 
 
-class RequestRefused(Exception):
-    """A request refused before anything went upstream (here: it cannot be represented faithfully; the router
-    raises it too, for an unknown gateway, a bad header...)."""
-
-    def __init__(self, status: int, message: str, header: str | None = None, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.header = header
-        self.param = param
-
-
 # -- the body -------------------------------------------------------------------------------------------------------
 
 
@@ -93,9 +82,9 @@ def _gunzip(data: bytes, limit: int, wbits: int) -> bytes:
     decoder = zlib.decompressobj(wbits)
     out = decoder.decompress(data, limit + 1)
     if len(out) > limit:
-        raise RequestRefused(413, f"request body exceeds {limit} bytes once decoded")
+        raise BodyTooLarge(limit, decoded=True)
     if decoder.unconsumed_tail or not decoder.eof:
-        raise RequestRefused(400, "the request body is not valid for its Content-Encoding", header="content-encoding")
+        raise InvalidRequest("the request body is not valid for its Content-Encoding", header="content-encoding")
     return out
 
 
@@ -108,9 +97,9 @@ def _brotli(data: bytes, limit: int) -> bytes:
     for start in range(0, len(data), step):
         out += decoder.process(data[start:start + step])
         if len(out) > limit:
-            raise RequestRefused(413, f"request body exceeds {limit} bytes once decoded")
+            raise BodyTooLarge(limit, decoded=True)
     if not decoder.is_finished():
-        raise RequestRefused(400, "the request body is not valid for its Content-Encoding", header="content-encoding")
+        raise InvalidRequest("the request body is not valid for its Content-Encoding", header="content-encoding")
     return bytes(out)
 
 
@@ -120,7 +109,7 @@ def _zstd(data: bytes, limit: int) -> bytes:
     reader = zstandard.ZstdDecompressor().stream_reader(data)
     out = bytes(reader.read(limit + 1))
     if len(out) > limit:
-        raise RequestRefused(413, f"request body exceeds {limit} bytes once decoded")
+        raise BodyTooLarge(limit, decoded=True)
     return out
 
 
@@ -143,13 +132,12 @@ def decode_body(data: bytes, encoding: str | None, limit: int) -> bytes:
             elif coding == "zstd":
                 data = _zstd(data, limit)
             elif coding != "identity":
-                raise RequestRefused(415, f"Content-Encoding {coding!r} is not supported (gzip, deflate, br, zstd)",
-                                  header="content-encoding")
+                raise UnsupportedEncoding(coding)
         except RequestRefused:
             raise
         except Exception:
-            raise RequestRefused(400, "the request body is not valid for its Content-Encoding",
-                              header="content-encoding") from None
+            raise InvalidRequest("the request body is not valid for its Content-Encoding",
+                                 header="content-encoding") from None
     return data
 
 
@@ -176,11 +164,8 @@ def _load_json(data: bytes) -> tuple[Any, int]:
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise RequestRefused(400, f"the body is not valid JSON: {str(exc)[:160]}") from None
-    try:
-        return value, input_token_bound(value, MAX_DEPTH)
-    except NestedTooDeep:
-        raise RequestRefused(400, f"the JSON body nests deeper than {MAX_DEPTH} levels") from None
+        raise InvalidRequest(f"the body is not valid JSON: {str(exc)[:160]}") from None
+    return value, input_token_bound(value, MAX_DEPTH)  # NestedTooDeep past MAX_DEPTH
 
 
 async def off_loop(size: int, work: Callable[[], Any]) -> Any:
@@ -194,10 +179,7 @@ async def read_json(ex: Exchange, receive: Receive, encoding: str | None, limit:
     """The request body, read once (413), decoded (415), parsed strictly. A body that is not JSON is kept as
     `ex.json_error`: only an endpoint the gateway understands needs JSON (parse_call refuses it there)."""
     if ex.decoded_body is None:
-        try:
-            raw = await ex.read_body(receive, limit)
-        except BodyTooLarge as exc:
-            raise RequestRefused(413, str(exc)) from None
+        raw = await ex.read_body(receive, limit)  # BodyTooLarge past the limit
         ex.decoded_body = await off_loop(len(raw), lambda: decode_body(raw, encoding, limit))
         decoded = ex.decoded_body
         if decoded:
@@ -236,7 +218,7 @@ def limit_fields(provider: str, endpoint: Endpoint, compat: bool = False) -> Lim
 
 def model_name(value: Any, field: str = "model") -> str:
     if not isinstance(value, str) or not _MODEL.fullmatch(value):
-        raise RequestRefused(400, f"{field} must be a model name (1-256 printable characters, no spaces)", param=field)
+        raise InvalidRequest(f"{field} must be a model name (1-256 printable characters, no spaces)", param=field)
     return value
 
 
@@ -244,10 +226,10 @@ def canonical_query(query: str) -> str:
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query), max_num_fields=32)
     except ValueError:
-        raise RequestRefused(400, "the query string is not valid") from None
+        raise InvalidRequest("the query string is not valid") from None
     for name, value in pairs:
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name + value):
-            raise RequestRefused(400, "the query string contains a control character")
+            raise InvalidRequest("the query string contains a control character")
     return urlencode(pairs)
 
 
@@ -301,10 +283,10 @@ def audio_output_asked(body: dict[str, Any]) -> bool:
 
 def parse_call(*, method: str, provider: str, path: str, query: str, body: Any, raw_body: bytes,
                default_output: int, inject_limit: bool, compat: bool = False, model: str | None = None,
-               json_error: Exception | None = None, input_bound: int = 0) -> Call:
+               json_error: RequestRefused | None = None, input_bound: int = 0) -> Call:
     """Build the canonical call. `body` is the strictly parsed JSON (or None); `model` is given for compat,
     where the body's `model` names the provider too; `input_bound` was measured when the body was parsed.
-    Raises RequestRefused (or LimitError) for what cannot be represented faithfully."""
+    Raises a RequestRefused (InvalidRequest, LimitError...) for what cannot be represented faithfully."""
     endpoint, path_model = recognise(provider, method, path)
     query = canonical_query(query)
     if endpoint is None:
@@ -312,7 +294,7 @@ def parse_call(*, method: str, provider: str, path: str, query: str, body: Any, 
     if json_error is not None:
         raise json_error
     if not isinstance(body, dict):
-        raise RequestRefused(400, f"the body of {endpoint.name} must be a JSON object")
+        raise InvalidRequest(f"the body of {endpoint.name} must be a JSON object")
     if provider == "google-ai-studio":
         model = path_model
         stream = endpoint.name == "streamGenerateContent"
@@ -320,7 +302,7 @@ def parse_call(*, method: str, provider: str, path: str, query: str, body: Any, 
         model = model_name(model if model is not None else body.get("model"))
         asked = body.get("stream")
         if asked is not None and not isinstance(asked, bool):
-            raise RequestRefused(400, "stream must be true or false", param="stream")
+            raise InvalidRequest("stream must be true or false", param="stream")
         stream = bool(asked)
     # compat bodies are Chat Completions whatever the provider; the translation carries the resolved number
     fields = output_limit.CHAT if compat else limit_fields(provider, endpoint, compat)
@@ -346,4 +328,4 @@ def _tier(body: dict[str, Any]) -> str | None:
         else None
 
 
-__all__ = ["LimitError", "RequestRefused", "decode_body", "load_json", "off_loop", "parse_call", "recognise"]
+__all__ = ["decode_body", "load_json", "off_loop", "parse_call", "recognise"]

@@ -17,19 +17,9 @@ import time
 import uuid
 from typing import Any
 
+from gateway.errors import CompatError, CompatUpstreamError
+
 SSE_DONE = b"data: [DONE]\n\n"
-
-
-class CompatError(ValueError):
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-class CompatUpstreamError(Exception):
-    def __init__(self, message: str, status: int = 502) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def sse_chunk(obj: dict[str, Any]) -> bytes:
@@ -308,7 +298,7 @@ class AnthropicStream(_ChunkMaker):
             return [self.chunk({}, ANTHROPIC_FINISH.get(reason or "end_turn", "stop"))]
         if kind == "error":
             error = data.get("error") or {}
-            raise CompatUpstreamError(f"anthropic: {error.get('message', 'stream error')}", 502)
+            raise CompatUpstreamError("anthropic", f"anthropic: {error.get('message', 'stream error')}")
         return []
 
 
@@ -432,7 +422,8 @@ class GeminiStream(_ChunkMaker):
 
     def feed(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         if isinstance(data.get("error"), dict):
-            raise CompatUpstreamError(f"google-ai-studio: {data['error'].get('message', 'stream error')}", 502)
+            raise CompatUpstreamError("google-ai-studio",
+                                      f"google-ai-studio: {data['error'].get('message', 'stream error')}")
         out: list[dict[str, Any]] = []
         if isinstance(data.get("usageMetadata"), dict):
             u = _gemini_usage(data["usageMetadata"])

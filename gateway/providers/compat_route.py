@@ -17,14 +17,23 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from starlette.types import Scope, Send
 
+from gateway.errors import (
+    CompatError,
+    CompatUpstreamError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    UpstreamBroke,
+    UpstreamFailure,
+    UpstreamNotJSON,
+    to_response,
+)
 from gateway.exchange import Call, Exchange, Usage
 from gateway.gateways import Gateway
 from gateway.providers.call import off_loop, parse_call
 from gateway.providers.compat import (
     SSE_DONE,
     AnthropicStream,
-    CompatError,
-    CompatUpstreamError,
     GeminiStream,
     error_from_provider,
     from_anthropic_response,
@@ -34,14 +43,14 @@ from gateway.providers.compat import (
     to_anthropic_request,
     to_gemini_request,
 )
-from gateway.providers.forward import UpstreamFailure, response_headers
+from gateway.providers.forward import response_headers
 from gateway.providers.left_early import count_delivered
 from gateway.providers.openai import dumps
 from gateway.providers.options import RequestOptions
 from gateway.providers.router import reported
 from gateway.providers.sse import SSEParser
 from gateway.providers.store import ProviderConfigSnapshot
-from gateway.providers.target import Target, TargetError, resolve
+from gateway.providers.target import Target, resolve
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -52,10 +61,10 @@ MAX_COMPAT_RESPONSE = 32 * 1024 * 1024
 
 def split_model(value: Any) -> tuple[str, str]:
     if not isinstance(value, str) or "/" not in value:
-        raise TargetError(400, 'model must be "{provider}/{model}", e.g. "anthropic/claude-sonnet-4-5"')
+        raise InvalidRequest('model must be "{provider}/{model}", e.g. "anthropic/claude-sonnet-4-5"')
     provider, _, model = value.partition("/")
     if not provider or not model:
-        raise TargetError(400, 'model must be "{provider}/{model}"')
+        raise InvalidRequest('model must be "{provider}/{model}"')
     return provider, model
 
 
@@ -65,13 +74,13 @@ def compat_target(ex: Exchange, gateway: Gateway, settings: Settings, config: Pr
     """Parse the compat call (ex.call: the provider's upstream endpoint, the Chat Completions body with its output
     limit resolved) and resolve its target. `limits`: the gateway's (default_max_output_tokens, inject_max_tokens)."""
     if rest != "chat/completions":
-        raise TargetError(404, "the compat endpoint is /compat/chat/completions")
+        raise NotFound("the compat endpoint is /compat/chat/completions")
     if method != "POST":
-        raise TargetError(405, f"the compat endpoint answers POST, not {method}")
+        raise MethodNotAllowed(method, f"the compat endpoint answers POST, not {method}")
     if ex.json_error is not None:
         raise ex.json_error
     if not isinstance(body, dict):
-        raise TargetError(400, "the body must be a JSON object")
+        raise InvalidRequest("the body must be a JSON object")
     provider, model = split_model(body.get("model"))
     stream = body.get("stream") is True
     if provider == "anthropic":
@@ -87,7 +96,7 @@ def compat_target(ex: Exchange, gateway: Gateway, settings: Settings, config: Pr
                          default_output=limits[0], inject_limit=limits[1], compat=True, model=model,
                          input_bound=ex.input_bound)
     if ex.call.endpoint is None:
-        raise TargetError(400, f"model {model!r} cannot be served by {provider} through the compat endpoint")
+        raise InvalidRequest(f"model {model!r} cannot be served by {provider} through the compat endpoint")
     scheme, _, token = headers.get("authorization", "").partition(" ")
     client_key = token.strip() if scheme.lower() == "bearer" and token.strip() else None
     return resolve(exchange=ex, gateway=gateway, settings=settings, config=config, call=ex.call, headers=headers,
@@ -107,7 +116,7 @@ def upstream_body(target: Target, call: Call) -> tuple[Any, bool]:
 
 
 def translated(target: Target, call: Call) -> tuple[Any, bool]:
-    """The translation, with any shape it cannot read (a tool call that is not an object...) a CompatError (400)."""
+    """The translation, with any shape it cannot read (a tool call that is not an object...) a CompatError."""
     try:
         return upstream_body(target, call)
     except CompatError:
@@ -123,16 +132,17 @@ async def serve_compat(router: ProviderRouter, scope: Scope, send: Send, ex: Exc
     try:
         payload, hide = await off_loop(len(ex.decoded_body or b""), lambda: translated(target, call))
     except CompatError as exc:
-        error = openai_error(400, str(exc), "invalid_request_error")
+        status = to_response(exc).status
+        error = openai_error(status, str(exc), "invalid_request_error")
         error["error"]["param"] = exc.param
-        await _send_json(send, 400, error)
-        ex.status_code, ex.error = 400, str(exc)
+        await _send_json(send, status, error)
+        ex.status_code, ex.error = status, str(exc)
         return
     try:
         content = await off_loop(len(ex.decoded_body or b""), lambda: dumps(payload))
         response = await router.open(scope, ex, target, content)
     except UpstreamFailure as exc:
-        await router.refuse(send, ex, exc.status, str(exc), target)
+        await router.refuse(send, ex, exc, target)
         router.bill_unanswered(ex, target, exc.sent)
         return
     try:
@@ -156,7 +166,7 @@ async def serve_compat(router: ProviderRouter, scope: Scope, send: Send, ex: Exc
         # provider rather than a 500. `ex.status_code` keeps the provider's status, as in ProviderRouter._relay: a
         # 2xx answer that broke is billed what the gateway saw of it, estimated.
         message = f"{target.provider} broke the connection before its answer was complete: {type(exc).__name__}"
-        await router.refuse(send, ex, 502, message, target)
+        await router.refuse(send, ex, UpstreamBroke(target.provider, message), target)
         ex.status_code = response.status_code
         router.record_cost(ex, target, Usage(), complete=False)
     finally:
@@ -177,8 +187,9 @@ async def _json(router: ProviderRouter, send: Send, ex: Exchange, target: Target
     try:
         data = json.loads(raw)
     except ValueError:
-        await _send_json(send, 502, openai_error(502, f"{target.provider} sent a body that is not JSON"))
-        ex.status_code = 502
+        answer = to_response(UpstreamNotJSON(target.provider))
+        await _send_json(send, answer.status, openai_error(answer.status, answer.message))
+        ex.status_code = answer.status
         return
     usage = target.adapter.usage_from_json(target.path, data)
     router.record_cost(ex, target, usage, complete=reported(usage))
@@ -245,9 +256,9 @@ async def _stream(router: ProviderRouter, send: Send, ex: Exchange, target: Targ
         if translator is not None:
             tail = b"".join(sse_chunk(item) for item in translator.finish())
             await emit(tail + SSE_DONE)
-    except CompatUpstreamError as exc:
+    except CompatUpstreamError as exc:  # after the first byte: the stream ends with the error as its last chunk
         ex.error = str(exc)
-        await emit(sse_chunk(openai_error(getattr(exc, "status", 502) or 502, str(exc))))
+        await emit(sse_chunk(openai_error(to_response(exc).status, str(exc))))
     except Exception as exc:  # a broken upstream stream: the client's stream just ends
         import httpx
 

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.errors import NestedTooDeep
+
 IMAGE_TOKENS = 6_000
 MESSAGE_OVERHEAD = 16
 BASE_OVERHEAD = 64
 _IMAGE_TYPES = ("image", "image_url", "input_image")
-
-
-class NestedTooDeep(ValueError):
-    pass
 
 
 def _is_image(node: dict[str, Any]) -> bool:
@@ -61,7 +59,7 @@ def input_token_bound(body: Any, max_depth: int | None = None) -> int:
     while stack:
         node, depth = pop()
         if depth > limit:
-            raise NestedTooDeep(f"nested deeper than {limit} levels")
+            raise NestedTooDeep(limit)
         if type(node) is dict:
             if _is_image(node):
                 total += IMAGE_TOKENS

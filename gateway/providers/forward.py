@@ -3,7 +3,8 @@
 Retries (`cf-aig-max-attempts`, `-retry-delay`, `-backoff`) cover connection errors, no first byte within
 `cf-aig-request-timeout`, and 429/5xx answers; nothing is retried once a response was chosen for the client
 (the router only starts sending after `send_with_retries` returns). When every attempt failed: unreachable →
-`UpstreamUnreachable` (502), timeout → `UpstreamTimeout` (504); a final 429/5xx answer is returned as is.
+`UpstreamUnreachable`, timeout → `UpstreamTimeout` (gateway/errors.py: 502, 504); a final 429/5xx answer is
+returned as is.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterable
 
 import httpx
 
+from gateway.errors import UpstreamFailure, UpstreamTimeout, UpstreamUnreachable
 from gateway.providers.options import RequestOptions
 
 HOP_BY_HOP = {
@@ -24,23 +26,6 @@ KEY_HEADERS = {"authorization", "x-api-key", "x-goog-api-key"}
 ACCOUNT_HEADERS = {"openai-organization", "openai-project", "x-goog-user-project", "anthropic-organization"}
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 DEFAULT_FIRST_BYTE_TIMEOUT_S = 300.0
-
-
-class UpstreamFailure(Exception):
-    status = 502
-
-    def __init__(self, provider: str, message: str) -> None:
-        super().__init__(message)
-        self.provider = provider
-        self.sent = 0  # attempts that reached the provider (it may bill each: it had the prompt)
-
-
-class UpstreamUnreachable(UpstreamFailure):
-    status = 502
-
-
-class UpstreamTimeout(UpstreamFailure):
-    status = 504
 
 
 def upstream_headers(headers: Iterable[tuple[bytes, bytes]], auth: dict[str, str] | None,

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
+from gateway.errors import HeaderError
 from gateway.pricing import CustomCost
 
 BACKOFFS = ("constant", "linear", "exponential")
@@ -13,12 +14,6 @@ MAX_ATTEMPTS = 5
 MAX_RETRY_DELAY_MS = 5000
 MAX_TIMEOUT_MS = 30 * 60 * 1000
 MAX_PRICE_PER_TOKEN = Decimal(1000)  # USD; far above any model, and keeps every cost inside nano-USD's range
-
-
-class HeaderError(ValueError):
-    def __init__(self, header: str, message: str) -> None:
-        super().__init__(message)
-        self.header = header
 
 
 @dataclass(frozen=True)

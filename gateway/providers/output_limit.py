@@ -19,15 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.errors import LimitError
+
 MAX_OUTPUT_TOKENS = 10_000_000  # above any model's output cap; keeps every estimate far inside nano-USD's range
 MAX_CHOICES = 128
 MAX_THINKING_TOKENS = MAX_OUTPUT_TOKENS
-
-
-class LimitError(ValueError):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ records usage and cost on the Exchange.
   larger ones stream through (their usage is read from the captured head and tail, their cost goes to the log).
 - SSE answers stream event by event; usage is read as events pass; an OpenAI usage chunk the client did not
   ask for is dropped. Nothing is buffered beyond one event.
-- Upstream failures before the first byte: 502 / 504 with a JSON error naming the provider (in the provider's
-  error shape). After the first byte nothing can be retried or re-statused: the stream just ends.
+- Upstream failures before the first byte: answered as gateway/errors.py maps them (502 / 504, naming the
+  provider), in the provider's error shape (`refuse`). After the first byte nothing can be retried or
+  re-statused: the stream just ends.
 """
 
 from __future__ import annotations
@@ -27,23 +28,33 @@ from typing import Any
 import httpx
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.errors import (
+    ClientLeft,
+    GatewayError,
+    HeaderError,
+    InvalidRequest,
+    NotFound,
+    RequestRefused,
+    UpstreamBroke,
+    UpstreamFailure,
+    to_response,
+)
 from gateway.exchange import Exchange, Usage
-from gateway.gateways import GatewayStore, UnknownAccount, UnknownGateway
+from gateway.gateways import GatewayStore
 from gateway.paths import locate
 from gateway.pricing import cost_of
-from gateway.providers.call import LimitError, RequestRefused, off_loop, parse_call, read_json
+from gateway.providers.call import off_loop, parse_call, read_json
 from gateway.providers.forward import (
-    UpstreamFailure,
     response_headers,
     send_with_retries,
     upstream_headers,
 )
 from gateway.providers.left_early import count_delivered, estimated_usage
 from gateway.providers.openai import dumps
-from gateway.providers.options import HeaderError, parse_options
+from gateway.providers.options import parse_options
 from gateway.providers.sse import SSEParser
 from gateway.providers.store import ProviderStore
-from gateway.providers.target import Target, TargetError, resolve
+from gateway.providers.target import Target, resolve
 from gateway.settings import Settings
 
 log = logging.getLogger("spendgate.router")
@@ -68,12 +79,12 @@ SINGLE_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "con
 
 
 def header_map(scope: Scope) -> dict[str, str]:
-    """Lower-cased names to values; a `cf-aig-*`, key or encoding header sent twice is refused (400)."""
+    """Lower-cased names to values; a `cf-aig-*`, key or encoding header sent twice is refused (HeaderError)."""
     out: dict[str, str] = {}
     for raw_name, raw_value in scope["headers"]:
         name = raw_name.decode("latin-1").lower()
         if name in out and (name in SINGLE_HEADERS or name.startswith("cf-aig-")):
-            raise RequestRefused(400, f"the {name} header was sent more than once", name)
+            raise HeaderError(name, f"the {name} header was sent more than once")
         out[name] = raw_value.decode("latin-1")
     return out
 
@@ -108,43 +119,30 @@ class ProviderRouter:
     async def _prepare(self, scope: Scope, receive: Receive, ex: Exchange) -> Target:
         where = locate(scope)
         if where is None:
-            raise RequestRefused(404, "expected /v1/{account}/{gateway}/{provider}/{path}")
+            raise NotFound("expected /v1/{account}/{gateway}/{provider}/{path}")
         if where.error is not None:
-            raise RequestRefused(400, where.error)
-        try:
-            gateway = ex.gateway or await self.gateways.get(where.account, where.gateway)
-        except UnknownAccount:
-            raise RequestRefused(404, f"unknown account {where.account!r}") from None
-        except UnknownGateway:
-            raise RequestRefused(404, f"unknown gateway {where.gateway!r}") from None
+            raise InvalidRequest(where.error)
+        gateway = ex.gateway or await self.gateways.get(where.account, where.gateway)  # UnknownAccount, ...
         ex.gateway = gateway
-        headers = header_map(scope)  # raises RequestRefused
-        try:
-            options = parse_options(headers)
-        except HeaderError as exc:
-            raise RequestRefused(400, str(exc), exc.header) from None
+        headers = header_map(scope)  # HeaderError
+        options = parse_options(headers)  # HeaderError
         if options.custom_cost is not None and not gateway.settings.allow_custom_cost:
-            raise RequestRefused(400, "cf-aig-custom-cost is not allowed on this gateway", "cf-aig-custom-cost")
-        try:
-            body = await read_json(ex, receive, headers.get("content-encoding"), self.settings.max_body_bytes)
-            config = await self.providers.get(where.account, where.gateway)
-            query = scope.get("query_string", b"").decode("latin-1")
-            limits = (gateway.settings.default_max_output_tokens, gateway.settings.inject_max_tokens)
-            if where.provider == "compat":
-                from gateway.providers.compat_route import compat_target
+            raise HeaderError("cf-aig-custom-cost", "cf-aig-custom-cost is not allowed on this gateway")
+        body = await read_json(ex, receive, headers.get("content-encoding"), self.settings.max_body_bytes)
+        config = await self.providers.get(where.account, where.gateway)
+        query = scope.get("query_string", b"").decode("latin-1")
+        limits = (gateway.settings.default_max_output_tokens, gateway.settings.inject_max_tokens)
+        if where.provider == "compat":
+            from gateway.providers.compat_route import compat_target
 
-                target = compat_target(ex, gateway, self.settings, config, scope["method"], where.rest, headers,
-                                       body, options, limits)
-            else:
-                ex.call = parse_call(method=scope["method"], provider=where.provider, path=where.rest, query=query,
-                                     body=body, raw_body=ex.decoded_body or b"", default_output=limits[0],
-                                     inject_limit=limits[1], json_error=ex.json_error, input_bound=ex.input_bound)
-                target = resolve(exchange=ex, gateway=gateway, settings=self.settings, config=config, call=ex.call,
-                                 headers=headers, options=options)
-        except LimitError as exc:
-            raise RequestRefused(400, str(exc), param=exc.field) from None
-        except TargetError as exc:
-            raise RequestRefused(exc.status, exc.message) from None
+            target = compat_target(ex, gateway, self.settings, config, scope["method"], where.rest, headers,
+                                   body, options, limits)
+        else:
+            ex.call = parse_call(method=scope["method"], provider=where.provider, path=where.rest, query=query,
+                                 body=body, raw_body=ex.decoded_body or b"", default_output=limits[0],
+                                 inject_limit=limits[1], json_error=ex.json_error, input_bound=ex.input_bound)
+            target = resolve(exchange=ex, gateway=gateway, settings=self.settings, config=config, call=ex.call,
+                             headers=headers, options=options)
         call = ex.call
         assert call is not None
         if call.endpoint is not None and not target.compat:
@@ -166,7 +164,7 @@ class ProviderRouter:
         try:
             target = await self.prepare(scope, receive)
         except RequestRefused as exc:
-            await self.refuse(send, ex, exc.status, exc.message, None, header=exc.header, param=exc.param)
+            await self.refuse(send, ex, exc, None)
             return
         await self._serve_while_connected(scope, receive, send, ex, target)
 
@@ -216,7 +214,7 @@ class ProviderRouter:
                 ex.status_code = 499  # the provider has the prompt: billed below as any call that ended early
                 self.record_cost(ex, target, ex.usage, complete=False)
             if not started:
-                await self.refuse(send, ex, 499, f"the client went away before {target.provider} answered", target)
+                await self.refuse(send, ex, ClientLeft(target.provider), target)
             else:
                 ex.error = f"the client went away; the {target.provider} call was stopped"
             return
@@ -245,7 +243,7 @@ class ProviderRouter:
         try:
             response = await self.open(scope, ex, target, target.content)
         except UpstreamFailure as exc:
-            await self.refuse(send, ex, exc.status, str(exc), target)
+            await self.refuse(send, ex, exc, target)
             self.bill_unanswered(ex, target, exc.sent)
             return
         try:
@@ -325,7 +323,7 @@ class ProviderRouter:
                     break
         except httpx.HTTPError as exc:
             message = f"{target.provider} broke the connection before its answer was complete: {type(exc).__name__}"
-            await self.refuse(send, ex, 502, message, target)
+            await self.refuse(send, ex, UpstreamBroke(target.provider, message), target)
             ex.status_code = response.status_code
             count_delivered(ex, head.decode("utf-8", "replace"))
             self.record_cost(ex, target, Usage(), complete=False)
@@ -396,9 +394,11 @@ class ProviderRouter:
             self.record_cost(ex, target, reader.usage, complete=reader.final)
         await send({"type": "http.response.body", "body": b""})
 
-    async def refuse(self, send: Send, ex: Exchange, status: int, message: str, target: Target | None,
-                     header: str | None = None, param: str | None = None) -> None:
-        """Answer an error in the shape the client's API expects (the provider's, or OpenAI's on compat)."""
+    async def refuse(self, send: Send, ex: Exchange, error: GatewayError, target: Target | None) -> None:
+        """Answer an error as gateway/errors.py maps it, in the shape the client's API expects (the provider's, or
+        OpenAI's on compat; the gateway's own before a target is known)."""
+        answer = to_response(error)
+        status, message = answer.status, answer.message
         ex.status_code = status
         ex.error = message
         if target is not None and target.compat:
@@ -409,15 +409,11 @@ class ProviderRouter:
             payload = target.adapter.error_body(status, message)
             payload.setdefault("success", False)
         else:
-            error: dict[str, Any] = {"message": message}
-            if header:
-                error["header"] = header
-            if param:
-                error["param"] = param
-            payload = {"success": False, "error": error}
+            payload = answer.body
         body = json.dumps(payload).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 

@@ -14,6 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+from gateway.errors import (
+    BillingRefused,
+    InvalidRequest,
+    OwnKeyRequired,
+    UnknownCustomProvider,
+    UnknownProvider,
+    UnpricedModel,
+)
 from gateway.exchange import BillingMode, Call, Exchange
 from gateway.gateways import Gateway
 from gateway.pricing import PriceOverride, unit_prices, unpriced_component
@@ -33,13 +41,6 @@ ADAPTERS: dict[str, Adapter] = {
     "anthropic": AnthropicFormat(),
     "google-ai-studio": GoogleFormat(),
 }
-
-
-class TargetError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass
@@ -66,14 +67,14 @@ def adapter_for(provider: str) -> Adapter:
         return ADAPTERS[provider]
     if provider.startswith("custom-"):
         return OpenAIFormat(provider)
-    raise TargetError(400, f"unknown provider {provider!r}")
+    raise UnknownProvider(provider)
 
 
 def base_url_for(provider: str, settings: Settings, config: ProviderConfigSnapshot, zdr: bool) -> str:
     if provider.startswith("custom-"):
         slug = provider.removeprefix("custom-")
         if slug not in config.custom:
-            raise TargetError(404, f"custom provider {slug!r} is not registered on this gateway")
+            raise UnknownCustomProvider(slug)
         return config.custom[slug]
     pc: ProviderConfig = settings.providers[provider]
     if zdr and pc.zdr_upstream:
@@ -85,7 +86,7 @@ def resolve(
     *, exchange: Exchange, gateway: Gateway, settings: Settings, config: ProviderConfigSnapshot, call: Call,
     headers: dict[str, str], options: RequestOptions, client_key: str | None = None,
 ) -> Target:
-    """Where `call` goes and who pays. Raises TargetError."""
+    """Where `call` goes and who pays. Raises a RequestRefused (BillingRefused, UnpricedModel, ...)."""
     provider, path, query, model, compat = call.provider, call.path, call.query, call.model, call.compat
     adapter = adapter_for(provider)
     base = base_url_for(provider, settings, config, False)
@@ -99,22 +100,23 @@ def resolve(
     elif (provider, options.byok_alias) in config.keys:
         key = config.keys[(provider, options.byok_alias)]
     elif options.byok_alias != "default":
-        raise TargetError(400, f"no {provider} key stored under alias {options.byok_alias!r} on this gateway")
+        raise BillingRefused(provider, f"no {provider} key stored under alias {options.byok_alias!r} on this gateway")
     else:
         mode = "unified"
         if options.custom_cost is not None:
-            raise TargetError(400, "cf-aig-custom-cost is refused on unified billing: the gateway's own money is "
-                                   "charged at its own prices")
+            raise BillingRefused(provider, "cf-aig-custom-cost is refused on unified billing: the gateway's own "
+                                           "money is charged at its own prices")
         if gateway.settings.byok_only:
-            raise TargetError(400, f"this gateway accepts only your own keys (byok_only): send a {provider} key")
+            raise BillingRefused(provider, "this gateway accepts only your own keys (byok_only): send a "
+                                           f"{provider} key")
         if options.no_wholesale:
-            raise TargetError(400, f"cf-aig-no-wholesale is set and no {provider} key was sent or stored")
+            raise BillingRefused(provider, f"cf-aig-no-wholesale is set and no {provider} key was sent or stored")
         if provider.startswith("custom-"):
-            raise TargetError(400, f"{provider} is not available on unified billing: send its key")
+            raise BillingRefused(provider, f"{provider} is not available on unified billing: send its key")
         pc = settings.providers[provider]
         key = pc.key
         if not key:
-            raise TargetError(400, f"{provider} is not available on unified billing here: send your own key")
+            raise BillingRefused(provider, f"{provider} is not available on unified billing here: send your own key")
         if exchange.zdr_requested:
             if pc.zdr_upstream:
                 base, key = pc.zdr_upstream, pc.zdr_key or pc.key
@@ -130,13 +132,13 @@ def resolve(
     if mode == "unified" and prices is not None and call.endpoint is not None:
         missing = unpriced_component(prices, call.web_searches, call.audio_output, call.image_output)
         if missing:
-            raise TargetError(400, f"model {model!r} of {provider} has no price for {missing}, so unified billing "
-                                   "cannot charge for it: add one with PUT /admin/accounts/{a}/gateways/{g}/prices "
-                                   "or use your own key")
+            raise UnpricedModel(provider, model, f"model {model!r} of {provider} has no price for {missing}, so "
+                                "unified billing cannot charge for it: add one with PUT "
+                                "/admin/accounts/{a}/gateways/{g}/prices or use your own key")
     unpriced = price is None and options.custom_cost is None and prices is None
     if unpriced and (mode == "unified" or gateway.settings.block_unpriced):
-        raise TargetError(
-            400,
+        raise UnpricedModel(
+            provider, model,
             f"model {model!r} of {provider} has no known price, so "
             + ("unified billing cannot charge for it" if mode == "unified" else "this gateway blocks it")
             + ": add a price with PUT /admin/accounts/{a}/gateways/{g}/prices or use your own key",
@@ -148,21 +150,23 @@ def resolve(
 def _check_gateway_key_call(call: Call, options: RequestOptions) -> None:
     """The gateway's keys (stored or its own) serve only what the gateway understands and can price."""
     if call.endpoint is None:
-        raise TargetError(403, f"{call.method} /{call.path} is not an endpoint this gateway serves with its "
-                               f"{call.provider} keys (send your own key for it; see docs/refusals.md)")
+        raise OwnKeyRequired(call.provider, f"{call.method} /{call.path} is not an endpoint this gateway serves with "
+                                            f"its {call.provider} keys (send your own key for it; see "
+                                            "docs/refusals.md)")
     allowed = QUERY_PARAMETERS.get(call.provider, frozenset())
     for name, value in parse_qsl(call.query, keep_blank_values=True):
         if name not in allowed:
-            raise TargetError(400, f"query parameter {name!r} is not understood on {call.endpoint.name}")
+            raise InvalidRequest(f"query parameter {name!r} is not understood on {call.endpoint.name}")
         if name == "alt" and value not in ("sse", "json"):
-            raise TargetError(400, "alt must be sse or json (the gateway reads usage from JSON)")
+            raise InvalidRequest("alt must be sse or json (the gateway reads usage from JSON)")
     body = call.body if isinstance(call.body, dict) else {}
     if body.get("background") is True:
-        raise TargetError(400, "background responses are not served on the gateway's keys: their output is "
-                               "generated after the call ends, where the gateway cannot bill it")
+        raise InvalidRequest("background responses are not served on the gateway's keys: their output is "
+                             "generated after the call ends, where the gateway cannot bill it")
     fee = fee_tool(body.get("tools"))
     if fee is not None:
-        raise TargetError(400, f"tool {fee!r} carries fees the gateway does not price: send your own key for it")
+        raise BillingRefused(call.provider, f"tool {fee!r} carries fees the gateway does not price: send your own key "
+                                            "for it")
 
 
 # server-side tools billed per use that the gateway cannot price (web search is priced: it is counted and reserved)

@@ -26,16 +26,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.errors import RouteError
 from gateway.providers.options import MAX_ATTEMPTS
 
 TYPES = ("conditional", "percentage", "budget", "model", "end")
 _EDGES = {"conditional": ("true", "false"), "budget": ("success", "fallback"), "model": ("success", "fallback")}
-
-
-class RouteError(ValueError):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,12 @@ from typing import Any
 import asyncpg
 
 from gateway.db import Database
+from gateway.errors import RouteError, RouteExists, RouteNotFound
 from gateway.gateways import GatewayStore
-from gateway.routes.graph import RouteError, validate
+from gateway.routes.graph import validate
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}\Z")  # `\Z`: Python's `$` also matches before a final newline
 MAX_VERSION = 2**31 - 1  # route_versions.version is an integer column
-
-
-class RouteNotFound(LookupError):
-    pass
 
 
 class RouteStore:
@@ -70,7 +67,7 @@ class RouteStore:
                     "INSERT INTO routes (account_id, gateway_id, name, deployed_version) VALUES ($1, $2, $3, 1) "
                     "RETURNING id", account, gateway, name)
             except asyncpg.UniqueViolationError:
-                raise RouteError("name", f"route {name!r} exists; POST a new version instead") from None
+                raise RouteExists("name", f"route {name!r} exists; POST a new version instead") from None
             await conn.execute("INSERT INTO route_versions (route_id, version, graph) VALUES ($1, 1, $2)",
                                route_id, graph)
         self._deployed.clear()
@@ -113,5 +110,5 @@ class RouteStore:
             account, gateway, name, version,
         )
         if not status.endswith(" 1"):
-            raise RouteNotFound(f"{name} version {version}")
+            raise RouteNotFound(name, version)
         self._deployed.clear()

@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from gateway.middleware.access_identity import AccessIdentity, JWTVerifier
+from gateway.identity import JWTVerifier
+from gateway.middleware.access_identity import AccessIdentity
 from tests.middleware.test_identity import AUD, IdP, app_for, ask, inner
 
 ISSUER = "https://idp.example"

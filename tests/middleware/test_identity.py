@@ -19,7 +19,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.exchange import Exchange
-from gateway.middleware.access_identity import AccessIdentity, JWTVerifier
+from gateway.identity import JWTVerifier
+from gateway.middleware.access_identity import AccessIdentity
 from gateway.middleware.attribution import Attribution
 from tests.fakes import FakeServer
 
