@@ -4,17 +4,28 @@
 
 Prints one JSON line: {"bench":"ledger","requests_per_s":N,"p50_ms":x,"p99_ms":y,"overdrafts":0,"invariants":"ok"}.
 Each hold and each settlement is one round trip and commits durably (synchronous_commit stays on).
+
+Then, in the same database for the same duration, the same number of connections each run
+`UPDATE bench_commit_rate SET n = n + 1 WHERE id = 1` on one row of a separate table, each statement its own
+transaction with synchronous_commit on: the most durable commits per second this server gives one hot row (each
+holds the row's lock until its commit is flushed). A second line says it and how close the ledger comes:
+
+    {"bench":"ledger_commit_rate","commits_per_s":N,"ledger_commits_per_s":M,"ratio":M/N,...}
+
+where ledger_commits_per_s is the ledger's holds + settlements per second (2 x requests_per_s).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 from _common import emit, fresh_database, percentile
 
 from gateway.db import Database
@@ -73,13 +84,58 @@ async def run(url: str, seconds: float, workers: int) -> dict[str, object]:
     }
 
 
+async def commit_rate(url: str, seconds: float, workers: int, ledger_rps: float) -> dict[str, object]:
+    """Single-row durable commits per second on this server, and the ledger's holds + settlements against it."""
+    pool = await asyncpg.create_pool(url, min_size=workers, max_size=workers,
+                                     server_settings={"synchronous_commit": "on"})
+    try:
+        await pool.execute("CREATE TABLE bench_commit_rate (id int PRIMARY KEY, n bigint NOT NULL)")
+        await pool.execute("INSERT INTO bench_commit_rate VALUES (1, 0)")
+        settings = {name: await pool.fetchval(f"SHOW {name}") for name in ("synchronous_commit", "fsync")}
+        latencies: list[float] = []
+        deadline = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            async with pool.acquire() as conn:
+                update = await conn.prepare("UPDATE bench_commit_rate SET n = n + 1 WHERE id = 1")
+                while time.perf_counter() < deadline:
+                    start = time.perf_counter()
+                    await update.fetch()  # no transaction block: the statement commits on its own
+                    latencies.append((time.perf_counter() - start) * 1000)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        elapsed = time.perf_counter() - began
+        counted = await pool.fetchval("SELECT n FROM bench_commit_rate WHERE id = 1")
+        await pool.execute("DROP TABLE bench_commit_rate")
+    finally:
+        await pool.close()
+    commits = len(latencies) / elapsed
+    ledger_commits = 2 * ledger_rps  # a hold and a settlement per request
+    return {
+        "bench": "ledger_commit_rate",
+        "commits_per_s": round(commits, 1),
+        "ledger_commits_per_s": round(ledger_commits, 1),
+        "ratio": round(ledger_commits / commits, 3) if commits else None,
+        "p50_ms": round(percentile(latencies, 0.5), 2),
+        "p99_ms": round(percentile(latencies, 0.99), 2),
+        "committed": counted,
+        **settings,
+        "server": os.environ.get("SPENDGATE_TEST_DB_SOURCE", "?"),  # where fresh_database() found it
+        "workers": workers,
+        "seconds": seconds,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--workers", type=int, default=32)
     args = parser.parse_args()
     with fresh_database() as url:
-        emit(asyncio.run(run(url, args.seconds, args.workers)))
+        record = asyncio.run(run(url, args.seconds, args.workers))
+        emit(record)
+        emit(asyncio.run(commit_rate(url, args.seconds, args.workers, float(str(record["requests_per_s"])))))
 
 
 if __name__ == "__main__":
