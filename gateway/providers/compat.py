@@ -1,4 +1,6 @@
-"""Translation between OpenAI Chat Completions and Anthropic Messages / Gemini generateContent (pure functions).
+"""Translation between OpenAI Chat Completions and Anthropic Messages / Gemini generateContent: pure functions,
+and the translator a compat call's target carries (gateway/providers/base.py `Translator`): `AnthropicCompat`,
+`GeminiCompat`, and `OpenAICompat` for the providers that speak Chat Completions already.
 
 Requests: system and developer messages become Anthropic's `system` / Gemini's `systemInstruction`; consecutive
 messages of one role are merged (Anthropic requires alternation); images by https URL or `data:` base64;
@@ -15,9 +17,15 @@ import json
 import mimetypes
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.errors import CompatError, CompatUpstreamError
+from gateway.errors import CompatError, CompatUpstreamError, to_response
+from gateway.exchange import Call
+from gateway.providers.base import Adapter, Translator
+from gateway.providers.sse import Event
+
+if TYPE_CHECKING:
+    import httpx
 
 SSE_DONE = b"data: [DONE]\n\n"
 
@@ -30,9 +38,10 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
                404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error"}
 
 
-def openai_error(status: int, message: str, type_: str | None = None, code: str | None = None) -> dict[str, Any]:
+def openai_error(status: int, message: str, type_: str | None = None, code: str | None = None,
+                 param: str | None = None) -> dict[str, Any]:
     kind = type_ or ERROR_TYPES.get(status, "api_error")
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def error_from_provider(provider: str, status: int, body: bytes) -> dict[str, Any]:
@@ -230,14 +239,66 @@ def from_anthropic_response(resp: dict[str, Any], model: str) -> dict[str, Any]:
     }
 
 
-class _ChunkMaker:
-    def __init__(self, model: str, include_usage: bool) -> None:
+class _ToOpenAI:
+    """A provider's answers in OpenAI's shapes: the shared half of the Anthropic and Gemini translators. A stream
+    becomes `chat.completion.chunk` events (the first says `role`), then a usage chunk when the client asked for
+    `stream_options.include_usage`, then `[DONE]`."""
+
+    reshapes = True
+
+    def __init__(self, model: str, *, stream: bool, include_usage: bool) -> None:
         self.model = model
+        self.stream = stream
         self.include_usage = include_usage
         self.id = "chatcmpl-" + uuid.uuid4().hex
         self.created = int(time.time())
         self.usage: dict[str, int] = {"input": 0, "output": 0, "cache_read": 0, "cache_write": 0}
         self.started = False
+
+    def request(self, call: Call) -> tuple[Any, bool]:
+        """The translated body; any shape the translation cannot read (a tool call that is not an object...) is a
+        CompatError naming `messages`."""
+        try:
+            return self._request(call), False
+        except CompatError:
+            raise
+        except (TypeError, AttributeError, KeyError, ValueError) as exc:
+            raise CompatError(f"the request's messages or tools have an unexpected shape ({type(exc).__name__})",
+                              "messages") from None
+
+    def _request(self, call: Call) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def streams(self, response: httpx.Response) -> bool:
+        return self.stream and response.status_code < 400
+
+    def error_body(self, status: int, message: str, param: str | None) -> dict[str, Any]:
+        return openai_error(status, message, param=param)
+
+    def provider_error(self, provider: str, status: int, raw: bytes) -> bytes:
+        return json.dumps(error_from_provider(provider, status, raw)).encode()
+
+    def answer(self, data: Any) -> Any:
+        raise NotImplementedError
+
+    def stream_headers(self, upstream: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        return [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+    def feed(self, event: Event) -> bytes:
+        data = event.json()
+        if not isinstance(data, dict):
+            return b""
+        return b"".join(sse_chunk(chunk) for chunk in self.chunks(event.event, data))
+
+    def chunks(self, event: str, data: dict[str, Any]) -> list[dict[str, Any]]:
+        """The OpenAI chunks for one event of the provider's stream (its name and its parsed data)."""
+        raise NotImplementedError
+
+    def finish(self, pending: bytes) -> bytes:
+        return b"".join(sse_chunk(chunk) for chunk in self.last_chunks()) + SSE_DONE
+
+    def failed(self, error: CompatUpstreamError) -> bytes:
+        return sse_chunk(openai_error(to_response(error).status, str(error)))
 
     def chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         if not self.started:
@@ -246,7 +307,8 @@ class _ChunkMaker:
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
-    def finish(self) -> list[dict[str, Any]]:
+    def last_chunks(self) -> list[dict[str, Any]]:
+        """The usage chunk, when the client asked for it."""
         if not self.include_usage:
             return []
         u = self.usage
@@ -257,14 +319,26 @@ class _ChunkMaker:
                                           "prompt_tokens_details": {"cached_tokens": u["cache_read"]}}}]
 
 
-class AnthropicStream(_ChunkMaker):
-    """Anthropic SSE events -> OpenAI chunks. `usage`: input excludes cache tokens (Anthropic's own count)."""
+class AnthropicCompat(_ToOpenAI):
+    """Chat Completions to Anthropic Messages and back. Stream `usage`: input excludes cache tokens (Anthropic's
+    own count)."""
 
-    def __init__(self, model: str, include_usage: bool) -> None:
-        super().__init__(model, include_usage)
+    def __init__(self, model: str, *, stream: bool, include_usage: bool) -> None:
+        super().__init__(model, stream=stream, include_usage=include_usage)
         self.tool_index: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_calls index
 
-    def feed(self, event: str, data: dict[str, Any]) -> list[dict[str, Any]]:
+    @staticmethod
+    def endpoint(model: str, stream: bool) -> tuple[str, str]:
+        return "v1/messages", ""
+
+    def _request(self, call: Call) -> dict[str, Any]:
+        assert call.output_limit is not None
+        return to_anthropic_request(call.body, self.model, call.output_limit)
+
+    def answer(self, data: Any) -> Any:
+        return from_anthropic_response(data, self.model)
+
+    def chunks(self, event: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         kind = data.get("type", event)
         if kind == "message_start":
             u = (data.get("message") or {}).get("usage") or {}
@@ -413,14 +487,26 @@ def from_gemini_response(resp: dict[str, Any], model: str) -> dict[str, Any]:
             "usage": _gemini_usage(resp.get("usageMetadata") or {})}
 
 
-class GeminiStream(_ChunkMaker):
-    """Gemini stream chunks -> OpenAI chunks. `usage`: input is promptTokenCount minus cached tokens."""
+class GeminiCompat(_ToOpenAI):
+    """Chat Completions to Gemini generateContent and back. Stream `usage`: input is promptTokenCount minus cached
+    tokens."""
 
-    def __init__(self, model: str, include_usage: bool) -> None:
-        super().__init__(model, include_usage)
+    def __init__(self, model: str, *, stream: bool, include_usage: bool) -> None:
+        super().__init__(model, stream=stream, include_usage=include_usage)
         self.calls = 0
 
-    def feed(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+    @staticmethod
+    def endpoint(model: str, stream: bool) -> tuple[str, str]:
+        verb = "streamGenerateContent" if stream else "generateContent"
+        return f"v1beta/models/{model}:{verb}", "alt=sse" if stream else ""
+
+    def _request(self, call: Call) -> dict[str, Any]:
+        return to_gemini_request(call.body, call.output_limit if call.limit_field else None)
+
+    def answer(self, data: Any) -> Any:
+        return from_gemini_response(data, self.model)
+
+    def chunks(self, event: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         if isinstance(data.get("error"), dict):
             raise CompatUpstreamError("google-ai-studio",
                                       f"google-ai-studio: {data['error'].get('message', 'stream error')}")
@@ -440,3 +526,69 @@ class GeminiStream(_ChunkMaker):
             finish = "tool_calls" if self.calls else GEMINI_FINISH.get(candidate["finishReason"], "stop")
             out.append(self.chunk({}, finish))
         return out
+
+
+# -- OpenAI-format providers ---------------------------------------------------------------------------------------
+
+
+class OpenAICompat:
+    """Chat Completions to a provider that speaks it (OpenAI, Groq, xAI, custom servers): the body with the bare
+    model name, the answer and its stream as the provider sent them (the usage chunk the gateway asked for and the
+    client did not is hidden by the adapter's stream reader), its errors too."""
+
+    reshapes = True
+
+    def __init__(self, adapter: Adapter, model: str, *, stream: bool) -> None:
+        self.adapter = adapter
+        self.model = model
+        self.stream = stream
+
+    @staticmethod
+    def endpoint(provider: str) -> tuple[str, str]:
+        return ("v1/chat/completions" if provider == "grok" else "chat/completions"), ""
+
+    def request(self, call: Call) -> tuple[Any, bool]:
+        return self.adapter.prepare(call.path, {**call.body, "model": self.model}, call.stream)
+
+    def streams(self, response: httpx.Response) -> bool:
+        return self.stream and response.status_code < 400
+
+    def error_body(self, status: int, message: str, param: str | None) -> dict[str, Any]:
+        return openai_error(status, message, param=param)
+
+    def provider_error(self, provider: str, status: int, raw: bytes) -> bytes:
+        return raw
+
+    def answer(self, data: Any) -> Any:
+        return data
+
+    def stream_headers(self, upstream: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        return [h for h in upstream if h[0] != b"content-length"]
+
+    def feed(self, event: Event) -> bytes:
+        return event.raw
+
+    def finish(self, pending: bytes) -> bytes:
+        return b""
+
+    def failed(self, error: CompatUpstreamError) -> bytes:
+        return sse_chunk(openai_error(to_response(error).status, str(error)))
+
+
+# the providers whose API is not Chat Completions: their calls are translated both ways
+TRANSLATED: dict[str, type[AnthropicCompat] | type[GeminiCompat]] = {
+    "anthropic": AnthropicCompat, "google-ai-studio": GeminiCompat}
+
+
+def compat_endpoint(provider: str, model: str, stream: bool) -> tuple[str, str]:
+    """The provider's upstream path and query for a compat call."""
+    translated = TRANSLATED.get(provider)
+    return OpenAICompat.endpoint(provider) if translated is None else translated.endpoint(model, stream)
+
+
+def compat_translator(provider: str, model: str, adapter: Adapter, *, stream: bool,
+                      include_usage: bool) -> Translator:
+    translated = TRANSLATED.get(provider)
+    if translated is None:
+        return OpenAICompat(adapter, model, stream=stream)
+    return translated(model, stream=stream, include_usage=include_usage)

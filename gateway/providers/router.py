@@ -1,13 +1,15 @@
-"""ProviderRouter: the innermost app. Forwards a call to its provider, streams the answer back untouched, and
-records usage and cost on the Exchange.
+"""ProviderRouter: the innermost app. Forwards a call to its provider, relays the answer through the target's
+translator (gateway/providers/base.py `Translator`: native routes as the provider sent it, the compat endpoint in
+OpenAI's shapes), and records usage and cost on the Exchange.
 
 - `prepare` (also called by outer layers that need the target early, such as SpendLimits) parses the path,
   reads the body once (413 past the limit), validates the `cf-aig-*` headers (400), resolves the gateway (404),
   the adapter, the key and the billing mode (400), and keeps the `Target` on the Exchange.
 - JSON answers up to `json_buffer_limit` bytes are read whole so that `cf-aig-cost` can go in the headers;
   larger ones stream through (their usage is read from the captured head and tail, their cost goes to the log).
-- SSE answers stream event by event; usage is read as events pass; an OpenAI usage chunk the client did not
-  ask for is dropped. Nothing is buffered beyond one event.
+- SSE answers stream event by event through one relay loop (`_stream_sse`, every provider, native or compat);
+  usage is read as events pass; an OpenAI usage chunk the client did not ask for is dropped. Nothing is
+  buffered beyond one event. A compat answer that is not a stream is read whole and re-shaped (`_relay_whole`).
 - Upstream failures before the first byte: answered as gateway/errors.py maps them (502 / 504, naming the
   provider), in the provider's error shape (`refuse`). After the first byte nothing can be retried or
   re-statused: the stream just ends.
@@ -30,6 +32,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from gateway.errors import (
     ClientLeft,
+    CompatError,
+    CompatUpstreamError,
     GatewayError,
     HeaderError,
     InvalidRequest,
@@ -37,6 +41,7 @@ from gateway.errors import (
     RequestRefused,
     UpstreamBroke,
     UpstreamFailure,
+    UpstreamNotJSON,
     to_response,
 )
 from gateway.exchange import Exchange, Usage
@@ -44,6 +49,7 @@ from gateway.gateways import GatewayStore
 from gateway.paths import locate
 from gateway.pricing import cost_of
 from gateway.providers.call import off_loop, parse_call, read_json
+from gateway.providers.compat_route import compat_target
 from gateway.providers.forward import (
     response_headers,
     send_with_retries,
@@ -60,6 +66,7 @@ from gateway.settings import Settings
 log = logging.getLogger("spendgate.router")
 
 JSON_BUFFER_LIMIT = 2 * 1024 * 1024
+MAX_WHOLE_ANSWER = 32 * 1024 * 1024  # what is read of an answer the translator re-shapes (compat)
 CAPTURE = 64 * 1024
 
 
@@ -133,8 +140,6 @@ class ProviderRouter:
         query = scope.get("query_string", b"").decode("latin-1")
         limits = (gateway.settings.default_max_output_tokens, gateway.settings.inject_max_tokens)
         if where.provider == "compat":
-            from gateway.providers.compat_route import compat_target
-
             target = compat_target(ex, gateway, self.settings, config, scope["method"], where.rest, headers,
                                    body, options, limits)
         else:
@@ -145,8 +150,8 @@ class ProviderRouter:
                              headers=headers, options=options)
         call = ex.call
         assert call is not None
-        if call.endpoint is not None and not target.compat:
-            body, hide = target.adapter.prepare(call.path, call.body, call.stream)
+        if call.endpoint is not None and not target.compat:  # compat bodies are translated when served (forward)
+            body, hide = target.translator.request(call)
             target.content = await off_loop(len(ex.decoded_body or b""), lambda: dumps(body))
             target.hide_usage_chunk = hide
         else:
@@ -187,12 +192,7 @@ class ProviderRouter:
                 started = True
             await send(message)
 
-        if target.compat:
-            from gateway.providers.compat_route import serve_compat
-
-            work = asyncio.ensure_future(serve_compat(self, scope, tracked, ex, target))
-        else:
-            work = asyncio.ensure_future(self.forward(scope, tracked, ex, target))
+        work = asyncio.ensure_future(self.forward(scope, tracked, ex, target))
         watch = asyncio.ensure_future(_client_gone(receive))
         try:
             await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
@@ -239,19 +239,41 @@ class ProviderRouter:
         return response
 
     async def forward(self, scope: Scope, send: Send, ex: Exchange, target: Target) -> None:
-        hide = target.hide_usage_chunk
+        """Send the call upstream and relay the answer through the target's translator: a stream event by event;
+        a JSON answer re-shaped whole when the translator re-shapes answers, else as it comes."""
+        translator = target.translator
+        content = target.content
+        if target.compat:
+            call = ex.call
+            assert call is not None
+            size = len(ex.decoded_body or b"")
+            try:
+                payload, target.hide_usage_chunk = await off_loop(size, lambda: translator.request(call))
+            except CompatError as exc:
+                await self.refuse(send, ex, exc, target)
+                return
+            content = await off_loop(size, lambda: dumps(payload))
         try:
-            response = await self.open(scope, ex, target, target.content)
+            response = await self.open(scope, ex, target, content)
         except UpstreamFailure as exc:
             await self.refuse(send, ex, exc, target)
             self.bill_unanswered(ex, target, exc.sent)
             return
         try:
-            content_type = response.headers.get("content-type", "")
-            if "text/event-stream" in content_type:
-                await self._stream_sse(send, ex, target, response, hide)
+            if translator.streams(response):
+                await self._stream_sse(send, ex, target, response)
+            elif translator.reshapes:
+                await self._relay_whole(send, ex, target, response)
             else:
                 await self._relay(send, ex, target, response)
+        except httpx.HTTPError as exc:
+            # Only `_relay_whole` lets one out (the others end their answer themselves), so nothing was sent yet: a
+            # 502 naming the provider rather than a 500. `ex.status_code` keeps the provider's status, as in
+            # `_relay`: a 2xx answer that broke is billed what the gateway saw of it, estimated.
+            message = f"{target.provider} broke the connection before its answer was complete: {type(exc).__name__}"
+            await self.refuse(send, ex, UpstreamBroke(target.provider, message), target)
+            ex.status_code = response.status_code
+            self.record_cost(ex, target, Usage(), complete=False)
         finally:
             await response.aclose()
 
@@ -367,26 +389,69 @@ class ProviderRouter:
             count_delivered(ex, (first + tail).decode("utf-8", "replace"))
         self.record_cost(ex, target, usage, complete=reported(usage) and ex.error is None)
 
-    async def _stream_sse(self, send: Send, ex: Exchange, target: Target, response: httpx.Response,
-                          hide: bool) -> None:
-        headers = response_headers(response) + self.gateway_headers(ex, target)
+    async def _relay_whole(self, send: Send, ex: Exchange, target: Target, response: httpx.Response) -> None:
+        """An answer the translator re-shapes (compat): read whole (up to MAX_WHOLE_ANSWER), then sent as the
+        translator makes it: the provider's error, or its JSON answer with `cf-aig-cost`. A body that is not JSON
+        is a 502 in the client's error shape."""
+        raw = await _read_whole(response)
+        translator = target.translator
+        if response.status_code >= 400:
+            ex.error = f"{target.provider} answered {response.status_code}"
+            await _send_json(send, response.status_code,
+                             translator.provider_error(target.provider, response.status_code, raw),
+                             self.gateway_headers(ex, target))
+            return
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            answer = to_response(UpstreamNotJSON(target.provider))
+            await _send_json(send, answer.status, json.dumps(
+                translator.error_body(answer.status, answer.message, None)).encode())
+            ex.status_code = answer.status
+            return
+        usage = target.adapter.usage_from_json(target.path, data)
+        self.record_cost(ex, target, usage, complete=reported(usage))
+        headers = self.gateway_headers(ex, target)
+        if ex.cost_usd is not None:
+            headers.append((b"cf-aig-cost", format(ex.cost_usd.normalize(), "f").encode()))
+        encoded = json.dumps(translator.answer(data)).encode()
+        ex.response_size = len(encoded)
+        ex.response_body = encoded
+        await _send_json(send, response.status_code, encoded, headers)
+
+    async def _stream_sse(self, send: Send, ex: Exchange, target: Target, response: httpx.Response) -> None:
+        """The one relay of streamed answers: each event the client may see goes through the translator (native:
+        as it came; compat: as OpenAI chunks) as soon as it is whole. A stream the provider ends with an error
+        event ends with the translator's error event; a broken one just ends."""
+        translator = target.translator
+        headers = translator.stream_headers(response_headers(response)) + self.gateway_headers(ex, target)
         await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
         parser = SSEParser()
-        reader = target.adapter.stream_usage(target.path, hide)
+        reader = target.adapter.stream_usage(target.path, target.hide_usage_chunk)
         size = 0
+
+        async def emit(data: bytes) -> None:
+            nonlocal size
+            size += len(data)
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
         try:
-            async for chunk in response.aiter_raw():
-                out = bytearray()
-                for event in parser.feed(chunk):
-                    if not reader.on_event(event):
-                        out += event.raw
-                        count_delivered(ex, event.data)
-                ex.answer_finished = reader.final or getattr(reader, "finished", False)
-                if out:
-                    size += len(out)
-                    await send({"type": "http.response.body", "body": bytes(out), "more_body": True})
-            if parser.pending:
-                await send({"type": "http.response.body", "body": parser.pending, "more_body": True})
+            try:
+                async for chunk in response.aiter_raw():
+                    out = bytearray()
+                    for event in parser.feed(chunk):
+                        if not reader.on_event(event):  # else: the usage chunk the client did not ask for
+                            count_delivered(ex, event.data)
+                            out += translator.feed(event)
+                    ex.answer_finished = reader.final or getattr(reader, "finished", False)
+                    if out:
+                        await emit(bytes(out))
+                last = translator.finish(parser.pending)
+                if last:
+                    await emit(last)
+            except CompatUpstreamError as exc:  # after the first byte: the stream ends with the error event
+                ex.error = str(exc)
+                await emit(translator.failed(exc))
         except httpx.HTTPError as exc:
             ex.error = f"{target.provider} stream broke: {type(exc).__name__}"
         finally:
@@ -401,13 +466,8 @@ class ProviderRouter:
         status, message = answer.status, answer.message
         ex.status_code = status
         ex.error = message
-        if target is not None and target.compat:
-            from gateway.providers.compat import openai_error
-
-            payload: dict[str, Any] = openai_error(status, message)
-        elif target is not None:
-            payload = target.adapter.error_body(status, message)
-            payload.setdefault("success", False)
+        if target is not None:
+            payload: dict[str, Any] = target.translator.error_body(status, message, answer.fields.get("param"))
         else:
             payload = answer.body
         body = json.dumps(payload).encode()
@@ -415,6 +475,21 @@ class ProviderRouter:
         headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers.items()]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+async def _read_whole(response: httpx.Response) -> bytes:
+    data = bytearray()
+    async for chunk in response.aiter_raw():
+        data += chunk
+        if len(data) > MAX_WHOLE_ANSWER:
+            break
+    return bytes(data)
+
+
+async def _send_json(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _client_gone(receive: Receive) -> bool:

@@ -10,6 +10,7 @@ null cost, unless the gateway sets `block_unpriced`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -26,7 +27,7 @@ from gateway.exchange import BillingMode, Call, Exchange
 from gateway.gateways import Gateway
 from gateway.pricing import PriceOverride, unit_prices, unpriced_component
 from gateway.providers.anthropic import AnthropicFormat
-from gateway.providers.base import Adapter
+from gateway.providers.base import Adapter, Native, Translator
 from gateway.providers.call import QUERY_PARAMETERS
 from gateway.providers.google import GoogleFormat
 from gateway.providers.openai import OpenAIFormat
@@ -56,6 +57,7 @@ class Target:
     stream: bool
     options: RequestOptions
     price: PriceOverride | None
+    translator: Translator  # the client's API to the provider's and back (Native, or compat's)
     compat: bool = False
     passthrough: bool = False  # the client sent its own provider key
     content: bytes = b""  # the body forwarded upstream (native routes; compat translates the call's body)
@@ -85,8 +87,10 @@ def base_url_for(provider: str, settings: Settings, config: ProviderConfigSnapsh
 def resolve(
     *, exchange: Exchange, gateway: Gateway, settings: Settings, config: ProviderConfigSnapshot, call: Call,
     headers: dict[str, str], options: RequestOptions, client_key: str | None = None,
+    translator: Callable[[Adapter], Translator] = Native,
 ) -> Target:
-    """Where `call` goes and who pays. Raises a RequestRefused (BillingRefused, UnpricedModel, ...)."""
+    """Where `call` goes and who pays. Raises a RequestRefused (BillingRefused, UnpricedModel, ...). `translator`:
+    the compat endpoint's, for the provider's adapter (else the call's answers are the provider's own)."""
     provider, path, query, model, compat = call.provider, call.path, call.query, call.model, call.compat
     adapter = adapter_for(provider)
     base = base_url_for(provider, settings, config, False)
@@ -143,8 +147,8 @@ def resolve(
             + ("unified billing cannot charge for it" if mode == "unified" else "this gateway blocks it")
             + ": add a price with PUT /admin/accounts/{a}/gateways/{g}/prices or use your own key",
         )
-    return Target(provider, adapter, base, path, query, key, mode, model, call.stream, options, price, compat,
-                  passthrough=bool(client_key))
+    return Target(provider, adapter, base, path, query, key, mode, model, call.stream, options, price,
+                  translator(adapter), compat, passthrough=bool(client_key))
 
 
 def _check_gateway_key_call(call: Call, options: RequestOptions) -> None:
