@@ -18,6 +18,7 @@ from starlette.routing import Route
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.cluster import Operator
+from tests.eventually import eventually_sync
 from tests.fakes import FakeServer
 from tests.fakes.providers import start_provider_fakes
 from tests.middleware.test_identity import AUD, IdP
@@ -101,6 +102,16 @@ class SpendStack:
 
     def credits(self, account: str) -> dict[str, Any]:
         return self.operator.credits(account)
+
+    def settled(self) -> None:
+        """Wait until this gateway holds no reservation: a call's settlement commits after its answer reached the
+        client, so a test that reads balances or buckets right after an answer waits for it first."""
+        def holds_open() -> float:
+            text = httpx.get(self.gateway.url + "/metrics").text
+            line = next(line for line in text.splitlines() if line.startswith("spendgate_holds_open "))
+            return float(line.split()[1])
+
+        eventually_sync(holds_open, until=lambda n: n == 0, what="every settlement")
 
 
 @pytest.fixture(scope="package")

@@ -29,6 +29,7 @@ def test_metrics_count_calls_refusals_tokens_cost_and_pool(spend_stack: SpendSta
     before = httpx.get(spend_stack.gateway.url + "/metrics").text
     assert chat(base, headers=byok).status_code == 200
     assert chat(base, headers=byok).status_code == 429
+    spend_stack.settled()
     answer = httpx.get(spend_stack.gateway.url + "/metrics")
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
     text = answer.text

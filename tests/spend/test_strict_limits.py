@@ -164,9 +164,11 @@ def test_unified_billing_without_enough_credit_is_402(spend_stack: SpendStack, d
     refused = chat(base)
     assert refused.status_code == 402 and refused.json()["success"] is False
     assert "credit" in refused.json()["error"]["message"].lower()
+    spend_stack.settled()
     credits = spend_stack.credits(account)
     assert credits["balance_usd"] == "0.05" and Decimal(credits["pending_usd"]) == 0
     assert chat(base, max_tokens=50).status_code == 200  # exactly what is left
+    spend_stack.settled()
     assert spend_stack.credits(account)["balance_usd"] == "0.00"
 
 
