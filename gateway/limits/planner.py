@@ -1,4 +1,4 @@
-"""RouterPlanner: what SpendLimits needs to know about a request, from the ProviderRouter's own target.
+"""RouterPlanner: the `CostPlanner` (gateway/limits/plan.py) SpendLimits asks, from the ProviderRouter's own target.
 
 `plan` resolves the target exactly as the router will (`ProviderRouter.prepare`, kept on the request), then
 bounds the cost (gateway/providers/estimate.py) with the model's unit prices: a price override of the gateway, the
@@ -33,7 +33,7 @@ from starlette.types import Receive, Scope
 
 from gateway.errors import EstimateTooLarge, RequestRefused
 from gateway.exchange import Call, Exchange
-from gateway.middleware.spend_limits import Plan
+from gateway.limits.plan import Plan
 from gateway.money import from_nano, to_nano
 from gateway.pricing import unit_prices
 from gateway.providers.router import ProviderRouter

@@ -1,18 +1,23 @@
 """Reserve the worst case before the call, settle the actual cost after it — one round trip each.
 
-`Limits.reserve` turns the rules that apply to a request into bucket lines in a fixed order (rule id, key), so
-that concurrent reservations lock rows in the same order and cannot deadlock. A refusal names every blocking
-bucket that would overflow; the caller decides (429, or the fallback model). `Limits.settle` is safe to call
-more than once: only the first call changes anything.
+`Limits.reserve` turns the rules that apply to a request into bucket lines in a fixed order (rule id, key). A
+refusal names every blocking bucket that would overflow; the caller decides (429, or the fallback model).
+`Limits.settle` is safe to call more than once: only the first call changes anything.
+
+One SQL path (migration 0017): `limits.reserve(limits.bucket_line[], limits.reservation_request[])` and
+`limits.settle(limits.settlement_request[])` take a batch of typed requests and answer one row per request, with
+the semantics of the requests applied one after the other in one transaction; the bucket rows of the whole batch
+are locked once, in one global order, so no mix of batches can deadlock. A single request is a batch of one. The
+lines go once per batch (`reservation_args`): a hot bucket's requests share them.
 
 Batching: a reservation without a credit hold, and later its settlement, goes through a `_Batcher`: while
 `max_inflight` calls are in flight, new ones wait, and each call that returns sends everything waiting (up to
-`max_batch`) as one call of `limits.reserve_many` / `limits.settle_many` (migration 0012): one round trip and
-one transaction for all of them, with the semantics of the one-by-one functions applied in order. A hot bucket
-(one user, an unscoped rule) is locked until each commit is flushed, so one request per transaction serialises
-every request on that flush; batched, one flush serves all that arrived meanwhile. Reservations with a credit
-hold (unified billing) stay one by one through `limits.reserve` / `limits.settle`: ledger rows of different
-tenants must not be locked in batch order. A request still makes exactly one reserve call and one settle call.
+`max_batch`) as one call: one round trip and one commit for all of them. A hot bucket (one user, an unscoped rule)
+is locked until each commit is flushed, so one request per transaction serialises every request on that flush;
+batched, one flush serves all that arrived meanwhile. A reservation with a credit hold (unified billing), and its
+settlement, go alone, as a batch of one: a hold locks its tenant's ledger rows, and the functions refuse a batch
+with two holds (two tenants' rows locked in batch order could deadlock). A request still makes exactly one reserve
+call and one settle call.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
@@ -45,25 +51,13 @@ class BucketLine:
     rolling_since: datetime | None  # rolling: slices from here on count
     alert_window: datetime  # one alert per bucket, fraction and calendar window
 
-    def as_json(self) -> dict[str, Any]:
-        line: dict[str, Any] = {
-            "rule_id": self.rule.id,
-            "key": self.key,
-            "window_start": self.window_start.isoformat(),
-            "budget": self.rule.budget_nano,
-            "blocking": self.rule.action != "monitor",
-            "alert_window": self.alert_window.isoformat(),
-        }
-        if self.rolling_since is not None:
-            line["rolling_since"] = self.rolling_since.isoformat()
-        if self.rule.alert_at:
-            line["alert_at"] = [str(f) for f in self.rule.alert_at]
-        return line
-
     @cached_property
-    def json_text(self) -> str:
-        """`as_json` encoded, once: `bucket_lines` hands the same lines to every request of a bucket and window."""
-        return json.dumps(self.as_json(), separators=(",", ":"))
+    def row(self) -> tuple[Any, ...]:
+        """The line as a `limits.bucket_line`, built once: `bucket_lines` hands the same lines to every request of a
+        bucket and window."""
+        return (uuid.UUID(self.rule.id), self.key, self.window_start, self.rolling_since, self.rule.budget_nano,
+                self.rule.action != "monitor", self.alert_window,
+                [Decimal(f) for f in self.rule.alert_at] if self.rule.alert_at else None)
 
 
 @dataclass(frozen=True)
@@ -184,29 +178,68 @@ def _calendar_start(rule: Rule, now: datetime) -> datetime:
 
 @dataclass(frozen=True)
 class Item:
-    """One reservation or settlement waiting for its batch."""
+    """One reservation or settlement waiting for its batch: `row` is its `limits.settlement_request`, or its
+    `limits.reservation_request` without its lines, which `lines` are (the batch names them by position)."""
 
     id: uuid.UUID
     now: datetime
-    encoded: str  # its element of the batch's JSON array
-    args: tuple[Any, ...]  # for the one-by-one function, should the batch fail
+    row: tuple[Any, ...]
+    lines: list[BucketLine] | None = None
 
 
-Answer = dict[str, Any]
-RESERVE_ONE = "SELECT limits.reserve($1, $2::text::jsonb, $3, $4, $5, NULL)"
-SETTLE_ONE = "SELECT limits.settle($1, $2, $3, $4)"
+Answer: TypeAlias = asyncpg.Record  # a `limits.reservation_answer` or `limits.settlement_answer`
+RESERVE = "SELECT * FROM limits.reserve($1, $2)"
+SETTLE = "SELECT * FROM limits.settle($1)"
 
 
-def _reserve_item(rid: uuid.UUID, lines: list[BucketLine], estimate: int, now: datetime, expires: datetime) -> Item:
-    encoded = "[" + ",".join(line.json_text for line in lines) + "]"
-    return Item(rid, now, f'{{"id":"{rid}","estimate":{estimate:d},"now":"{now.isoformat()}",'
-                          f'"expires_at":"{expires.isoformat()}","lines":{encoded}}}',
-                (rid, encoded, estimate, now, expires))
+def _reserve_item(rid: uuid.UUID, lines: list[BucketLine], estimate: int, now: datetime, expires: datetime,
+                  hold: HoldRequest | None = None) -> Item:
+    credit = None if hold is None else (hold.tenant, hold.amount_nano, hold.request_id)
+    return Item(rid, now, (rid, estimate, now, expires, credit), lines)
 
 
 def _settle_item(rid: uuid.UUID, actual: int, outcome: str, now: datetime) -> Item:
-    return Item(rid, now, f'{{"id":"{rid}","actual":{actual:d},"outcome":{json.dumps(outcome)},'
-                          f'"now":"{now.isoformat()}"}}', (rid, actual, outcome, now))
+    return Item(rid, now, (rid, actual, outcome, now))
+
+
+def reservation_args(items: list[Item]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """`limits.reserve`'s arguments: every distinct line once (the requests of a hot bucket share the same
+    `BucketLine` objects: `bucket_lines` caches them), and each request with the positions of its lines."""
+    positions: dict[int, int] = {}
+    lines: list[tuple[Any, ...]] = []
+    requests: list[tuple[Any, ...]] = []
+    for item in items:
+        named = []
+        for line in item.lines or ():
+            position = positions.get(id(line))
+            if position is None:
+                lines.append(line.row)
+                position = positions[id(line)] = len(lines)
+            named.append(position)
+        rid, estimate, now, expires, credit = item.row
+        requests.append((rid, estimate, now, expires, named, credit))
+    return lines, requests
+
+
+def settlement_args(items: list[Item]) -> tuple[list[tuple[Any, ...]]]:
+    return ([item.row for item in items],)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What a settlement did: `ok` when this call resolved the reservation (`late`: after the sweeper had expired
+    it, the cost still recorded), else the `reason` ('already settled', 'unknown reservation'); `alerts` is how many
+    alert rows it recorded, `hold` what the ledger answered for its credit hold."""
+
+    ok: bool
+    reason: str | None = None
+    late: bool = False
+    alerts: int = 0
+    hold: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, row: Answer) -> Settled:
+        return cls(row["ok"], row["reason"], row["late"], row["alerts"], row["hold"])
 
 
 class _Batcher:
@@ -243,8 +276,8 @@ class _Batcher:
                 if future.done():
                     continue
                 if item.id in ids:
-                    # the same id twice in one batch is not "one after the other" (a refused reservation replayed
-                    # would be answered as a replay of a grant): it goes in a later batch
+                    # the SQL functions refuse an id twice in one batch (a refused reservation replayed in it would
+                    # read as a replay of a grant): it goes in a later batch, as one after the other
                     later.append((item, future))
                     continue
                 ids.add(item.id)
@@ -288,11 +321,6 @@ class _Batcher:
             self._dispatch()
 
 
-def _decoded(result: Any) -> Answer:
-    answer: Answer = result if isinstance(result, dict) else json.loads(result)
-    return answer
-
-
 class Limits:
     MAX_BATCH = 64
     MAX_INFLIGHT = 2
@@ -300,38 +328,45 @@ class Limits:
 
     def __init__(self, db: Database, *, max_batch: int = MAX_BATCH, max_inflight: int = MAX_INFLIGHT) -> None:
         self.db = db
-        self._reserves = _Batcher(self._reserve_many, max_batch=max_batch, max_inflight=max_inflight,
+        self.max_batch = max_batch
+        self._reserves = _Batcher(self._reserve_batch, max_batch=max_batch, max_inflight=max_inflight,
                                   orphan=self._release_orphan)
-        self._settles = _Batcher(self._settle_many, max_batch=max_batch, max_inflight=max_inflight)
-        # reservations granted through the batch (no credit hold) whose settlement can be batched too
+        self._settles = _Batcher(self._settle_batch, max_batch=max_batch, max_inflight=max_inflight)
+        # reservations granted here without a credit hold: their settlement can share a batch
         self._batched: dict[uuid.UUID, None] = {}
         self._orphans: set[asyncio.Task[Any]] = set()
 
-    async def _reserve_many(self, items: list[Item]) -> list[Answer | Exception]:
-        return await self._call_many("SELECT limits.reserve_many($1::text::jsonb)", RESERVE_ONE, items)
+    async def _reserve_batch(self, items: list[Item]) -> list[Answer | Exception]:
+        return await self._call(RESERVE, items)
 
-    async def _settle_many(self, items: list[Item]) -> list[Answer | Exception]:
-        return await self._call_many("SELECT limits.settle_many($1::text::jsonb)", SETTLE_ONE, items)
+    async def _settle_batch(self, items: list[Item]) -> list[Answer | Exception]:
+        return await self._call(SETTLE, items)
 
-    async def _call_many(self, sql: str, one: str, items: list[Item]) -> list[Answer | Exception]:
-        # the items come encoded: the batch is their JSON array, sent as text and parsed by the server
+    async def _call(self, sql: str, items: list[Item]) -> list[Answer | Exception]:
+        args = reservation_args if sql == RESERVE else settlement_args
         try:
-            result = await self.db.pool.fetchval(sql, "[" + ",".join(item.encoded for item in items) + "]")
+            rows = await self.db.pool.fetch(sql, *args(items))
         except asyncpg.PostgresError as exc:
             if len(items) == 1 or isinstance(exc, asyncpg.PostgresConnectionError):
                 raise
             # the server refused the whole batch (nothing of it was kept): one bad item must not fail the
-            # others, so each goes alone through the one-by-one function, and only its own error is its own
+            # others, so each goes again as a batch of one, and only its own error is its own
             log.warning("batch of %d refused (%s: %s); retrying one by one", len(items), type(exc).__name__, exc)
             alone: list[Answer | Exception] = []
             for item in items:
                 try:
-                    alone.append(_decoded(await self.db.pool.fetchval(one, *item.args)))
+                    alone.append((await self.db.pool.fetch(sql, *args([item])))[0])
                 except Exception as error:  # that item's own failure, raised to its caller only
                     alone.append(error)
             return alone
-        answers: list[Answer | Exception] = result if isinstance(result, list) else json.loads(result)
-        return answers
+        if [row["id"] for row in rows] != [item.id for item in items]:
+            raise RuntimeError(f"{len(rows)} answers for {len(items)} items, or not in their order")
+        return list(rows)
+
+    async def _alone(self, sql: str, item: Item) -> Answer:
+        answer = (await self._call(sql, [item]))[0]
+        assert not isinstance(answer, Exception)
+        return answer
 
     async def drain(self, deadline_s: float = 5.0) -> None:
         """Shutdown: wait for the batches in flight and the orphan releases, so that none of them meets a closed
@@ -346,7 +381,7 @@ class Limits:
 
     def _release_orphan(self, item: Item, result: Answer) -> None:
         """A reservation granted to a caller that was cancelled meanwhile: nothing was called, release it."""
-        if result.get("ok") and not result.get("replay"):
+        if result["ok"] and not result["replay"]:
             task = asyncio.create_task(self.settle(item.id, 0, now=item.now))
             self._orphans.add(task)
             task.add_done_callback(self._orphans.discard)
@@ -365,49 +400,48 @@ class Limits:
             raise ValueError("estimate must not be negative")
         now = now or datetime.now(UTC)
         rid = reservation_id or uuid.uuid4()
+        item = _reserve_item(rid, lines, estimate_nano, now, now + ttl, hold)
         if hold is None:
-            data = await self._reserves.submit(_reserve_item(rid, lines, estimate_nano, now, now + ttl))
-            if data.get("ok") and not data.get("replay"):
+            answer = await self._reserves.submit(item)
+            if answer["ok"] and not answer["replay"]:
                 self._batched[rid] = None
                 if len(self._batched) > self._REMEMBERED:
-                    del self._batched[next(iter(self._batched))]  # its settlement goes one by one
+                    del self._batched[next(iter(self._batched))]  # its settlement goes alone
         else:
-            hold_json = {"hold_id": str(rid), "tenant": hold.tenant, "amount": hold.amount_nano,
-                         "request_id": hold.request_id}
-            result = await self.db.pool.fetchval(
-                "SELECT limits.reserve($1, $2, $3, $4, $5, $6)",
-                rid, [line.as_json() for line in lines], estimate_nano, now, now + ttl, hold_json,
-            )
-            data = result if isinstance(result, dict) else json.loads(result)
-        states = [BucketState(line, int(s["spent"]), int(s["pending"]))
-                  for line, s in zip(lines, data.get("state", []), strict=False)]
-        exceeded = [states[i] for i in data.get("exceeded", [])]
-        credit = data.get("credit")
-        return Outcome(rid, bool(data["ok"]), states, exceeded, None if credit is None else HoldRefusal.of(credit),
+            answer = await self._alone(RESERVE, item)
+        states = [BucketState(line, s["spent"], s["pending"])
+                  for line, s in zip(lines, answer["state"] or (), strict=False)]
+        exceeded = [states[i - 1] for i in answer["exceeded"] or ()]
+        credit = answer["credit"]
+        return Outcome(rid, answer["ok"], states, exceeded, None if credit is None else HoldRefusal.of(credit),
                        estimate_nano)
 
     async def settle(self, reservation_id: uuid.UUID, actual_nano: int, *, outcome: str = "settled",
-                     now: datetime | None = None) -> dict[str, Any]:
-        now = now or datetime.now(UTC)
-        if reservation_id in self._batched:  # reserved here through the batch: no credit hold
+                     now: datetime | None = None) -> Settled:
+        """`outcome`: 'settled' (the call ended), or 'expired' (the sweeper)."""
+        item = _settle_item(reservation_id, actual_nano, outcome, now or datetime.now(UTC))
+        if reservation_id in self._batched:  # reserved here without a credit hold
             del self._batched[reservation_id]
-            return await self._settles.submit(_settle_item(reservation_id, actual_nano, outcome, now))
-        result = await self.db.pool.fetchval(
-            "SELECT limits.settle($1, $2, $3, $4)", reservation_id, actual_nano, outcome, now
-        )
-        answer: dict[str, Any] = result if isinstance(result, dict) else json.loads(result)
-        return answer
+            return Settled.of(await self._settles.submit(item))
+        return Settled.of(await self._alone(SETTLE, item))
 
     async def expire_overdue(self, *, now: datetime | None = None, limit: int = 500) -> int:
-        """Release reservations whose instance never settled them (it died): pending goes back, nothing is spent."""
+        """Release reservations whose instance never settled them (it died): pending goes back, nothing is spent,
+        the credit hold is expired. Those without a hold go in batches, each with a hold alone."""
         now = now or datetime.now(UTC)
-        ids = await self.db.pool.fetch(
-            "SELECT id FROM limits.reservations WHERE settled_at IS NULL AND expires_at < $1 "
-            "ORDER BY expires_at LIMIT $2",
+        rows = await self.db.pool.fetch(
+            "SELECT id, hold_id IS NOT NULL AS held FROM limits.reservations "
+            "WHERE settled_at IS NULL AND expires_at < $1 ORDER BY expires_at LIMIT $2",
             now, limit,
         )
+        unheld = [_settle_item(r["id"], 0, "expired", now) for r in rows if not r["held"]]
+        batches = [unheld[i:i + self.max_batch] for i in range(0, len(unheld), self.max_batch)]
+        batches += [[_settle_item(r["id"], 0, "expired", now)] for r in rows if r["held"]]
         expired = 0
-        for row in ids:
-            result = await self.settle(row["id"], 0, outcome="expired", now=now)
-            expired += bool(result.get("ok"))
+        for batch in batches:
+            for answer in await self._call(SETTLE, batch):
+                if isinstance(answer, Exception):
+                    log.error("expiring a reservation failed", exc_info=answer)
+                else:
+                    expired += answer["ok"]
         return expired

@@ -6,7 +6,7 @@ A settlement the database refuses because it is unreachable is not dropped: it w
 background task (`retry_waiting`, every second) tries again with the cost and time of the original settlement.
 `limits.settle` resolves a reservation at most once, so a retry that races another settlement (or the sweeper)
 changes nothing twice; one that comes after the sweeper expired the reservation is recorded as `late`
-(gateway/limits/sql.py), so the cost of a call that happened is never lost.
+(migration 0017), so the cost of a call that happened is never lost.
 
 On shutdown (`drain`, called by Services.stop before the pool closes), whatever is still open — calls the server
 cancelled at its graceful-shutdown deadline — is settled with what the call cost so far (the planner's rule: usage
@@ -71,8 +71,8 @@ class Settlements:
             return False
         self.waiting.pop(reservation_id, None)
         self.settled += 1
-        if not result.get("ok"):
-            log.warning("reservation %s not settled: %s", reservation_id, result.get("reason"))
+        if not result.ok:
+            log.warning("reservation %s not settled: %s", reservation_id, result.reason)
         return True
 
     async def retry_waiting(self) -> None:

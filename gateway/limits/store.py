@@ -6,7 +6,6 @@ The cache is dropped on every `spendgate_config` notification (the rules and pol
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime
 from typing import Any
@@ -15,8 +14,12 @@ from gateway.config_cache import ConfigCache
 from gateway.db import Database
 from gateway.errors import TooManyRules
 from gateway.gateways import GatewayStore, cache_invalidator
+from gateway.limits.buckets import bucket_remaining, bucket_status
 from gateway.limits.policies import Policy
 from gateway.limits.rules import MAX_RULES_PER_GATEWAY, Rule, parse_rule
+
+# bucket reads live in gateway/limits/buckets.py; the admin API (gateway/admin/limits.py) imports them from here
+__all__ = ["LimitStore", "TooManyRules", "bucket_remaining", "bucket_status"]
 
 
 class LimitStore:
@@ -135,49 +138,3 @@ class LimitStore:
         )
         self.invalidate()
         return bool(status.endswith(" 1"))
-
-
-async def bucket_status(db: Database, rule: Rule, now: datetime) -> list[dict[str, Any]]:
-    """The rule's buckets in the current window: spent, pending and remaining (nano-USD), for the admin API."""
-    window = rule.window
-    rule_uuid = uuid.UUID(rule.id)
-    if window.type == "fixed":
-        rows = await db.pool.fetch(
-            "SELECT key, spent, pending FROM limits.buckets WHERE rule_id = $1 AND window_start = $2 ORDER BY key",
-            rule_uuid, window.start(now),
-        )
-        start = window.start(now)
-        return [_bucket(rule, r["key"], start, r["spent"], r["pending"]) for r in rows]
-    since = window.counted_since(now)
-    rows = await db.pool.fetch(
-        """
-        SELECT key,
-               coalesce(sum(spent) FILTER (WHERE window_start >= $2), 0)::bigint AS spent,
-               coalesce(sum(pending) FILTER (WHERE window_start = '-infinity'), 0)::bigint AS pending
-          FROM limits.buckets WHERE rule_id = $1 GROUP BY key ORDER BY key
-        """,
-        rule_uuid, since,
-    )
-    return [_bucket(rule, r["key"], since, r["spent"], r["pending"]) for r in rows if r["spent"] or r["pending"]]
-
-
-def _bucket(rule: Rule, key: str, start: datetime, spent: int, pending: int) -> dict[str, Any]:
-    return {"key": json.loads(key), "window_start": start, "spent_nano": spent, "pending_nano": pending,
-            "remaining_nano": rule.budget_nano - spent - pending}
-
-
-async def bucket_remaining(db: Database, rule: Rule, key: str, now: datetime) -> int:
-    """What one bucket has left now (budget - spent - pending), for a dynamic route's budget element."""
-    window = rule.window
-    if window.type == "fixed":
-        row = await db.pool.fetchrow(
-            "SELECT spent, pending FROM limits.buckets WHERE rule_id = $1 AND key = $2 AND window_start = $3",
-            uuid.UUID(rule.id), key, window.start(now))
-        used = 0 if row is None else row["spent"] + row["pending"]
-    else:
-        used = await db.pool.fetchval(
-            """SELECT coalesce(sum(spent) FILTER (WHERE window_start >= $3), 0)
-                    + coalesce(sum(pending) FILTER (WHERE window_start = '-infinity'), 0)
-                 FROM limits.buckets WHERE rule_id = $1 AND key = $2""",
-            uuid.UUID(rule.id), key, window.counted_since(now))
-    return rule.budget_nano - int(used)

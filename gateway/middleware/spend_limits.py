@@ -31,9 +31,8 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,6 +49,8 @@ from gateway.errors import (
 )
 from gateway.exchange import Exchange
 from gateway.ledger import Ledger
+from gateway.limits.buckets import room_at
+from gateway.limits.plan import CostPlanner, Plan
 from gateway.limits.policies import allowed
 from gateway.limits.reservations import BucketState, HoldRequest, Limits, Outcome, bucket_lines
 from gateway.limits.settlements import Settlements
@@ -59,29 +60,6 @@ from gateway.money import from_nano, usd_str
 log = logging.getLogger("spendgate.limits")
 
 MAX_FALLBACKS = 3
-
-
-@dataclass
-class Plan:
-    """What the planner knows about a request before it is sent."""
-
-    provider: str
-    model: str  # provider/model
-    billing_mode: str  # byok | unified
-    tenant: str
-    estimate_nano: int | None  # None: the model has no known price
-    attributes: dict[str, Any] = field(default_factory=dict)  # dimension name -> value, for bucket keys
-
-
-class CostPlanner(Protocol):
-    async def plan(self, scope: Scope, receive: Receive, exchange: Exchange) -> Plan | None:
-        """The plan, or None when this request is not a model call (the layer then passes it through)."""
-
-    async def retarget(self, scope: Scope, exchange: Exchange, model: str) -> bool:
-        """Point the request at another `provider/model`; False when this endpoint cannot serve it."""
-
-    def actual_nano(self, exchange: Exchange, plan: Plan) -> int:
-        """The actual cost after the call (0 when it never reached the provider)."""
 
 
 class SpendLimits:
@@ -223,23 +201,11 @@ class SpendLimits:
             return InsufficientCredit(credit.reason, credit.available_nano, reserved)
         tightest = min(outcome.exceeded, key=lambda s: s.remaining_nano)
         rule = tightest.line.rule
-        resets = rule.window.end(now) if rule.window.type == "fixed" else await self._rolling_reset(
-            tightest, reserved, now)
+        resets = await room_at(self.limits.db, tightest, reserved, now)
         return RuleBudgetExceeded(
             rule=rule.raw.get("name", rule.name), rule_id=rule.id, bucket=_bucket_json(tightest.line.key),
             spent_nano=tightest.spent_nano, pending_nano=tightest.pending_nano, reserved_nano=reserved,
             limit_nano=rule.budget_nano, resets_at=resets, refused_at=now)
-
-    async def _rolling_reset(self, state: BucketState, estimate: int, now: datetime) -> datetime:
-        rows = await self.limits.db.pool.fetch(
-            "SELECT window_start, spent FROM limits.buckets WHERE rule_id = $1::uuid AND key = $2 "
-            "AND window_start >= $3 ORDER BY window_start",
-            state.line.rule.id, state.line.key, state.line.rolling_since,
-        )
-        # spend that must age out before this request's estimate fits in the budget
-        needed = state.spent_nano + state.pending_nano + estimate - state.line.rule.budget_nano
-        slices = [(r["window_start"], r["spent"]) for r in rows]
-        return state.line.rule.window.retry_after(now, slices, max(needed, 1))
 
 
 def _bucket_json(key: str) -> Any:

@@ -1,6 +1,6 @@
-"""Batched reservations and settlements (limits.reserve_many / settle_many, migration 0012): the same answers and
-the same money as one by one, under concurrency, mixed with one-by-one calls (credit holds, the sweeper, another
-instance), without deadlocks."""
+"""Batched reservations and settlements (limits.reserve / limits.settle over a batch, migration 0017): the same
+answers and the same money as one by one, under concurrency, mixed with batches of one (credit holds, the sweeper,
+another instance), without deadlocks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from gateway.db import Database
 from gateway.limits.invariants import assert_all_invariants
-from gateway.limits.reservations import HoldRequest, Limits, bucket_lines
+from gateway.limits.reservations import HoldRequest, Limits, Settled, bucket_lines
 from gateway.limits.rules import Rule, parse_rule
 from tests.ledger.helpers import funded_tenant
 
@@ -122,7 +122,7 @@ async def test_replay_in_a_batch_reserves_once(db: Database) -> None:
                                                   for _ in range(3)))
     assert first.ok and second.ok and third.ok
     assert await spent_by_key(db, r) == {"{}": (0, USD)}
-    assert (await limits.settle(rid, USD, now=NOW))["ok"]
+    assert (await limits.settle(rid, USD, now=NOW)).ok
     assert await spent_by_key(db, r) == {"{}": (USD, 0)}
 
 
@@ -134,10 +134,10 @@ async def test_late_settlement_through_the_batch(db: Database) -> None:
     assert await Limits(db).expire_overdue(now=NOW + timedelta(seconds=2)) >= 1
     assert await spent_by_key(db, r) == {"{}": (0, 0)}
     late = await limits.settle(outcome.reservation_id, USD // 2, now=NOW + timedelta(seconds=3))
-    assert late["ok"] and late["late"]
+    assert late.ok and late.late
     assert await spent_by_key(db, r) == {"{}": (USD // 2, 0)}
     again = await limits.settle(outcome.reservation_id, USD // 2, now=NOW + timedelta(seconds=3))
-    assert again == {"ok": False, "reason": "already settled"}
+    assert again == Settled(False, "already settled")
     await assert_all_invariants(db)
 
 
@@ -194,13 +194,13 @@ async def test_a_batch_the_server_refuses_is_retried_one_by_one(db: Database) ->
     lines = bucket_lines([r], {}, NOW)
     outcomes = [await limits.reserve(lines, USD, now=NOW) for _ in range(4)]
     # the first settlement is alone in flight; the next three share a batch that one of them makes fail
-    # (a negative cost breaks spent >= 0): the other two are still settled, one by one
+    # (a negative cost, which the function refuses): the other two are still settled, one by one
     actuals = [USD, USD, -10 * USD, USD]
     results = await asyncio.gather(
         *(limits.settle(o.reservation_id, a, now=NOW) for o, a in zip(outcomes, actuals, strict=True)),
         return_exceptions=True)
-    assert [r["ok"] if isinstance(r, dict) else type(r).__name__ for r in results] == [
-        True, True, "CheckViolationError", True]
+    assert [r.ok if isinstance(r, Settled) else type(r).__name__ for r in results] == [
+        True, True, "InvalidParameterValueError", True]
     assert await spent_by_key(db, r) == {"{}": (3 * USD, USD)}
-    assert (await limits.settle(outcomes[2].reservation_id, USD, now=NOW))["ok"]
+    assert (await limits.settle(outcomes[2].reservation_id, USD, now=NOW)).ok
     await assert_all_invariants(db)

@@ -77,10 +77,10 @@ async def test_settle_is_exactly_once(db: Database) -> None:
     rule = make_rule("10")
     outcome = await limits.reserve(bucket_lines([rule], {}, NOW), 2 * USD, now=NOW)
     results = await asyncio.gather(*(limits.settle(outcome.reservation_id, USD, now=NOW) for _ in range(20)))
-    assert sum(r["ok"] for r in results) == 1
-    assert {r.get("reason") for r in results if not r["ok"]} == {"already settled"}
+    assert sum(r.ok for r in results) == 1
+    assert {r.reason for r in results if not r.ok} == {"already settled"}
     assert await bucket_totals(db, rule) == (USD, 0)
-    assert (await limits.settle(uuid.uuid4(), 1, now=NOW))["reason"] == "unknown reservation"
+    assert (await limits.settle(uuid.uuid4(), 1, now=NOW)).reason == "unknown reservation"
 
 
 async def test_monitor_never_blocks_but_counts(db: Database) -> None:
@@ -150,10 +150,10 @@ async def test_expired_reservations_release_their_pending(db: Database) -> None:
     assert await bucket_totals(db, rule) == (0, 0)
     # the call ends after its reservation expired: its cost is still recorded, once, and pending stays at zero
     late = await limits.settle(outcome.reservation_id, USD // 2, now=NOW + timedelta(seconds=3))
-    assert late["ok"] and late["late"]
+    assert late.ok and late.late
     assert await bucket_totals(db, rule) == (USD // 2, 0)
     again = await limits.settle(outcome.reservation_id, USD // 2, now=NOW + timedelta(seconds=3))
-    assert not again["ok"] and again["reason"] == "already settled"
+    assert not again.ok and again.reason == "already settled"
     assert await limits.expire_overdue(now=NOW + timedelta(seconds=4)) == 0
     assert await bucket_totals(db, rule) == (USD // 2, 0)
     assert not await check_limit_invariants(db)

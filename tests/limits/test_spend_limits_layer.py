@@ -15,9 +15,10 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.db import Database
 from gateway.exchange import Exchange, Identity
+from gateway.limits.plan import Plan
 from gateway.limits.reservations import Limits
 from gateway.limits.store import LimitStore
-from gateway.middleware.spend_limits import Plan, SpendLimits
+from gateway.middleware.spend_limits import SpendLimits
 from gateway.money import to_nano
 from gateway.paths import locate
 

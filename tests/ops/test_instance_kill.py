@@ -20,6 +20,7 @@ import pytest
 from gateway.db import Database
 from gateway.limits.invariants import assert_all_invariants
 from tests.cluster import GatewayProcess, Operator, gateway_env, running
+from tests.eventually import eventually
 from tests.fakes import FakeServer, openai_app
 
 pytestmark = pytest.mark.timeout(120)
@@ -81,7 +82,9 @@ async def test_kill_9_mid_stream(three: list[GatewayProcess], db: Database) -> N
                                         for i in range(10)))
         assert [a.status_code for a in served] == [200] * 10
         assert sum(Decimal(a.headers["cf-aig-cost"]) for a in served) == Decimal("1.00")
-        [bucket] = operator.buckets(account, rule["id"])
+        # the survivors settle each call once its answer has passed (the client may read it first): wait for that
+        [bucket] = await eventually(lambda: operator.buckets(account, rule["id"]), blocking=True,
+                                    until=lambda b: b[0]["pending_usd"] == "5.00", within=5)
         assert bucket["pending_usd"] == "5.00"  # the dead instance's 50 reservations, still held
         assert Decimal(operator.credits(account)["pending_usd"]) == Decimal("5.00")
 

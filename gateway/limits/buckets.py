@@ -1,0 +1,79 @@
+"""Reads of the bucket rows, outside the reservation functions: what a rule's buckets hold for the admin API, what
+one bucket has left for a dynamic route's budget element, and when a refused request's bucket will have room.
+
+The rows (gateway/limits/schema.py): a fixed window's row holds `spent` and `pending`; a rolling bucket has a head
+row at `window_start = -infinity` that holds `pending`, and one row per slice holding `spent` (the slices from the
+window's `counted_since` on count).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+from gateway.db import Database
+from gateway.limits.reservations import BucketState
+from gateway.limits.rules import Rule
+
+
+async def bucket_status(db: Database, rule: Rule, now: datetime) -> list[dict[str, Any]]:
+    """The rule's buckets in the current window: spent, pending and remaining (nano-USD), for the admin API."""
+    window = rule.window
+    rule_uuid = uuid.UUID(rule.id)
+    if window.type == "fixed":
+        rows = await db.pool.fetch(
+            "SELECT key, spent, pending FROM limits.buckets WHERE rule_id = $1 AND window_start = $2 ORDER BY key",
+            rule_uuid, window.start(now),
+        )
+        start = window.start(now)
+        return [_bucket(rule, r["key"], start, r["spent"], r["pending"]) for r in rows]
+    since = window.counted_since(now)
+    rows = await db.pool.fetch(
+        """
+        SELECT key,
+               coalesce(sum(spent) FILTER (WHERE window_start >= $2), 0)::bigint AS spent,
+               coalesce(sum(pending) FILTER (WHERE window_start = '-infinity'), 0)::bigint AS pending
+          FROM limits.buckets WHERE rule_id = $1 GROUP BY key ORDER BY key
+        """,
+        rule_uuid, since,
+    )
+    return [_bucket(rule, r["key"], since, r["spent"], r["pending"]) for r in rows if r["spent"] or r["pending"]]
+
+
+def _bucket(rule: Rule, key: str, start: datetime, spent: int, pending: int) -> dict[str, Any]:
+    return {"key": json.loads(key), "window_start": start, "spent_nano": spent, "pending_nano": pending,
+            "remaining_nano": rule.budget_nano - spent - pending}
+
+
+async def bucket_remaining(db: Database, rule: Rule, key: str, now: datetime) -> int:
+    """What one bucket has left now (budget - spent - pending), for a dynamic route's budget element."""
+    window = rule.window
+    if window.type == "fixed":
+        row = await db.pool.fetchrow(
+            "SELECT spent, pending FROM limits.buckets WHERE rule_id = $1 AND key = $2 AND window_start = $3",
+            uuid.UUID(rule.id), key, window.start(now))
+        used = 0 if row is None else row["spent"] + row["pending"]
+    else:
+        used = await db.pool.fetchval(
+            """SELECT coalesce(sum(spent) FILTER (WHERE window_start >= $3), 0)
+                    + coalesce(sum(pending) FILTER (WHERE window_start = '-infinity'), 0)
+                 FROM limits.buckets WHERE rule_id = $1 AND key = $2""",
+            uuid.UUID(rule.id), key, window.counted_since(now))
+    return rule.budget_nano - int(used)
+
+
+async def room_at(db: Database, state: BucketState, estimate_nano: int, now: datetime) -> datetime:
+    """When the bucket of a refused request will have room for its estimate: a fixed window's end; for a rolling
+    one, when enough of its slices have aged out (holds that may settle for less sooner are not counted)."""
+    line, rule = state.line, state.line.rule
+    if rule.window.type == "fixed" or line.rolling_since is None:
+        return rule.window.end(now)
+    rows = await db.pool.fetch(
+        "SELECT window_start, spent FROM limits.buckets WHERE rule_id = $1 AND key = $2 AND window_start >= $3 "
+        "ORDER BY window_start",
+        uuid.UUID(rule.id), line.key, line.rolling_since,
+    )
+    needed = state.spent_nano + state.pending_nano + estimate_nano - rule.budget_nano
+    return rule.window.retry_after(now, [(r["window_start"], r["spent"]) for r in rows], max(needed, 1))
