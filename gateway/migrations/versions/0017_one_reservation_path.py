@@ -1,7 +1,8 @@
 """One reservation path: `limits.reserve(limits.bucket_line[], limits.reservation_request[])` and
 `limits.settle(limits.settlement_request[])` replace both the one-by-one functions (jsonb lines, 0005/0011) and the
-batched ones (jsonb in, parallel arrays inside, 0012). A single request is a batch of one. The adapters `limits.place_hold` / `limits.settle_hold` (0007) go too: the new
-functions call `ledger.hold` / `ledger.settle_hold` themselves.
+batched ones (jsonb in, parallel arrays inside, 0012). A single request is a batch of one. The adapters
+`limits.place_hold` / `limits.settle_hold` (0007) go too: the new functions call `ledger.hold` /
+`ledger.settle_hold` themselves.
 
 The interface is typed (composite types), the answers are rows, in the order of the requests:
 
@@ -22,13 +23,13 @@ Semantics: those of the requests applied one after the other, in order, in one t
 
 - reserve: preconditions (refused with an exception, nothing kept): no id twice, at most one credit hold (a hold
   locks its tenant's ledger rows, which are outside the buckets' lock order: two holds in one transaction could
-  deadlock with another), an estimate >= 0, every line position in `p_lines`. The reservation rows are inserted first, in id order; an id already
-  there is a replay (`ok`, `replay`, nothing reserved again). Then every bucket row of the batch is locked, or
-  created, once, in the global order (rule id, key in byte order, window start; a rolling bucket's row is its
-  head at -infinity), and rolling windows' slices are summed under those locks. Each request is checked against
-  the rows as the requests before it left them: `spent + pending + estimate <= budget` for every blocking line;
-  then its credit hold, if any, is placed (`ledger.hold`). Granted: its estimate is added to every line's pending.
-  Refused: nothing of it is kept (its reservation row is deleted).
+  deadlock with another), an estimate >= 0, every line position in `p_lines`. The reservation rows are inserted
+  first, in id order; an id already there is a replay (`ok`, `replay`, nothing reserved again). Then every bucket
+  row of the batch is locked, or created, once, in the global order (rule id, key in byte order, window start; a
+  rolling bucket's row is its head at -infinity), and rolling windows' slices are summed under those locks. Each
+  request is checked against the rows as the requests before it left them: `spent + pending + estimate <= budget`
+  for every blocking line; then its credit hold, if any, is placed (`ledger.hold`). Granted: its estimate is added
+  to every line's pending. Refused: nothing of it is kept (its reservation row is deleted).
 - settle: preconditions: no id twice, actual >= 0. The reservation rows are locked first, in id order, and each
   is resolved at most once: an open one is settled with its outcome (`settled`, or `expired` from the sweeper);
   one the sweeper expired is recorded as `late` (its cost counts; its pending went back at expiry); anything else
@@ -166,59 +167,65 @@ BEGIN
     END IF;
     -- the reservation rows first, in id order: replays are found, and none of it happens under bucket locks. A
     -- reservation keeps its lines (as jsonb, for its settlement); each distinct line is encoded once
-    v_json := ARRAY(SELECT jsonb_strip_nulls(to_jsonb(p_lines[i])) FROM generate_subscripts(p_lines, 1) i ORDER BY i);
+    IF coalesce(cardinality(p_lines), 0) > 0 THEN
+        v_json := ARRAY(SELECT jsonb_strip_nulls(to_jsonb(p_lines[i])) FROM generate_subscripts(p_lines, 1) i
+                         ORDER BY i);
+    END IF;
     WITH inserted AS (
         INSERT INTO limits.reservations (id, lines, estimate, hold_id, created_at, expires_at)
         SELECT x.id,
-               (SELECT coalesce(jsonb_agg(v_json[u.i] ORDER BY u.o), '[]') FROM unnest(x.lines) WITH ORDINALITY u(i, o)),
+               (SELECT coalesce(jsonb_agg(v_json[u.i] ORDER BY u.o), '[]')
+                  FROM unnest(x.lines) WITH ORDINALITY u(i, o)),
                x.estimate, CASE WHEN (x.hold).tenant IS NOT NULL THEN x.id END, x.created_at, x.expires_at
           FROM unnest(p_requests) x ORDER BY x.id
         ON CONFLICT (id) DO NOTHING RETURNING id)
     SELECT coalesce(array_agg(id), '{}') INTO v_new FROM inserted;
     -- the new requests' lines in (request, position) order, each with the index of its bucket row in the global
-    -- lock order and, rolling, of its window's total (one per rule, key and start)
-    WITH lines AS (
-        SELECT x.ordinality::int AS request, y.pos, l.rule_id, l.key, l.rolling_since, l.budget, l.blocking,
-               CASE WHEN l.rolling_since IS NULL THEN l.window_start ELSE '-infinity' END AS lock_at
-          FROM unnest(p_requests) WITH ORDINALITY AS x
-          JOIN LATERAL unnest(x.lines) WITH ORDINALITY AS y(line, pos) ON true
-          JOIN unnest(p_lines) WITH ORDINALITY AS l ON l.ordinality = y.line
-         WHERE x.id = ANY (v_new)
-    ), ranked AS (
-        SELECT lines.*, dense_rank() OVER (ORDER BY rule_id, key COLLATE "C", lock_at)::int AS bucket,
-               CASE WHEN rolling_since IS NOT NULL THEN
-                   dense_rank() OVER (ORDER BY rolling_since IS NULL, rule_id, key COLLATE "C", rolling_since)::int
-               END AS total
-          FROM lines
-    )
-    SELECT (SELECT array_agg(ROW(request, bucket, NULL, total, budget, blocking, NULL, NULL)::limits.batch_line
-                             ORDER BY request, pos) FROM ranked),
-           (SELECT array_agg(ROW(rule_id, key, lock_at, NULL, NULL)::limits.bucket_row ORDER BY bucket)
-              FROM (SELECT DISTINCT ON (bucket) * FROM ranked ORDER BY bucket) b),
-           (SELECT array_agg(ROW(rule_id, key, rolling_since, NULL, NULL)::limits.bucket_row ORDER BY total)
-              FROM (SELECT DISTINCT ON (total) * FROM ranked WHERE total IS NOT NULL ORDER BY total) t)
-      INTO v_lines, v_rows, v_totals;
-    -- lock (or create) every row once, in the global order
-    FOR n IN 1..coalesce(cardinality(v_rows), 0) LOOP
-        SELECT b.spent, b.pending INTO v_spent, v_pending FROM limits.buckets b
-         WHERE b.rule_id = v_rows[n].rule_id AND b.key = v_rows[n].key AND b.window_start = v_rows[n].window_start
-           FOR UPDATE;
-        IF NOT FOUND THEN
-            INSERT INTO limits.buckets AS b (rule_id, key, window_start)
-            VALUES (v_rows[n].rule_id, v_rows[n].key, v_rows[n].window_start)
-            ON CONFLICT (rule_id, key, window_start) DO UPDATE SET pending = b.pending
-            RETURNING b.spent, b.pending INTO v_spent, v_pending;
+    -- lock order and, rolling, of its window's total (one per rule, key and start); none: credit holds only
+    IF coalesce(cardinality(p_lines), 0) > 0 THEN
+        WITH lines AS (
+            SELECT x.ordinality::int AS request, y.pos, l.rule_id, l.key, l.rolling_since, l.budget, l.blocking,
+                   CASE WHEN l.rolling_since IS NULL THEN l.window_start ELSE '-infinity' END AS lock_at
+              FROM unnest(p_requests) WITH ORDINALITY AS x
+              JOIN LATERAL unnest(x.lines) WITH ORDINALITY AS y(line, pos) ON true
+              JOIN unnest(p_lines) WITH ORDINALITY AS l ON l.ordinality = y.line
+             WHERE x.id = ANY (v_new)
+        ), ranked AS (
+            SELECT lines.*, dense_rank() OVER (ORDER BY rule_id, key COLLATE "C", lock_at)::int AS bucket,
+                   CASE WHEN rolling_since IS NOT NULL THEN
+                       dense_rank() OVER (ORDER BY rolling_since IS NULL, rule_id, key COLLATE "C", rolling_since)::int
+                   END AS total
+              FROM lines
+        )
+        SELECT (SELECT array_agg(ROW(request, bucket, NULL, total, budget, blocking, NULL, NULL)::limits.batch_line
+                                 ORDER BY request, pos) FROM ranked),
+               (SELECT array_agg(ROW(rule_id, key, lock_at, NULL, NULL)::limits.bucket_row ORDER BY bucket)
+                  FROM (SELECT DISTINCT ON (bucket) * FROM ranked ORDER BY bucket) b),
+               (SELECT array_agg(ROW(rule_id, key, rolling_since, NULL, NULL)::limits.bucket_row ORDER BY total)
+                  FROM (SELECT DISTINCT ON (total) * FROM ranked WHERE total IS NOT NULL ORDER BY total) t)
+          INTO v_lines, v_rows, v_totals;
+        -- lock (or create) every row once, in the global order
+        FOR n IN 1..coalesce(cardinality(v_rows), 0) LOOP
+            SELECT b.spent, b.pending INTO v_spent, v_pending FROM limits.buckets b
+             WHERE b.rule_id = v_rows[n].rule_id AND b.key = v_rows[n].key AND b.window_start = v_rows[n].window_start
+               FOR UPDATE;
+            IF NOT FOUND THEN
+                INSERT INTO limits.buckets AS b (rule_id, key, window_start)
+                VALUES (v_rows[n].rule_id, v_rows[n].key, v_rows[n].window_start)
+                ON CONFLICT (rule_id, key, window_start) DO UPDATE SET pending = b.pending
+                RETURNING b.spent, b.pending INTO v_spent, v_pending;
+            END IF;
+            v_rows[n].spent := v_spent;
+            v_rows[n].pending := v_pending;
+        END LOOP;
+        -- rolling: the slices still in each window, read under the head rows' locks (slices change only under them)
+        IF v_totals IS NOT NULL THEN
+            SELECT array_agg(ROW(t.rule_id, t.key, t.window_start,
+                                 (SELECT coalesce(sum(b.spent), 0) FROM limits.buckets b
+                                   WHERE b.rule_id = t.rule_id AND b.key = t.key AND b.window_start >= t.window_start),
+                                 NULL)::limits.bucket_row ORDER BY t.ordinality)
+              INTO v_totals FROM unnest(v_totals) WITH ORDINALITY AS t;
         END IF;
-        v_rows[n].spent := v_spent;
-        v_rows[n].pending := v_pending;
-    END LOOP;
-    -- rolling: the slices still in each window, read under the head rows' locks (slices change only under them)
-    IF v_totals IS NOT NULL THEN
-        SELECT array_agg(ROW(t.rule_id, t.key, t.window_start,
-                             (SELECT coalesce(sum(b.spent), 0) FROM limits.buckets b
-                               WHERE b.rule_id = t.rule_id AND b.key = t.key AND b.window_start >= t.window_start),
-                             NULL)::limits.bucket_row ORDER BY t.ordinality)
-          INTO v_totals FROM unnest(v_totals) WITH ORDINALITY AS t;
     END IF;
     -- each request against the rows as the requests before it left them
     nl := coalesce(cardinality(v_lines), 0);
@@ -278,6 +285,7 @@ DECLARE
     v_problem text;
     v_settled limits.reservations[];  -- per settlement, its reservation as resolved here (NULL: not resolved)
     v_answers limits.settlement_answer[];
+    v_answer limits.settlement_answer;
     v_lines limits.batch_line[];
     v_rows limits.bucket_row[];
     v_slices limits.bucket_row[];
@@ -286,6 +294,7 @@ DECLARE
     s limits.settlement_request;
     line limits.batch_line;
     v_late boolean;
+    v_lined boolean := false;
     v_holds int := 0;
     v_spent bigint;
     v_pending bigint;
@@ -312,8 +321,12 @@ BEGIN
     IF v_problem IS NOT NULL THEN
         RAISE EXCEPTION 'limits.settle: % in one batch', v_problem USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- the reservation rows first, in id order (a reservation's row is always taken before any bucket)
-    PERFORM 1 FROM limits.reservations WHERE id IN (SELECT x.id FROM unnest(p_settlements) x) ORDER BY id FOR UPDATE;
+    -- the reservation rows first, in id order (a reservation's row is always taken before any bucket; one alone is
+    -- taken by its UPDATE below)
+    IF k > 1 THEN
+        PERFORM 1 FROM limits.reservations WHERE id IN (SELECT x.id FROM unnest(p_settlements) x) ORDER BY id
+            FOR UPDATE;
+    END IF;
     v_settled := array_fill(NULL::limits.reservations, ARRAY[k]);
     v_answers := array_fill(NULL::limits.settlement_answer, ARRAY[k]);
     FOR i IN 1..k LOOP
@@ -335,6 +348,7 @@ BEGIN
             v_settled[i] := v_res;
             v_answers[i] := ROW(s.id, true, NULL, v_late, 0, NULL);
             v_holds := v_holds + (v_res.hold_id IS NOT NULL)::int;
+            v_lined := v_lined OR jsonb_array_length(v_res.lines) > 0;
         ELSE
             v_answers[i] := ROW(s.id, false,
                                 CASE WHEN EXISTS (SELECT 1 FROM limits.reservations WHERE id = s.id)
@@ -346,103 +360,107 @@ BEGIN
               USING ERRCODE = 'invalid_parameter_value';
     END IF;
     -- the settled reservations' lines in (settlement, position) order, each with the index of its bucket row in
-    -- the global lock order, of its slice (rolling) and of its window's total (rolling, when it alerts)
-    WITH lines AS (
-        SELECT x.ordinality::int AS request, y.ordinality AS pos, y.rule_id, y.key, y.window_start,
-               y.rolling_since, y.budget, y.alert_window, y.alert_at,
-               CASE WHEN y.rolling_since IS NULL THEN y.window_start ELSE '-infinity' END AS lock_at
-          FROM unnest(v_settled) WITH ORDINALITY AS x,
-               jsonb_populate_recordset(NULL::limits.bucket_line, x.lines) WITH ORDINALITY AS y
-         WHERE x.id IS NOT NULL
-    ), ranked AS (
-        SELECT lines.*, dense_rank() OVER (ORDER BY rule_id, key COLLATE "C", lock_at)::int AS bucket,
-               CASE WHEN rolling_since IS NOT NULL THEN
-                   dense_rank() OVER (ORDER BY rolling_since IS NULL, rule_id, key COLLATE "C", window_start)::int
-               END AS slice,
-               CASE WHEN rolling_since IS NOT NULL AND alert_at IS NOT NULL THEN
-                   dense_rank() OVER (ORDER BY rolling_since IS NULL OR alert_at IS NULL, rule_id, key COLLATE "C",
-                                      rolling_since)::int
-               END AS total
-          FROM lines
-    )
-    SELECT (SELECT array_agg(ROW(request, bucket, slice, total, budget, NULL, alert_window, alert_at)::limits.batch_line
-                             ORDER BY request, pos) FROM ranked),
-           (SELECT array_agg(ROW(rule_id, key, lock_at, NULL, NULL)::limits.bucket_row ORDER BY bucket)
-              FROM (SELECT DISTINCT ON (bucket) * FROM ranked ORDER BY bucket) b),
-           (SELECT array_agg(ROW(rule_id, key, window_start, 0, NULL)::limits.bucket_row ORDER BY slice)
-              FROM (SELECT DISTINCT ON (slice) * FROM ranked WHERE slice IS NOT NULL ORDER BY slice) l),
-           (SELECT array_agg(ROW(rule_id, key, rolling_since, NULL, NULL)::limits.bucket_row ORDER BY total)
-              FROM (SELECT DISTINCT ON (total) * FROM ranked WHERE total IS NOT NULL ORDER BY total) t)
-      INTO v_lines, v_rows, v_slices, v_totals;
-    -- lock every row once, in the global order (a row that is not there stays NULL and is not written)
-    FOR q IN 1..coalesce(cardinality(v_rows), 0) LOOP
-        SELECT b.spent, b.pending INTO v_spent, v_pending FROM limits.buckets b
-         WHERE b.rule_id = v_rows[q].rule_id AND b.key = v_rows[q].key AND b.window_start = v_rows[q].window_start
-           FOR UPDATE;
-        v_rows[q].spent := v_spent;
-        v_rows[q].pending := v_pending;
-    END LOOP;
-    IF v_totals IS NOT NULL THEN
-        SELECT array_agg(ROW(t.rule_id, t.key, t.window_start,
-                             (SELECT coalesce(sum(b.spent), 0) FROM limits.buckets b
-                               WHERE b.rule_id = t.rule_id AND b.key = t.key AND b.window_start >= t.window_start),
-                             NULL)::limits.bucket_row ORDER BY t.ordinality)
-          INTO v_totals FROM unnest(v_totals) WITH ORDINALITY AS t;
-    END IF;
-    -- the settlements one after the other, in memory: what each changes, and the alerts it crosses
-    nl := coalesce(cardinality(v_lines), 0);
-    nt := coalesce(cardinality(v_totals), 0);
-    FOR i IN 1..k LOOP
-        CONTINUE WHEN v_settled[i].id IS NULL;
-        v_actual := p_settlements[i].actual;
-        v_release := CASE WHEN v_answers[i].late THEN 0 ELSE v_settled[i].estimate END;
-        v_alerts := 0;
-        WHILE j <= nl AND v_lines[j].request = i LOOP
-            line := v_lines[j];
-            v_rows[line.bucket].pending := v_rows[line.bucket].pending - v_release;
-            v_total := NULL;
-            IF line.slice IS NULL THEN
-                v_rows[line.bucket].spent := v_rows[line.bucket].spent + v_actual;
-                v_total := v_rows[line.bucket].spent;
-            ELSIF v_actual > 0 THEN
-                v_slices[line.slice].spent := v_slices[line.slice].spent + v_actual;
-                FOR t IN 1..nt LOOP  -- every window total that counts this slice
-                    IF v_totals[t].rule_id = v_slices[line.slice].rule_id AND v_totals[t].key = v_slices[line.slice].key
-                       AND v_totals[t].window_start <= v_slices[line.slice].window_start THEN
-                        v_totals[t].spent := v_totals[t].spent + v_actual;
-                    END IF;
-                END LOOP;
-                IF line.total IS NOT NULL THEN
-                    v_total := v_totals[line.total].spent;
-                END IF;
-            END IF;
-            IF v_actual > 0 AND line.alert_at IS NOT NULL AND v_total IS NOT NULL THEN
-                FOREACH f IN ARRAY line.alert_at LOOP
-                    IF v_total - v_actual < f * line.budget AND v_total >= f * line.budget THEN
-                        INSERT INTO limits.alerts (rule_id, key, window_start, fraction, spent, budget)
-                        VALUES (v_rows[line.bucket].rule_id, v_rows[line.bucket].key, line.alert_window, f, v_total,
-                                line.budget)
-                        ON CONFLICT DO NOTHING;
-                        GET DIAGNOSTICS n = ROW_COUNT;
-                        v_alerts := v_alerts + n;
-                    END IF;
-                END LOOP;
-            END IF;
-            j := j + 1;
+    -- the global lock order, of its slice (rolling) and of its window's total (rolling, when it alerts); none:
+    -- credit holds only
+    IF v_lined THEN
+        WITH lines AS (
+            SELECT x.ordinality::int AS request, y.ordinality AS pos, y.rule_id, y.key, y.window_start,
+                   y.rolling_since, y.budget, y.alert_window, y.alert_at,
+                   CASE WHEN y.rolling_since IS NULL THEN y.window_start ELSE '-infinity' END AS lock_at
+              FROM unnest(v_settled) WITH ORDINALITY AS x,
+                   jsonb_populate_recordset(NULL::limits.bucket_line, x.lines) WITH ORDINALITY AS y
+             WHERE x.id IS NOT NULL
+        ), ranked AS (
+            SELECT lines.*, dense_rank() OVER (ORDER BY rule_id, key COLLATE "C", lock_at)::int AS bucket,
+                   CASE WHEN rolling_since IS NOT NULL THEN
+                       dense_rank() OVER (ORDER BY rolling_since IS NULL, rule_id, key COLLATE "C", window_start)::int
+                   END AS slice,
+                   CASE WHEN rolling_since IS NOT NULL AND alert_at IS NOT NULL THEN
+                       dense_rank() OVER (ORDER BY rolling_since IS NULL OR alert_at IS NULL, rule_id, key COLLATE "C",
+                                          rolling_since)::int
+                   END AS total
+              FROM lines
+        )
+        SELECT (SELECT array_agg(ROW(request, bucket, slice, total, budget, NULL, alert_window,
+                                     alert_at)::limits.batch_line ORDER BY request, pos) FROM ranked),
+               (SELECT array_agg(ROW(rule_id, key, lock_at, NULL, NULL)::limits.bucket_row ORDER BY bucket)
+                  FROM (SELECT DISTINCT ON (bucket) * FROM ranked ORDER BY bucket) b),
+               (SELECT array_agg(ROW(rule_id, key, window_start, 0, NULL)::limits.bucket_row ORDER BY slice)
+                  FROM (SELECT DISTINCT ON (slice) * FROM ranked WHERE slice IS NOT NULL ORDER BY slice) l),
+               (SELECT array_agg(ROW(rule_id, key, rolling_since, NULL, NULL)::limits.bucket_row ORDER BY total)
+                  FROM (SELECT DISTINCT ON (total) * FROM ranked WHERE total IS NOT NULL ORDER BY total) t)
+          INTO v_lines, v_rows, v_slices, v_totals;
+        -- lock every row once, in the global order (a row that is not there stays NULL and is not written)
+        FOR q IN 1..coalesce(cardinality(v_rows), 0) LOOP
+            SELECT b.spent, b.pending INTO v_spent, v_pending FROM limits.buckets b
+             WHERE b.rule_id = v_rows[q].rule_id AND b.key = v_rows[q].key AND b.window_start = v_rows[q].window_start
+               FOR UPDATE;
+            v_rows[q].spent := v_spent;
+            v_rows[q].pending := v_pending;
         END LOOP;
-        v_answers[i].alerts := v_alerts;
-    END LOOP;
-    IF v_rows IS NOT NULL THEN
-        UPDATE limits.buckets b SET spent = w.spent, pending = w.pending
-          FROM unnest(v_rows) w
-         WHERE b.rule_id = w.rule_id AND b.key = w.key AND b.window_start = w.window_start
-           AND w.pending IS NOT NULL AND (b.spent <> w.spent OR b.pending <> w.pending);
-    END IF;
-    IF v_slices IS NOT NULL THEN
-        -- written only under the head rows' locks, held above
-        INSERT INTO limits.buckets AS b (rule_id, key, window_start, spent)
-        SELECT l.rule_id, l.key, l.window_start, l.spent FROM unnest(v_slices) l WHERE l.spent > 0
-        ON CONFLICT (rule_id, key, window_start) DO UPDATE SET spent = b.spent + EXCLUDED.spent;
+        IF v_totals IS NOT NULL THEN
+            SELECT array_agg(ROW(t.rule_id, t.key, t.window_start,
+                                 (SELECT coalesce(sum(b.spent), 0) FROM limits.buckets b
+                                   WHERE b.rule_id = t.rule_id AND b.key = t.key AND b.window_start >= t.window_start),
+                                 NULL)::limits.bucket_row ORDER BY t.ordinality)
+              INTO v_totals FROM unnest(v_totals) WITH ORDINALITY AS t;
+        END IF;
+        -- the settlements one after the other, in memory: what each changes, and the alerts it crosses
+        nl := coalesce(cardinality(v_lines), 0);
+        nt := coalesce(cardinality(v_totals), 0);
+        FOR i IN 1..k LOOP
+            CONTINUE WHEN v_settled[i].id IS NULL;
+            v_actual := p_settlements[i].actual;
+            v_release := CASE WHEN v_answers[i].late THEN 0 ELSE v_settled[i].estimate END;
+            v_alerts := 0;
+            WHILE j <= nl AND v_lines[j].request = i LOOP
+                line := v_lines[j];
+                v_rows[line.bucket].pending := v_rows[line.bucket].pending - v_release;
+                v_total := NULL;
+                IF line.slice IS NULL THEN
+                    v_rows[line.bucket].spent := v_rows[line.bucket].spent + v_actual;
+                    v_total := v_rows[line.bucket].spent;
+                ELSIF v_actual > 0 THEN
+                    v_slices[line.slice].spent := v_slices[line.slice].spent + v_actual;
+                    FOR t IN 1..nt LOOP  -- every window total that counts this slice
+                        IF v_totals[t].rule_id = v_slices[line.slice].rule_id
+                           AND v_totals[t].key = v_slices[line.slice].key
+                           AND v_totals[t].window_start <= v_slices[line.slice].window_start THEN
+                            v_totals[t].spent := v_totals[t].spent + v_actual;
+                        END IF;
+                    END LOOP;
+                    IF line.total IS NOT NULL THEN
+                        v_total := v_totals[line.total].spent;
+                    END IF;
+                END IF;
+                IF v_actual > 0 AND line.alert_at IS NOT NULL AND v_total IS NOT NULL THEN
+                    FOREACH f IN ARRAY line.alert_at LOOP
+                        IF v_total - v_actual < f * line.budget AND v_total >= f * line.budget THEN
+                            INSERT INTO limits.alerts (rule_id, key, window_start, fraction, spent, budget)
+                            VALUES (v_rows[line.bucket].rule_id, v_rows[line.bucket].key, line.alert_window, f, v_total,
+                                    line.budget)
+                            ON CONFLICT DO NOTHING;
+                            GET DIAGNOSTICS n = ROW_COUNT;
+                            v_alerts := v_alerts + n;
+                        END IF;
+                    END LOOP;
+                END IF;
+                j := j + 1;
+            END LOOP;
+            v_answers[i].alerts := v_alerts;
+        END LOOP;
+        IF v_rows IS NOT NULL THEN
+            UPDATE limits.buckets b SET spent = w.spent, pending = w.pending
+              FROM unnest(v_rows) w
+             WHERE b.rule_id = w.rule_id AND b.key = w.key AND b.window_start = w.window_start
+               AND w.pending IS NOT NULL AND (b.spent <> w.spent OR b.pending <> w.pending);
+        END IF;
+        IF v_slices IS NOT NULL THEN
+            -- written only under the head rows' locks, held above
+            INSERT INTO limits.buckets AS b (rule_id, key, window_start, spent)
+            SELECT l.rule_id, l.key, l.window_start, l.spent FROM unnest(v_slices) l WHERE l.spent > 0
+            ON CONFLICT (rule_id, key, window_start) DO UPDATE SET spent = b.spent + EXCLUDED.spent;
+        END IF;
     END IF;
     -- the credit hold, last (ledger rows come after every bucket row): post the actual cost, or void or expire it; a
     -- late settlement posts against an expired hold, which the ledger bills as an unheld debit
@@ -455,7 +473,9 @@ BEGIN
                                                     s.settled_at);
         END IF;
     END LOOP;
-    RETURN QUERY SELECT * FROM unnest(v_answers);
+    FOREACH v_answer IN ARRAY v_answers LOOP
+        RETURN NEXT v_answer;
+    END LOOP;
 END $$;
 """
 
