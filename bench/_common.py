@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 if os.environ.get("BENCH_DATABASE_URL"):
     os.environ["TEST_DATABASE_URL"] = os.environ["BENCH_DATABASE_URL"]
 
-from tests.pg import fresh_database
+from harness.pg import fresh_database
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -64,7 +64,7 @@ NEVER_BLOCKS_USD = "1000000"
 
 UPSTREAM = """
 import uvicorn
-from tests.fakes import openai_app
+from harness.fakes import openai_app
 uvicorn.run(openai_app("/v1"), host="127.0.0.1", port={port}, log_level="error", access_log=False)
 """
 
@@ -137,7 +137,7 @@ def server() -> Iterator[str]:
     if url or _answers(LOCAL_SERVER):
         yield url or LOCAL_SERVER
         return
-    from tests.pg import server_url
+    from harness.pg import server_url
 
     with server_url() as (found, _source):
         yield found

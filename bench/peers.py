@@ -8,7 +8,7 @@ Not part of `make bench`: the first run downloads the peers. LiteLLM (`litellm[p
 --portkey-version) from npm, both under --peers-dir (default bench/.peers/, ignored by git); later runs reuse
 them. No peer code is kept in the repository.
 
-One fake OpenAI upstream (`tests.fakes.openai_app`, uvicorn, its own process) serves every gateway; the load
+One fake OpenAI upstream (`harness.fakes.openai_app`, uvicorn, its own process) serves every gateway; the load
 comes from this process (aiohttp), the same generator for all. Each gateway is started, checked to forward to
 the fake (the first JSON and SSE answers must be the fake's), then for each mode (json, sse: `stream: true`) and
 connection count gets a warm-up (--warmup) and a timed window (--seconds), and is stopped again:
@@ -85,7 +85,7 @@ LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 UPSTREAM = """
 import collections, uvicorn
-from tests.fakes import openai_app
+from harness.fakes import openai_app
 app = openai_app("/v1")
 # the fake records every request it gets; a bounded record keeps its memory and GC flat over a long run
 app.recorder.requests = app.state.requests = collections.deque(maxlen=64)
@@ -521,7 +521,7 @@ def source_tree(running: Running, rev: str | None) -> tuple[Path, str]:
     --rev that revision exported (`git archive`) to the scratch directory, untouched by edits in progress."""
     if not rev:
         try:
-            dirty = git("status", "--porcelain", "--untracked-files=no", "gateway", "tests/fakes")
+            dirty = git("status", "--porcelain", "--untracked-files=no", "gateway", "harness/fakes")
             return ROOT, git("rev-parse", "--short", "HEAD") + ("+uncommitted" if dirty else "")
         except (Skip, OSError, subprocess.SubprocessError):
             return ROOT, "unknown"

@@ -30,7 +30,7 @@ PY = sys.executable
 
 UPSTREAM = """
 import uvicorn
-from tests.fakes import openai_app
+from harness.fakes import openai_app
 uvicorn.run(openai_app("/v1"), host="127.0.0.1", port={port}, log_level="error", access_log=False)
 """
 
@@ -110,7 +110,7 @@ def identity_provider() -> tuple[object, str, str]:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from tests.fakes import FakeServer
+    from harness.fakes import FakeServer
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))

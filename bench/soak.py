@@ -73,14 +73,14 @@ from _common import emit, percentile
 from gateway.db import Database, migrate
 from gateway.ledger.invariants import check_invariants
 from gateway.limits.invariants import check_limit_invariants
-from tests.cluster import GatewayProcess, Operator, free_port, gateway_env
-from tests.ops.nginx import Nginx, nginx_binary
+from harness.cluster import GatewayProcess, Operator, free_port, gateway_env
+from harness.nginx import Nginx, nginx_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 ADMIN = "soak-admin-" + uuid.uuid4().hex[:12]
 MINI, FALLBACK = "gpt-4o-mini", "claude-haiku-4-5"
-MAX_TOKENS = 50  # $0.05 worst case at $0.001 per output token (tests.cluster.USD_PER_TOKEN_OUT)
+MAX_TOKENS = 50  # $0.05 worst case at $0.001 per output token (harness.cluster.USD_PER_TOKEN_OUT)
 USERS = [f"u{i}" for i in range(8)]
 BLOCKED_BUDGET, BLOCKED_SERVED = "0.20", 4  # $0.20 / $0.05
 MINI_BUDGET, MINI_SERVED = "0.50", 10
@@ -101,7 +101,7 @@ KINDS: dict[str, tuple[int, str]] = {
 
 FAKE = """
 import threading, time, uvicorn
-from tests.fakes import {factory}
+from harness.fakes import {factory}
 app = {factory}({args})
 def forget():  # a fake records every request it receives: over a soak that would be the fake's own leak
     while True:
@@ -147,7 +147,7 @@ def _die_with_parent() -> None:
 
 
 class SoakGateway(GatewayProcess):
-    """tests.cluster.GatewayProcess, started in its own session (the soak stops it, not the terminal's Ctrl-C),
+    """harness.cluster.GatewayProcess, started in its own session (the soak stops it, not the terminal's Ctrl-C),
     tied to the soak's life, and optionally through HEAP_BOOT."""
 
     def __init__(self, env: dict[str, str], heap: bool) -> None:

@@ -19,7 +19,6 @@ from gateway.admin.token import ensure_admin_token
 from gateway.db import Database
 from gateway.errors import InvalidRequest, to_response
 from gateway.identity import JWTVerifier
-from gateway.limits.planner import RouterPlanner
 from gateway.middleware.access_identity import AccessIdentity
 from gateway.middleware.attribution import Attribution
 from gateway.middleware.dynamic_routes import DynamicRoutes
@@ -27,6 +26,7 @@ from gateway.middleware.gateway_auth import GatewayAuth
 from gateway.middleware.request_log import RequestLog
 from gateway.middleware.server_errors import ServerErrors
 from gateway.middleware.spend_limits import SpendLimits
+from gateway.middleware.spend_plan import RouterPlanner
 from gateway.middleware.tracing import Tracing
 from gateway.middleware.zdr import ZeroDataRetention
 from gateway.providers.router import ProviderRouter

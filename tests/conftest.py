@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from gateway.db import Database
-from tests.pg import fresh_database
+from harness.pg import fresh_database
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -43,7 +43,7 @@ def database_url() -> Iterator[str]:
 
 
 # The suite shares one Postgres server whose default max_connections is 100: this pool, the package-scoped gateway
-# stacks (10 and 15) and up to three `spendgate serve` processes of 10 each (tests/cluster.py) stay well below it.
+# stacks (10 and 15) and up to three `spendgate serve` processes of 10 each (harness/cluster.py) stay well below it.
 @pytest.fixture(scope="session")
 async def db(database_url: str) -> AsyncIterator[Database]:
     database = await Database.connect(database_url, min_size=2, max_size=16)

@@ -18,7 +18,7 @@ import asyncpg
 
 from gateway.db import Database
 from gateway.errors import LedgerError, LedgerReason
-from gateway.limits.windows import Window
+from gateway.windows import Window
 
 TOPUP_NAMESPACE = uuid.UUID("5c7e2d1a-3f0b-4e8a-9d6c-1b2a3c4d5e6f")
 DURATIONS = ("daily", "weekly", "monthly")

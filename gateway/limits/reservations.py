@@ -149,7 +149,7 @@ def _hashable(value: Any) -> Any:
 def _unchanged_span(rules: list[Rule], now: datetime) -> tuple[datetime, datetime]:
     """[from, until) around `now` in which no window (fixed), slice or calendar window (rolling, for alerts) of
     these rules starts or ends, so that their lines stay the same."""
-    from gateway.limits.windows import Window
+    from gateway.windows import Window
 
     valid_from, valid_until = now, now + timedelta(days=1)  # no rule: no line, whenever
     windows = [w for r in rules for w in (r.window, Window(r.window.name, "fixed"))]
@@ -171,7 +171,7 @@ def _bucket_lines(rules: list[Rule], attributes: dict[str, Any], now: datetime) 
 
 
 def _calendar_start(rule: Rule, now: datetime) -> datetime:
-    from gateway.limits.windows import Window
+    from gateway.windows import Window
 
     return Window(rule.window.name, "fixed").start(now)
 

@@ -28,8 +28,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from gateway.errors import InvalidAmount, RuleError
-from gateway.limits.windows import WINDOW_TYPES, WINDOWS, Window
 from gateway.money import parse_usd, to_nano
+from gateway.windows import WINDOW_TYPES, WINDOWS, Window
 
 MAX_RULES_PER_GATEWAY = 20
 MAX_KEY_CHARS = 2000

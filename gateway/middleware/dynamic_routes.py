@@ -33,8 +33,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.errors import RequestRefused, RouteServedNothing, UnknownDynamicRoute, to_response
 from gateway.exchange import Exchange, Usage
 from gateway.limits.buckets import bucket_remaining
-from gateway.limits.planner import attributes_of
 from gateway.limits.store import LimitStore
+from gateway.middleware.spend_plan import attributes_of
 from gateway.paths import locate
 from gateway.providers.call import read_json
 from gateway.providers.options import MAX_ATTEMPTS

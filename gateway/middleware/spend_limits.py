@@ -50,11 +50,12 @@ from gateway.errors import (
 from gateway.exchange import Exchange
 from gateway.ledger import Ledger
 from gateway.limits.buckets import room_at
-from gateway.limits.plan import CostPlanner, Plan
+from gateway.limits.plan import Plan
 from gateway.limits.policies import allowed
 from gateway.limits.reservations import BucketState, HoldRequest, Limits, Outcome, bucket_lines
 from gateway.limits.settlements import Settlements
 from gateway.limits.store import LimitStore
+from gateway.middleware.spend_plan import CostPlanner
 from gateway.money import from_nano, usd_str
 
 log = logging.getLogger("spendgate.limits")

@@ -332,7 +332,7 @@ class ProviderRouter:
         An upstream that breaks while the held part is read (status line and headers came, then the connection
         dropped) has sent nothing to the client yet: it gets a 502 naming the provider, instead of the exception
         escaping as a 500. `ex.status_code` keeps the provider's 2xx: it may have billed us, so the call settles
-        like a stream that died without usage (the full reservation, gateway/limits/planner.py).
+        like a stream that died without usage (the full reservation, gateway/middleware/spend_plan.py).
         """
         head = bytearray()
         stream = response.aiter_raw()

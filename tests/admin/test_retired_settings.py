@@ -13,7 +13,7 @@ import pytest
 
 from gateway.db import migrate
 from gateway.gateways import GatewaySettings
-from tests.pg import _admin, _with_database
+from harness.pg import _admin, _with_database
 
 BEFORE = "0015_rolling_spending_limit"
 

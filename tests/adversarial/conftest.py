@@ -19,11 +19,11 @@ import pytest
 from gateway.app import create_app
 from gateway.db import Database
 from gateway.settings import PROVIDERS, Settings
-from tests.cluster import Operator
+from harness.cluster import Operator
+from harness.fakes import FakeServer
+from harness.fakes.common import Recorder
+from harness.fakes.providers import start_provider_fakes
 from tests.eventually import eventually
-from tests.fakes import FakeServer
-from tests.fakes.common import Recorder
-from tests.fakes.providers import start_provider_fakes
 
 ADMIN = "adversarial-admin"
 MAX_BODY = 256 * 1024

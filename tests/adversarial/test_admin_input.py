@@ -22,8 +22,8 @@ from gateway.gateways import valid_id
 from gateway.money import BIGINT_MAX, MAX_USD, InvalidAmount, parse_usd, to_nano
 from gateway.routes.store import NAME_RE
 from gateway.settings import Settings
+from harness.pg import fresh_database
 from tests.admin.conftest import ADMIN_TOKEN
-from tests.pg import fresh_database
 
 GRAPH = {"start": "m", "elements": [{"id": "m", "type": "model", "model": "openai/gpt-4o-mini", "success": "e"},
                                     {"id": "e", "type": "end"}]}

@@ -32,9 +32,9 @@ from gateway.middleware.spend_limits import Plan, SpendLimits
 from gateway.money import to_nano
 from gateway.paths import locate
 from gateway.settings import PROVIDERS, ProviderConfig, Settings
-from tests.cluster import Operator
+from harness.cluster import Operator
+from harness.fakes import FakeServer, openai_app
 from tests.eventually import eventually_sync
-from tests.fakes import FakeServer, openai_app
 
 ADMIN = "adversarial-metadata-admin"
 BYOK = {"Authorization": "Bearer sk-client-key"}

@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.pg import _with_database, server_url
+from harness.pg import _with_database, server_url
 
 SPENDGATE = Path(sys.executable).parent / "spendgate"
 Run = Callable[..., subprocess.CompletedProcess[str]]

@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from gateway.admin.cli import POLICY_EXAMPLE, ROUTE_EXAMPLE, RULE_EXAMPLE
+from harness.cluster import GatewayProcess, gateway_env
+from harness.fakes import FakeServer, openai_app
 from tests.cli.conftest import Run
-from tests.cluster import GatewayProcess, gateway_env
-from tests.fakes import FakeServer, openai_app
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -24,7 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.cluster import free_port
+from harness.cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

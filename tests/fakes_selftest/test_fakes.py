@@ -15,7 +15,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
-from tests.fakes import (
+from harness.fakes import (
     FakeServer,
     Usage,
     anthropic_app,

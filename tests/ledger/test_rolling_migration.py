@@ -11,7 +11,7 @@ import pytest
 from alembic import command
 
 from gateway.db import alembic_config, migrate
-from tests.pg import _admin, _with_database
+from harness.pg import _admin, _with_database
 
 BEFORE = "0014_component_prices"
 OLD_CHECK = ("(spend_limit IS NULL) = (spend_limit_duration IS NULL) AND (spend_limit IS NULL) = (spend_limit_strategy "

@@ -46,7 +46,7 @@ from gateway.ledger.invariants import check_invariants
 from gateway.limits.invariants import check_limit_invariants
 from gateway.limits.reservations import BucketLine, Limits, bucket_lines
 from gateway.limits.rules import Rule, parse_rule
-from tests.pg import _admin, _with_database
+from harness.pg import _admin, _with_database
 
 # slow: its own database, and a failure's shrinking replays many sequences (minutes on a busy 2-core machine)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gateway.limits.rules import RuleError, parse_rule
-from gateway.limits.windows import Window
+from gateway.windows import Window
 
 T = datetime(2026, 11, 25, 15, 42, 7, tzinfo=UTC)  # a Wednesday
 

@@ -19,8 +19,8 @@ from starlette.routing import Mount
 from gateway.app import create_app
 from gateway.context import JsonLogFormatter, request_id_var
 from gateway.settings import PROVIDERS, ProviderConfig, Settings
+from harness.fakes import FakeServer, openai_app
 from tests.eventually import eventually_sync
-from tests.fakes import FakeServer, openai_app
 from tests.middleware.test_identity import AUD, IdP
 
 ADMIN = "chain-admin"

@@ -22,7 +22,7 @@ from gateway.exchange import Exchange
 from gateway.identity import JWTVerifier
 from gateway.middleware.access_identity import AccessIdentity
 from gateway.middleware.attribution import Attribution
-from tests.fakes import FakeServer
+from harness.fakes import FakeServer
 
 AUD = "app-aud-123"
 

@@ -21,8 +21,8 @@ import pytest
 
 from gateway.db import Database
 from gateway.limits.invariants import assert_all_invariants
-from tests.cluster import GatewayProcess, Operator, gateway_env, running
-from tests.fakes import FakeServer, openai_app
+from harness.cluster import GatewayProcess, Operator, gateway_env, running
+from harness.fakes import FakeServer, openai_app
 from tests.ops.private_pg import PrivatePostgres
 
 pytestmark = pytest.mark.timeout(120)

@@ -16,8 +16,8 @@ import pytest
 
 from gateway.db import Database
 from gateway.limits.invariants import assert_all_invariants
-from tests.cluster import GatewayProcess, Operator, gateway_env
-from tests.fakes import FakeServer, openai_app
+from harness.cluster import GatewayProcess, Operator, gateway_env
+from harness.fakes import FakeServer, openai_app
 
 pytestmark = pytest.mark.timeout(90)
 

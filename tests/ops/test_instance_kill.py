@@ -19,9 +19,9 @@ import pytest
 
 from gateway.db import Database
 from gateway.limits.invariants import assert_all_invariants
-from tests.cluster import GatewayProcess, Operator, gateway_env, running
+from harness.cluster import GatewayProcess, Operator, gateway_env, running
+from harness.fakes import FakeServer, openai_app
 from tests.eventually import eventually
-from tests.fakes import FakeServer, openai_app
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -21,9 +21,9 @@ import pytest
 
 from gateway.db import Database
 from gateway.limits.invariants import assert_all_invariants
-from tests.cluster import GatewayProcess, Operator, gateway_env, running
-from tests.fakes import FakeServer, openai_app
-from tests.ops.nginx import Nginx, nginx_binary
+from harness.cluster import GatewayProcess, Operator, gateway_env, running
+from harness.fakes import FakeServer, openai_app
+from harness.nginx import Nginx, nginx_binary
 
 pytestmark = [
     pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed (.ci/run installs Debian's nginx-light "

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tests.cluster import GatewayProcess, Operator, gateway_env
-from tests.fakes import FakeServer, openai_app
+from harness.cluster import GatewayProcess, Operator, gateway_env
+from harness.fakes import FakeServer, openai_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 

@@ -22,7 +22,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.cluster import free_port
+from harness.cluster import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -9,8 +9,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.cluster import GatewayProcess, Operator, gateway_env
-from tests.fakes import FakeServer, openai_app
+from harness.cluster import GatewayProcess, Operator, gateway_env
+from harness.fakes import FakeServer, openai_app
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -20,7 +20,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.cluster import free_port
+from harness.cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = ROOT / "gateway" / "migrations"

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.settings import PROVIDERS, ProviderConfig, Settings
-from tests.fakes import FakeServer, anthropic_app, gemini_app, openai_app
+from harness.fakes import FakeServer, anthropic_app, gemini_app, openai_app
 
 ADMIN = "provider-tests-admin"
 

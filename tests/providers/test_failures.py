@@ -12,7 +12,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.settings import PROVIDERS, ProviderConfig, Settings
-from tests.fakes import FakeServer
+from harness.fakes import FakeServer
 from tests.providers.conftest import Stack
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}

@@ -13,8 +13,8 @@ from google.genai import types as genai_types
 
 from gateway.exchange import Usage
 from gateway.pricing import cost_of
+from harness.fakes import count_words
 from tests.eventually import eventually_sync
-from tests.fakes import count_words
 from tests.providers.conftest import Stack
 
 

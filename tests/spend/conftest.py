@@ -17,10 +17,10 @@ from starlette.routing import Route
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.cluster import Operator
+from harness.cluster import Operator
+from harness.fakes import FakeServer
+from harness.fakes.providers import start_provider_fakes
 from tests.eventually import eventually_sync
-from tests.fakes import FakeServer
-from tests.fakes.providers import start_provider_fakes
 from tests.middleware.test_identity import AUD, IdP
 
 ADMIN = "spend-tests-admin"

@@ -22,7 +22,7 @@ from starlette.routing import Mount
 from gateway.db import Database
 from gateway.limits.invariants import assert_all_invariants
 from gateway.middleware.dynamic_routes import DynamicRoutes
-from tests.fakes import expected_reply
+from harness.fakes import expected_reply
 from tests.spend.conftest import Clock, SpendStack
 
 MINI, BIG, LLAMA, HAIKU = "openai/gpt-4o-mini", "openai/gpt-4o", "groq/llama-3.3-70b-versatile", \

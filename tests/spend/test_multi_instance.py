@@ -12,7 +12,8 @@ import pytest
 
 from gateway.db import Database
 from gateway.limits.invariants import assert_all_invariants
-from tests.cluster import GatewayProcess, gateway_env, running
+from harness.cluster import GatewayProcess, gateway_env, running
+from tests.eventually import eventually_sync
 from tests.spend.conftest import ADMIN, SpendStack
 
 ROUNDS = 10
@@ -45,7 +46,9 @@ async def test_burst_over_three_processes_ten_times(spend_stack: SpendStack, thr
         assert statuses.count(200) == 40 and statuses.count(429) == 260, (round_, sorted(set(statuses)))
         served_by = {a.headers.get("x-served-port") for a in answers}  # informative only
         del served_by
-        [bucket] = spend_stack.buckets(account, rule["id"])
+        # the last settlements commit after their answers reached the client
+        [bucket] = eventually_sync(lambda: spend_stack.buckets(account, rule["id"]),  # noqa: B023
+                                   until=lambda b: b[0]["pending_usd"] == "0.00", what="the last settlements")
         assert (bucket["spent_usd"], bucket["pending_usd"]) == ("4.00", "0.00"), round_
         credits = spend_stack.credits(account)
         assert Decimal(credits["balance_usd"]) == Decimal("96.00") and Decimal(credits["pending_usd"]) == 0

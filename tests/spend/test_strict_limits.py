@@ -70,6 +70,7 @@ async def test_burst_of_300_never_overspends(spend_stack: SpendStack, db: Databa
     assert error["rule"] == "burst" and int(refused.headers["retry-after"]) > 0
     served_cost = sum(Decimal(r.headers["cf-aig-cost"]) for s, r in results if s == 200)
     assert served_cost == Decimal("4.00")
+    spend_stack.settled()
     [bucket] = spend_stack.buckets(account, rule["id"])
     assert bucket["spent_usd"] == "4.00" and bucket["pending_usd"] == "0.00" and bucket["remaining_usd"] == "0.00"
     credits = spend_stack.credits(account)
@@ -83,6 +84,7 @@ def test_budget_header_and_block_body(spend_stack: SpendStack, clock: Clock) -> 
     first = chat(base, headers={"Authorization": "Bearer sk-client"})
     assert first.status_code == 200 and first.headers["cf-aig-budget-remaining"] == "0.15"
     assert chat(base, headers={"Authorization": "Bearer sk-client"}).headers["cf-aig-budget-remaining"] == "0.05"
+    spend_stack.settled()  # both answers' settlements committed: their cost is spent, not pending
     blocked = chat(base, headers={"Authorization": "Bearer sk-client"})
     assert blocked.status_code == 429
     error = blocked.json()["error"]
@@ -150,6 +152,7 @@ def test_fallback_chain_and_monitor(spend_stack: SpendStack, clock: Clock, db: D
                      ("2", "llama-3.3-70b-versatile", "groq")]
     assert spend_stack.recorder("groq").last.body["model"] == "llama-3.3-70b-versatile"
     # the monitor rule never blocked, and counted all three
+    spend_stack.settled()
     [bucket] = spend_stack.buckets(account, watch["id"])
     assert bucket["spent_usd"] == "0.30" and bucket["remaining_usd"] == "-0.15"
     # native route: a fallback to another provider cannot be served in the client's wire format → blocked

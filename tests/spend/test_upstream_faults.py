@@ -3,7 +3,7 @@
 Every request here runs on a gateway with a spend rule and on unified billing with credits, so it both reserves in
 a bucket and holds credit. For each fault: what the client sees, and afterwards nothing pending, the right amount
 billed (nothing without a 2xx answer; the usage when usage came; the full reservation when a 2xx answer died
-without usage, gateway/limits/planner.py) and the ledger and limit invariants.
+without usage, gateway/middleware/spend_plan.py) and the ledger and limit invariants.
 
 Prices (tests/spend/conftest.py): nothing per input token, $0.001 per output token; every request asks for
 `max_tokens` 100 (reservation $0.10) and the fake reports 30 output tokens (cost $0.03).
@@ -31,7 +31,7 @@ from gateway.app import create_app
 from gateway.db import Database
 from gateway.limits.invariants import assert_all_invariants
 from gateway.settings import PROVIDERS, ProviderConfig, Settings
-from tests.fakes import FakeServer, openai_app
+from harness.fakes import FakeServer, openai_app
 from tests.spend.conftest import ADMIN, SpendStack
 
 RESERVED = Decimal("0.10")  # max_tokens 100 at $0.001

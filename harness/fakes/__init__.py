@@ -6,8 +6,8 @@
         srv.app.state.recorder.last.key == "k"
 """
 
-from tests.fakes.anthropic import anthropic_app, anthropic_error, anthropic_usage
-from tests.fakes.common import (
+from harness.fakes.anthropic import anthropic_app, anthropic_error, anthropic_usage
+from harness.fakes.common import (
     Behaviour,
     FakeApp,
     Recorded,
@@ -19,9 +19,9 @@ from tests.fakes.common import (
     reply_text,
     texts,
 )
-from tests.fakes.gemini import gemini_app, gemini_error, gemini_usage
-from tests.fakes.openai import chat_usage, openai_app, openai_error, responses_usage
-from tests.fakes.server import FakeServer
+from harness.fakes.gemini import gemini_app, gemini_error, gemini_usage
+from harness.fakes.openai import chat_usage, openai_app, openai_error, responses_usage
+from harness.fakes.server import FakeServer
 
 __all__ = [
     "Behaviour",

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.fakes.common import (
+from harness.fakes.common import (
     Behaviour,
     FakeApp,
     Usage,

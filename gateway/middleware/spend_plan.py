@@ -1,4 +1,5 @@
-"""RouterPlanner: the `CostPlanner` (gateway/limits/plan.py) SpendLimits asks, from the ProviderRouter's own target.
+"""The glue between SpendLimits and the provider router: the `CostPlanner` port SpendLimits asks for a request's
+`Plan` (gateway/limits/plan.py), and `RouterPlanner`, which answers from the ProviderRouter's own target.
 
 `plan` resolves the target exactly as the router will (`ProviderRouter.prepare`, kept on the request), then
 bounds the cost (gateway/providers/estimate.py) with the model's unit prices: a price override of the gateway, the
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.types import Receive, Scope
 
@@ -38,6 +39,17 @@ from gateway.money import from_nano, to_nano
 from gateway.pricing import unit_prices
 from gateway.providers.router import ProviderRouter
 from gateway.providers.target import Target
+
+
+class CostPlanner(Protocol):
+    async def plan(self, scope: Scope, receive: Receive, exchange: Exchange) -> Plan | None:
+        """The plan, or None when this request is not a model call (the layer then passes it through)."""
+
+    async def retarget(self, scope: Scope, exchange: Exchange, model: str) -> bool:
+        """Point the request at another `provider/model`; False when this endpoint cannot serve it."""
+
+    def actual_nano(self, exchange: Exchange, plan: Plan) -> int:
+        """The actual cost after the call (0 when it never reached the provider)."""
 
 
 def attributes_of(exchange: Exchange, target: Target | None = None) -> dict[str, Any]:

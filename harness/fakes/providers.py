@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.settings import PROVIDERS, ProviderConfig
-from tests.fakes.anthropic import anthropic_app
-from tests.fakes.gemini import gemini_app
-from tests.fakes.openai import openai_app
-from tests.fakes.server import FakeServer
+from harness.fakes.anthropic import anthropic_app
+from harness.fakes.gemini import gemini_app
+from harness.fakes.openai import openai_app
+from harness.fakes.server import FakeServer
 
 # where each provider's paths start on its fake (the real base URLs end there too)
 BASE_SUFFIX = {"openai": "/v1", "groq": "/openai/v1"}

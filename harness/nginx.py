@@ -8,7 +8,7 @@ records `$upstream_addr` per request, which shows which instance served what.
 
 By hand (three gateways already serving on 8781-8783; Ctrl-C stops nginx):
 
-    .venv/bin/python -m tests.ops.nginx 8781 8782 8783 --listen 8080
+    .venv/bin/python -m harness.nginx 8781 8782 8783 --listen 8080
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-DEPLOY_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
+DEPLOY_CONF = Path(__file__).resolve().parents[1] / "deploy" / "nginx.conf"
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 ACCESS_FORMAT = ('{"status":$status,"upstream":"$upstream_addr","upstream_status":"$upstream_status",'
                  '"method":"$request_method","uri":"$request_uri","request_time":$request_time}')
@@ -79,7 +79,7 @@ class Nginx:
     """`with Nginx(["127.0.0.1:8781", ...]) as lb:` starts nginx, waits until it answers, always stops it."""
 
     def __init__(self, upstreams: list[str], port: int | None = None, binary: str | None = None) -> None:
-        from tests.cluster import free_port
+        from harness.cluster import free_port
 
         found = binary or nginx_binary()
         if found is None:
