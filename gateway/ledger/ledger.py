@@ -1,4 +1,5 @@
-"""Ledger operations. Every hold and every settlement is one call to a SQL function (gateway/ledger/sql.py).
+"""Ledger operations. Every hold and every settlement is one call to a SQL function (the migrations write them;
+gateway/ledger/sql.py says what they do).
 
 Ids: a transfer's UUID is its idempotency key. A top-up's caller-chosen `idempotency_key` (any string) maps to a
 UUID with uuid5 over (tenant, key), so the same key for the same tenant is the same transfer; a key that is a
@@ -69,7 +70,7 @@ class HoldRefusal:
 
     @classmethod
     def of(cls, result: dict[str, Any]) -> HoldRefusal:
-        """From the refusal `ledger.hold` returns (gateway/ledger/sql.py)."""
+        """From the refusal `ledger.hold` returns."""
         available = result.get("available")
         return cls(LedgerReason(result["reason"]), None if available is None else int(available),
                    int(result.get("spent") or 0), int(result.get("pending") or 0), int(result.get("limit") or 0),
