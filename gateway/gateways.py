@@ -122,6 +122,15 @@ class Gateway:
 
 
 @dataclass(frozen=True)
+class AccountRecord:
+    id: str
+    created_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "created_at": self.created_at.isoformat()}
+
+
+@dataclass(frozen=True)
 class GatewayRecord:
     """A gateway as the admin API shows it: its settings and when it was created and last changed."""
 
@@ -211,6 +220,28 @@ class GatewayStore:
                     "SELECT settings FROM gateways WHERE account_id = $1 AND id = 'default'", account_id)
         return Gateway(account_id, gateway_id, GatewaySettings.from_json(settings))
 
+    # -- the accounts table: this store is its one reader and writer (an account owns its gateways) -----------------
+
+    async def account_exists(self, account_id: str) -> bool:
+        return bool(await self.db.pool.fetchval("SELECT 1 FROM accounts WHERE id = $1", account_id))
+
+    async def account(self, account_id: str) -> AccountRecord | None:
+        row = await self.db.pool.fetchrow("SELECT id, created_at FROM accounts WHERE id = $1", account_id)
+        return None if row is None else AccountRecord(row["id"], row["created_at"])
+
+    async def accounts(self, *, after: str | None, limit: int) -> list[AccountRecord]:
+        """Accounts by id: those after `after`, at most `limit`."""
+        rows = await self.db.pool.fetch(
+            "SELECT id, created_at FROM accounts WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2",
+            after, limit)
+        return [AccountRecord(r["id"], r["created_at"]) for r in rows]
+
+    async def create_account(self, account_id: str, conn: asyncpg.Connection) -> AccountRecord:
+        """Insert the account inside the caller's transaction (which opens its ledger and its `default` gateway
+        too). Raises asyncpg.UniqueViolationError when it exists."""
+        row = await conn.fetchrow("INSERT INTO accounts (id) VALUES ($1) RETURNING id, created_at", account_id)
+        return AccountRecord(row["id"], row["created_at"])
+
     # -- the table, for the admin API (each write reaches every instance's caches through the table's NOTIFY) ----
 
     async def record(self, account_id: str, gateway_id: str) -> GatewayRecord:
@@ -218,7 +249,7 @@ class GatewayStore:
         for accounts older than that rule. Raises UnknownAccount, UnknownGateway."""
         row = await self.db.pool.fetchrow(_RECORD, account_id, gateway_id)
         if row is None:
-            if not await self.db.pool.fetchval("SELECT 1 FROM accounts WHERE id = $1", account_id):
+            if not await self.account_exists(account_id):
                 raise UnknownAccount(account_id)
             if gateway_id != "default":
                 raise UnknownGateway(gateway_id)

@@ -22,7 +22,6 @@ from gateway.admin.api import (
     time_range,
     usd_field,
 )
-from gateway.db import Database
 from gateway.errors import LedgerError
 from gateway.gateways import ID_PATTERN, valid_id
 from gateway.ledger import AutoTopUp, Ledger, SpendingLimit
@@ -33,8 +32,8 @@ router = AdminRouter("accounts and credits")
 USD_STRING = {"type": "string", "pattern": r"^\d+(\.\d{1,9})?$", "examples": ["50.00"]}
 
 
-async def ensure_account(db: Database, account: str) -> None:
-    if not await db.pool.fetchval("SELECT 1 FROM accounts WHERE id = $1", account):
+async def ensure_account(services: AdminServices, account: str) -> None:
+    if not await services.gateways.account_exists(account):
         raise not_found(f"account {account!r}")
 
 
@@ -45,12 +44,8 @@ def ledger_error(exc: LedgerError) -> AdminError:
 @router.route("GET", "/accounts", "List accounts", paginated=True)
 async def list_accounts(request: Request, services: AdminServices) -> Page:
     after, limit = page_params(request, "text")
-    rows = await services.db.pool.fetch(
-        "SELECT id, created_at FROM accounts WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2",
-        *(after or (None,)), limit + 1,
-    )
-    return page_of(rows, limit, lambda r: (r["id"],),
-                   lambda r: {"id": r["id"], "created_at": r["created_at"].isoformat()})
+    records = await services.gateways.accounts(after=after[0] if after else None, limit=limit + 1)
+    return page_of(records, limit, lambda r: (r.id,), lambda r: r.to_json())
 
 
 @router.route("POST", "/accounts", "Create an account (and its credit ledger)",
@@ -64,21 +59,21 @@ async def create_account(request: Request, services: AdminServices) -> Created:
         raise AdminError(422, "id must be 1-63 characters: lowercase letters, digits, '-' or '_'", "id")
     async with services.db.pool.acquire() as conn, conn.transaction():
         try:
-            row = await conn.fetchrow("INSERT INTO accounts (id) VALUES ($1) RETURNING id, created_at", account)
+            record = await services.gateways.create_account(account, conn)
         except asyncpg.UniqueViolationError:
             raise AdminError(409, f"account {account!r} already exists", "id") from None
         await services.ledger.open_tenant(account, conn)
         # every account has its `default` gateway from the start, so budgets can be set before the first call
         await services.gateways.create_default(account, conn)
-    return Created({"id": row["id"], "created_at": row["created_at"].isoformat()})
+    return Created(record.to_json())
 
 
 @router.route("GET", "/accounts/{account}", "Get an account")
 async def get_account(request: Request, services: AdminServices, account: str) -> dict[str, Any]:
-    row = await services.db.pool.fetchrow("SELECT id, created_at FROM accounts WHERE id = $1", account)
-    if row is None:
+    record = await services.gateways.account(account)
+    if record is None:
         raise not_found(f"account {account!r}")
-    return {"id": row["id"], "created_at": row["created_at"].isoformat()}
+    return record.to_json()
 
 
 async def credits_view(ledger: Ledger, account: str) -> dict[str, Any]:
@@ -99,7 +94,7 @@ async def credits_view(ledger: Ledger, account: str) -> dict[str, Any]:
 
 @router.route("GET", "/accounts/{account}/credits", "Balance, pending holds and auto top-up settings")
 async def get_credits(request: Request, services: AdminServices, account: str) -> dict[str, Any]:
-    await ensure_account(services.db, account)
+    await ensure_account(services, account)
     return await credits_view(services.ledger, account)
 
 
@@ -107,7 +102,7 @@ async def get_credits(request: Request, services: AdminServices, account: str) -
               body={"type": "object", "required": ["amount_usd", "idempotency_key"],
                     "properties": {"amount_usd": USD_STRING, "idempotency_key": {"type": "string", "maxLength": 200}}})
 async def create_topup(request: Request, services: AdminServices, account: str) -> Created:
-    await ensure_account(services.db, account)
+    await ensure_account(services, account)
     data = await json_body(request)
     amount = usd_field(data, "amount_usd")
     key = str_field(data, "idempotency_key")
@@ -132,7 +127,7 @@ AUTO_TOPUP_BODY = {"type": "object", "required": ["threshold_usd", "amount_usd"]
 
 @router.route("PUT", "/accounts/{account}/credits/auto-topup", "Set auto top-up", body=AUTO_TOPUP_BODY)
 async def put_auto_topup(request: Request, services: AdminServices, account: str) -> dict[str, Any]:
-    await ensure_account(services.db, account)
+    await ensure_account(services, account)
     data = await json_body(request)
     threshold = usd_field(data, "threshold_usd", allow_zero=True)
     amount = usd_field(data, "amount_usd")
@@ -143,7 +138,7 @@ async def put_auto_topup(request: Request, services: AdminServices, account: str
 
 @router.route("DELETE", "/accounts/{account}/credits/auto-topup", "Turn auto top-up off")
 async def delete_auto_topup(request: Request, services: AdminServices, account: str) -> dict[str, Any]:
-    await ensure_account(services.db, account)
+    await ensure_account(services, account)
     await services.ledger.set_auto_topup(account, None)
     return await credits_view(services.ledger, account)
 
@@ -151,7 +146,7 @@ async def delete_auto_topup(request: Request, services: AdminServices, account: 
 @router.route("GET", "/accounts/{account}/credits/statement", "Posted transfers of the account over a period",
               query={"from": "ISO 8601 start (inclusive)", "to": "ISO 8601 end (exclusive)"}, paginated=True)
 async def get_statement(request: Request, services: AdminServices, account: str) -> Page:
-    await ensure_account(services.db, account)
+    await ensure_account(services, account)
     start, end = time_range(request)
     after, limit = page_params(request, "time", "uuid")
     rows = await services.ledger.statement(account, start=start, end=end, after=after, limit=limit + 1)
@@ -188,14 +183,14 @@ async def limit_view(ledger: Ledger, account: str) -> dict[str, Any] | None:
 
 @router.route("GET", "/accounts/{account}/billing/spending-limit", "The unified-billing spending limit (or null)")
 async def get_spending_limit(request: Request, services: AdminServices, account: str) -> dict[str, Any] | None:
-    await ensure_account(services.db, account)
+    await ensure_account(services, account)
     return await limit_view(services.ledger, account)
 
 
 @router.route("PUT", "/accounts/{account}/billing/spending-limit", "Set the unified-billing spending limit",
               body=LIMIT_BODY)
 async def put_spending_limit(request: Request, services: AdminServices, account: str) -> dict[str, Any] | None:
-    await ensure_account(services.db, account)
+    await ensure_account(services, account)
     data = await json_body(request)
     amount = usd_field(data, "amount_usd")
     duration = str_field(data, "duration", choices=("daily", "weekly", "monthly"))
@@ -207,6 +202,6 @@ async def put_spending_limit(request: Request, services: AdminServices, account:
 
 @router.route("DELETE", "/accounts/{account}/billing/spending-limit", "Remove the spending limit")
 async def delete_spending_limit(request: Request, services: AdminServices, account: str) -> None:
-    await ensure_account(services.db, account)
+    await ensure_account(services, account)
     await services.ledger.set_spending_limit(account, None)
     return None

@@ -61,7 +61,7 @@ def validate_settings(data: dict[str, Any], base: GatewaySettings | None = None)
 
 @router.route("GET", "/accounts/{account}/gateways", "List gateways", paginated=True)
 async def list_gateways(request: Request, services: AdminServices, account: str) -> Page:
-    await ensure_account(services.db, account)
+    await ensure_account(services, account)
     after, limit = page_params(request, "text")
     records = await services.gateways.records(account, after=None if after is None else after[0], limit=limit + 1)
     return page_of(records, limit, lambda r: (r.id,), gateway_view)
@@ -72,7 +72,7 @@ async def list_gateways(request: Request, services: AdminServices, account: str)
                     "properties": {"id": {"type": "string", "pattern": ID_PATTERN},
                                    **SETTINGS_SCHEMA["properties"]}})
 async def create_gateway(request: Request, services: AdminServices, account: str) -> Created:
-    await ensure_account(services.db, account)
+    await ensure_account(services, account)
     data = await json_body(request)
     gateway_id = str_field(data, "id", max_length=63)
     if gateway_id is None or not valid_id(gateway_id):
