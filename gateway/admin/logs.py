@@ -20,13 +20,11 @@ from gateway.admin.api import (
     time_range,
 )
 from gateway.admin.gateways import ensure_gateway
+from gateway.logs import store as log_store
+from gateway.logs.store import IDENTITY_FIELDS, LogQuery
 
 router = AdminRouter("logs")
 
-FIELDS = ("id, created_at, gateway_id, provider, model, path, status_code, success, cached, step, duration_ms, "
-          "ttfb_ms, tokens_in, tokens_out, tokens_cache_read, tokens_cache_write, cost_usd, custom_cost, "
-          "billing_mode, zdr_applied, zdr_reason, identity, metadata, request_size, response_size, error, "
-          "request_body, response_body, feedback")
 
 
 def log_view(row: Any) -> dict[str, Any]:
@@ -49,45 +47,24 @@ def log_view(row: Any) -> dict[str, Any]:
 async def list_logs(request: Request, services: AdminServices, account: str, gateway: str) -> Page:
     await ensure_gateway(services, account, gateway)
     q = request.query_params
-    where = ["account_id = $1", "gateway_id = $2"]
-    args: list[Any] = [account, gateway]
-
-    def add(clause: str, value: Any) -> None:
-        args.append(value)
-        where.append(clause.replace("?", f"${len(args)}"))
-
-    for name in ("provider", "model"):
-        if q.get(name):
-            add(f"{name} = ?", q[name])
+    query = LogQuery(account, gateway)
+    query.provider = q.get("provider") or None
+    query.model = q.get("model") or None
     if q.get("status_code"):
-        add("status_code = ?", status_filter(q["status_code"]))
+        query.status_code = status_filter(q["status_code"])
     if q.get("success"):
         if q["success"] not in ("true", "false"):
             raise AdminError(422, "success must be true or false", "success")
-        add("success = ?", q["success"] == "true")
-    start, end = time_range(request)
-    if start:
-        add("created_at >= ?", start)
-    if end:
-        add("created_at < ?", end)
-    for name in ("user_id", "email", "service_token"):
-        if q.get(name):
-            add(f"identity->>'{name}' = ?", q[name])
-    if q.get("group"):
-        # jsonb_exists is the `?` operator; spelled out so it is not mistaken for a placeholder
-        add("jsonb_exists(identity->'groups', ?)", q["group"])
-    for key, value in q.items():
-        if key.startswith("metadata."):
-            args.append(key.removeprefix("metadata."))
-            add(f"metadata->>${len(args)}::text = ?", value)
+        query.success = q["success"] == "true"
+    query.start, query.end = time_range(request)
+    query.identity = {name: q[name] for name in IDENTITY_FIELDS if q.get(name)}
+    query.group = q.get("group") or None
+    query.metadata = {key.removeprefix("metadata."): value for key, value in q.items()
+                      if key.startswith("metadata.")}
     after, limit = page_params(request, "time", "uuid")
-    if after is not None:
-        args += list(after)
-        where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
-    args.append(limit + 1)
-    rows = await services.db.pool.fetch(
-        f"SELECT {FIELDS} FROM request_logs WHERE {' AND '.join(where)} "
-        f"ORDER BY created_at DESC, id DESC LIMIT ${len(args)}", *args)
+    query.after = (after[0], after[1]) if after is not None else None
+    query.limit = limit + 1
+    rows = await log_store.search(services.db, query)
     return page_of(rows, limit, lambda r: (r["created_at"], r["id"]), log_view)
 
 
@@ -103,9 +80,7 @@ async def _one(services: AdminServices, account: str, gateway: str, log_id: str)
         lid = uuid.UUID(log_id)
     except ValueError:
         raise not_found(f"log {log_id!r}") from None
-    row = await services.db.pool.fetchrow(
-        f"SELECT {FIELDS} FROM request_logs WHERE account_id = $1 AND gateway_id = $2 AND id = $3",
-        account, gateway, lid)
+    row = await log_store.one(services.db, account, gateway, lid)
     if row is None:
         raise not_found(f"log {log_id!r}")
     return row
@@ -124,5 +99,5 @@ async def patch_log(request: Request, services: AdminServices,
     data = await json_body(request)
     if type(data.get("feedback")) is not int or data["feedback"] not in (1, -1):  # not True, not 1.0
         raise AdminError(422, "feedback must be 1 or -1", "feedback")
-    await services.db.pool.execute("UPDATE request_logs SET feedback = $2 WHERE id = $1", row["id"], data["feedback"])
+    await log_store.set_feedback(services.db, row["id"], data["feedback"])
     return log_view({**dict(row), "feedback": data["feedback"]})
