@@ -6,6 +6,7 @@ import re
 
 import httpx
 
+from tests.eventually import eventually_sync
 from tests.spend.conftest import SpendStack
 from tests.spend.test_strict_limits import chat
 
@@ -30,7 +31,14 @@ def test_metrics_count_calls_refusals_tokens_cost_and_pool(spend_stack: SpendSta
     assert chat(base, headers=byok).status_code == 200
     assert chat(base, headers=byok).status_code == 429
     spend_stack.settled()
-    answer = httpx.get(spend_stack.gateway.url + "/metrics")
+    def counted(text: str) -> bool:
+        # a request is counted once its answer has been sent in full, just after the client got its last byte
+        return all(value(text, "spendgate_requests_total", provider="openai", model="gpt-4o-mini", status=status)
+                   > value(before, "spendgate_requests_total", provider="openai", model="gpt-4o-mini", status=status)
+                   for status in ("200", "429"))
+
+    answer = eventually_sync(lambda: httpx.get(spend_stack.gateway.url + "/metrics"),
+                             until=lambda a: counted(a.text), what="both requests counted")
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
     text = answer.text
     labels = {"provider": "openai", "model": "gpt-4o-mini"}
