@@ -77,15 +77,21 @@ async def _admin(url: str, sql: str) -> None:
 
 
 @contextmanager
+def database_beside(url: str, prefix: str = "spendgate_test") -> Iterator[str]:
+    """A new, empty database on the server of `url` (any database there), dropped afterwards even if
+    connections to it are still open."""
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_admin(url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield _with_database(url, name)
+    finally:
+        asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextmanager
 def fresh_database() -> Iterator[str]:
     """A new, migrated database for this test run; dropped afterwards."""
-    with server_url() as (url, source):
-        name = f"spendgate_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        asyncio.run(_admin(url, f'CREATE DATABASE "{name}"'))
-        db_url = _with_database(url, name)
-        try:
-            migrate(db_url)
-            os.environ["SPENDGATE_TEST_DB_SOURCE"] = source
-            yield db_url
-        finally:
-            asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with server_url() as (url, source), database_beside(url) as db_url:
+        migrate(db_url)
+        os.environ["SPENDGATE_TEST_DB_SOURCE"] = source
+        yield db_url

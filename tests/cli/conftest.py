@@ -3,19 +3,16 @@ of its own (no DATABASE_URL or SPENDGATE_* from the test run) and a working dire
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from harness.pg import _with_database, server_url
+from harness.pg import database_beside, server_url
 
 SPENDGATE = Path(sys.executable).parent / "spendgate"
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -34,24 +31,11 @@ def spendgate(*argv: str, env: dict[str, str], cwd: Path, stdin: str = "",
                           timeout=timeout, check=False)
 
 
-async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @contextmanager
 def empty_database() -> Iterator[str]:
     """A new database with nothing in it (not migrated), dropped afterwards."""
-    with server_url() as (url, _source):
-        name = f"spendgate_cli_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        asyncio.run(_admin(url, f'CREATE DATABASE "{name}"'))
-        try:
-            yield _with_database(url, name)
-        finally:
-            asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with server_url() as (url, _source), database_beside(url, "spendgate_cli") as empty:
+        yield empty
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ packages), their structure and rollout behaviour, and the Dockerfile's image lay
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -13,18 +12,16 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
 import pytest
 import yaml
 
 from harness.cluster import free_port
+from harness.pg import database_beside
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -205,21 +202,8 @@ def test_migrations_take_the_advisory_lock() -> None:
 
 @pytest.fixture
 def empty_database(database_url: str) -> Iterator[str]:
-    name = f"spendgate_image_{uuid.uuid4().hex[:10]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        parts = urlsplit(database_url)
-        yield urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with database_beside(database_url, "spendgate_image") as empty:
+        yield empty
 
 
 @pytest.mark.timeout(240)

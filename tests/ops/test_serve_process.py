@@ -4,7 +4,6 @@ embedded Postgres stopping with it (SIGTERM, SIGINT, and after a predecessor was
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
@@ -17,12 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
 import psutil
 import pytest
 
 from harness.cluster import free_port
+from harness.pg import database_beside
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -88,25 +87,13 @@ class Serve:
 def fresh_database(database_url: str) -> Iterator[str]:
     """A new, empty database; its URL carries a password the server does not ask for (trust authentication), so
     that the console can be checked for never printing it."""
-    name = f"spendgate_serve_{uuid.uuid4().hex[:10]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    parts = urlsplit(database_url)
-    netloc = parts.netloc
-    if parts.password is None and "@" in netloc:
-        user, _, host = netloc.rpartition("@")
-        netloc = f"{user}:not-to-be-printed@{host}"
-    try:
-        yield urlunsplit((parts.scheme, netloc, "/" + name, parts.query, parts.fragment))
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with database_beside(database_url, "spendgate_serve") as empty:
+        parts = urlsplit(empty)
+        netloc = parts.netloc
+        if parts.password is None and "@" in netloc:
+            user, _, host = netloc.rpartition("@")
+            netloc = f"{user}:not-to-be-printed@{host}"
+        yield urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def test_ready_line_after_bind_and_the_admin_token_once(fresh_database: str, tmp_path: Path) -> None:

@@ -10,17 +10,16 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 import pytest
 
 from harness.cluster import free_port
+from harness.pg import database_beside
 
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = ROOT / "gateway" / "migrations"
@@ -75,21 +74,8 @@ def installed(wheel: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def empty_database(database_url: str) -> Iterator[str]:
-    name = f"spendgate_wheel_{uuid.uuid4().hex[:10]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        parts = urlsplit(database_url)
-        yield urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with database_beside(database_url, "spendgate_wheel") as empty:
+        yield empty
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
