@@ -16,6 +16,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from gateway.admin.app import admin_app
 from gateway.admin.token import ensure_admin_token
+from gateway.dashboard.app import dashboard_app
 from gateway.db import Database
 from gateway.errors import InvalidRequest, to_response
 from gateway.identity import JWTVerifier
@@ -135,6 +136,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
             Route("/readyz", readyz),
             Route("/metrics", services.metrics.endpoint),
             Mount("/admin", app=admin_app(services)),
+            Mount("/dashboard", app=dashboard_app(services)),
             Mount("/v1", app=_Chain(services)),
         ],
         lifespan=lifespan,

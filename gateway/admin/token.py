@@ -82,8 +82,13 @@ class AdminTokenCheck:
     async def __call__(self, token: str | None) -> bool:
         if not token:
             return False
-        expected = self.configured_digest or await self._stored_digest()
+        expected = await self.digest()
         return expected is not None and hmac.compare_digest(_digest(token), expected)
+
+    async def digest(self) -> str | None:
+        """The SHA-256 (hex) of the current admin token; None while there is none. The dashboard derives the key
+        that signs its sessions from it, so that replacing the token ends every session."""
+        return self.configured_digest or await self._stored_digest()
 
     async def _stored_digest(self) -> str | None:
         now = time.monotonic()
