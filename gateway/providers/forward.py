@@ -10,7 +10,7 @@ returned as is.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import httpx
 
@@ -69,16 +69,17 @@ def response_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
 
 
 async def send_with_retries(
-    client: httpx.AsyncClient, request: httpx.Request, options: RequestOptions, provider: str,
+    attempt_once: Callable[[], Awaitable[httpx.Response]], options: RequestOptions, provider: str,
 ) -> tuple[httpx.Response, int]:
-    """(response with its body unread, attempts made)."""
+    """(response with its body unread, attempts made). `attempt_once` sends the call once
+    (gateway/providers/upstream.py `send`)."""
     timeout = options.timeout_ms / 1000 if options.timeout_ms else DEFAULT_FIRST_BYTE_TIMEOUT_S
     failure: UpstreamFailure | None = None
     sent = 0
     for attempt in range(1, options.max_attempts + 1):
         try:
             async with asyncio.timeout(timeout):
-                response = await client.send(request, stream=True)
+                response = await attempt_once()
         except TimeoutError:
             failure = UpstreamTimeout(provider, f"{provider} did not answer within {timeout * 1000:.0f} ms")
             sent += 1

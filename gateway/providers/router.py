@@ -48,6 +48,7 @@ from gateway.exchange import Exchange, Usage
 from gateway.gateways import GatewayStore
 from gateway.paths import locate
 from gateway.pricing import cost_of
+from gateway.providers import upstream
 from gateway.providers.call import off_loop, parse_call, read_json
 from gateway.providers.compat_route import compat_target
 from gateway.providers.forward import (
@@ -71,13 +72,10 @@ CAPTURE = 64 * 1024
 
 
 def make_client(max_connections: int = 1000) -> httpx.AsyncClient:
-    """One shared client. Transport: aiohttp under httpx's API (httpx's default pool collapses under load;
-    measured in bench/proxy.py, see README)."""
-    from httpx_aiohttp import AiohttpTransport
-
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    transport = AiohttpTransport(limits=limits)
-    return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(30.0, read=600.0, pool=30.0))
+    """One shared client (gateway/providers/upstream.py): httpx's API over aiohttp's transport, whose session the
+    router's calls use directly (httpx's default pool collapses under load, and its client layer costs as much CPU
+    as the rest of the call: measured in bench/proxy.py, see bench/README.md)."""
+    return upstream.UpstreamClient(max_connections)
 
 
 # headers every layer must read the same way: sent twice, one layer could read the first and another the last
@@ -220,20 +218,17 @@ class ProviderRouter:
             return
         work.result()  # re-raise what the call raised
 
-    def build_request(self, scope: Scope, ex: Exchange, target: Target, content: bytes) -> httpx.Request:
-        """The upstream request: the URL from the recognised endpoint, the body the gateway understood."""
+    async def open(self, scope: Scope, ex: Exchange, target: Target, content: bytes) -> httpx.Response:
+        """Send the call: the URL from the recognised endpoint, the body the gateway understood."""
         auth = target.adapter.auth_headers(target.key) if target.key is not None else None
         headers = upstream_headers(scope["headers"], auth, gateway_key=not target.passthrough)
         if ex.call is not None and ex.call.endpoint is not None:
             headers["content-type"] = "application/json"
         url = target.adapter.upstream_url(target.base_url, target.path, target.query)
         method = ex.call.method if ex.call is not None else scope["method"]
-        return self.client.build_request(method, url, headers=headers, content=content)
-
-    async def open(self, scope: Scope, ex: Exchange, target: Target, content: bytes) -> httpx.Response:
-        request = self.build_request(scope, ex, target, content)
+        attempt = upstream.prepare(self.client, method, target.base_url, url, headers, content)
         ex.upstream_sent = True  # from here on the provider may have the prompt, and may bill for it
-        response, _attempts = await send_with_retries(self.client, request, target.options, target.provider)
+        response, _attempts = await send_with_retries(attempt, target.options, target.provider)
         ex.ttfb_ms = (time.perf_counter() - ex.started) * 1000
         ex.status_code = response.status_code
         return response
