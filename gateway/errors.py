@@ -36,6 +36,7 @@ keeps it equal to the classes that exist):
     │   │   ├── UnknownDynamicRoute    404
     │   │   └── RouteNotFound          404  a route (or one of its versions) the admin API was asked for
     │   ├── PolicyDenied               403  the caller's groups may not use the model
+    │   ├── PromptBlocked              400  a guardrail refused the prompt (code 2016, the categories found)
     │   ├── Unauthenticated            401
     │   │   ├── IdentityRejected       401  the Access / OIDC JWT does not verify (the reason says why)
     │   │   │   └── ClaimError         401  a verified token whose claims are not the shape an identity needs
@@ -52,6 +53,7 @@ keeps it equal to the classes that exist):
     │   ├── UpstreamBroke              502  the connection broke before the answer was complete
     │   ├── UpstreamNotJSON            502  a compat answer that is not JSON
     │   └── CompatUpstreamError        502  an error event inside a translated stream (ends the stream)
+    ├── ResponseBlocked                400  a guardrail refused the answer (code 2017); the call is billed
     ├── ClientLeft                     499  the client went away before the provider answered
     ├── RouteServedNothing             502  a dynamic route ended without calling a model
     ├── DatabaseUnavailable            503  (Retry-After) the request was not forwarded: safe to retry
@@ -250,6 +252,16 @@ class PolicyDenied(RequestRefused):
         self.groups = groups
 
 
+class PromptBlocked(RequestRefused):
+    """A guardrail whose action is `block` found these categories in the prompt (gateway/guardrails/)."""
+
+    code = 2016
+
+    def __init__(self, categories: list[str]) -> None:
+        super().__init__("Prompt blocked due to security configurations")
+        self.categories = categories
+
+
 class Unauthenticated(RequestRefused):
     """The caller is not who the gateway needs it to be."""
 
@@ -373,6 +385,17 @@ class UpstreamNotJSON(UpstreamFailure):
 
 class CompatUpstreamError(UpstreamFailure):
     """An error event inside a stream being translated: the client's stream ends with it."""
+
+
+class ResponseBlocked(GatewayError):
+    """A guardrail whose action is `block` found these categories in the answer: the provider answered (the call is
+    billed), the client is not given the text."""
+
+    code = 2017
+
+    def __init__(self, categories: list[str]) -> None:
+        super().__init__("Response blocked due to security configurations")
+        self.categories = categories
 
 
 class ClientLeft(GatewayError):
@@ -525,6 +548,9 @@ def to_response(error: GatewayError) -> ErrorResponse:
             status = 413 if isinstance(error, BodyTooLarge) else 415 if isinstance(error, UnsupportedEncoding) \
                 else 400
             return answer(status, header=error.header, param=error.param)
+        case PromptBlocked() | ResponseBlocked():
+            # Cloudflare's codes; 4xx so that no SDK retries (a retried answer would be billed again)
+            return answer(400, code=error.code, categories=error.categories)
         case OwnKeyRequired() | PolicyDenied():
             return answer(403)
         case MethodNotAllowed():
