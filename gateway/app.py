@@ -22,6 +22,7 @@ from gateway.errors import InvalidRequest, to_response
 from gateway.identity import JWTVerifier
 from gateway.middleware.access_identity import AccessIdentity
 from gateway.middleware.attribution import Attribution
+from gateway.middleware.cache import ResponseCache
 from gateway.middleware.dynamic_routes import DynamicRoutes
 from gateway.middleware.gateway_auth import GatewayAuth
 from gateway.middleware.request_log import RequestLog
@@ -66,7 +67,7 @@ class _Chain:
     """The request path, built once the shared services exist. Outermost first:
 
     RequestLog ─► (Tracing) ─► ServerErrors ─► GatewayAuth ─► AccessIdentity ─► Attribution ─► ZeroDataRetention
-        ─► DynamicRoutes ─► SpendLimits ─► ProviderRouter
+        ─► DynamicRoutes ─► ResponseCache ─► SpendLimits ─► ProviderRouter
     """
 
     def __init__(self, services: Services) -> None:
@@ -87,6 +88,7 @@ class _Chain:
             Middleware(ZeroDataRetention),
             Middleware(DynamicRoutes, routes=r.route_store, limit_store=r.limit_store,
                        max_body_bytes=s.max_body_bytes, clock=r.clock),
+            Middleware(ResponseCache, prepare=router.prepare, store=r.cache, ledger=r.ledger),
             Middleware(SpendLimits, limits=r.limits, store=r.limit_store, planner=RouterPlanner(router),
                        clock=r.clock, settlements=r.settlements, hold_ttl=timedelta(seconds=s.hold_ttl_seconds),
                        fail_open=s.db_unavailable == "fail_open_byok"),

@@ -162,6 +162,7 @@ class Exchange:
     zdr_applied: bool = False
     zdr_reason: str | None = None
     step: int = 0
+    cached: bool = False  # served from the response cache (gateway/middleware/cache.py): nothing went upstream
     # the request body, read once
     body: bytes | None = None  # as received
     decoded_body: bytes | None = None  # its Content-Encoding undone

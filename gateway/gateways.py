@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -55,6 +56,11 @@ class GatewaySettings:
     block_unpriced: bool = False
     default_max_output_tokens: int = 4096
     inject_max_tokens: bool = False
+    # the response cache (docs/api.md "Response cache"): off unless a TTL is set here or per request
+    cache_ttl: int | None = None  # seconds an answer is served from the cache
+    cache_scope: str = "gateway"  # "gateway": every caller of the gateway shares entries; "identity": per caller
+    cache_hit_charge: str = "0"  # unified billing: the fraction of the original cost a hit is charged (decimal)
+    cache_max_mb: int = 100  # the gateway's entries, at most; the oldest are evicted past it
 
     @classmethod
     def from_json(cls, data: dict[str, Any], *, base: GatewaySettings | None = None) -> GatewaySettings:
@@ -70,6 +76,10 @@ class GatewaySettings:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def hit_charge(self) -> Decimal:
+        return Decimal(self.cache_hit_charge)
+
 
 _BOOLS = {"authentication", "zdr", "collect_logs", "log_payloads", "byok_only", "allow_custom_cost",
           "require_identity", "block_unpriced", "inject_max_tokens"}
@@ -84,6 +94,8 @@ def _validate(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
             raise SettingsError(name, f"{name} must be an integer between 1 and 1000000")
         return value
+    if name in CACHE_SETTINGS:
+        return _validate_cache(name, value)
     if name == "alert_webhook":
         if value is not None and not _http_url(value):
             raise SettingsError(name, f"{name} must be an http(s) URL or null")
@@ -103,6 +115,44 @@ def _validate(name: str, value: Any) -> Any:
             raise SettingsError(name, "log_retention.strategy must be STOP_INSERTING or DELETE_OLDEST")
         return {"max_rows": rows, "strategy": strategy}
     raise SettingsError(name, f"unknown setting {name!r}")  # pragma: no cover - guarded by from_json
+
+
+CACHE_SETTINGS = {"cache_ttl", "cache_scope", "cache_hit_charge", "cache_max_mb"}
+CACHE_SCOPES = ("gateway", "identity")
+MAX_CACHE_TTL_S = 30 * 24 * 3600  # a month (also the bound of cf-aig-cache-ttl)
+MAX_CACHE_MB = 1024 * 1024  # a terabyte: far beyond use, and inside BIGINT bytes
+NANO = Decimal("1e-9")
+
+
+def _validate_cache(name: str, value: Any) -> Any:
+    if name == "cache_ttl":
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CACHE_TTL_S:
+            raise SettingsError(name, f"cache_ttl must be null (off) or seconds from 1 to {MAX_CACHE_TTL_S}")
+        return value
+    if name == "cache_scope":
+        if value not in CACHE_SCOPES:
+            raise SettingsError(name, "cache_scope must be gateway or identity")
+        return value
+    if name == "cache_max_mb":
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CACHE_MB:
+            raise SettingsError(name, f"cache_max_mb must be an integer from 1 to {MAX_CACHE_MB}")
+        return value
+    # cache_hit_charge: a fraction from 0 to 1, as a decimal string or a number (floats read as written)
+    if isinstance(value, bool) or not isinstance(value, int | float | str) or \
+            (isinstance(value, str) and not 1 <= len(value) <= 40):
+        raise SettingsError(name, "cache_hit_charge must be a fraction from 0 to 1 (at most 9 decimals), e.g. "
+                                  "\"0.25\"")
+    try:
+        fraction = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
+    except InvalidOperation:
+        raise SettingsError(name, "cache_hit_charge must be a fraction from 0 to 1 (at most 9 decimals), e.g. "
+                                  "\"0.25\"") from None
+    if not fraction.is_finite() or not 0 <= fraction <= 1 or fraction.quantize(NANO) != fraction:
+        raise SettingsError(name, "cache_hit_charge must be a fraction from 0 to 1 (at most 9 decimals), e.g. "
+                                  "\"0.25\"")
+    return format(fraction.quantize(NANO).normalize(), "f") if fraction else "0"
 
 
 def _http_url(value: Any) -> bool:

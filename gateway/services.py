@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from gateway.cache.store import CacheStore
 from gateway.db import Database, embedded_database_url, migrate
 from gateway.gateways import GatewayStore
 from gateway.ledger import AutoTopUps, Ledger
@@ -48,6 +49,7 @@ class Running:
     tokens: TokenStore
     limit_store: LimitStore
     route_store: RouteStore
+    cache: CacheStore  # the response cache's entries (gateway/cache/store.py)
     limits: Limits
     settlements: Settlements
     http: httpx.AsyncClient  # the one shared upstream client (httpx API over the aiohttp transport)
@@ -58,6 +60,7 @@ class Running:
     auto_topups: AutoTopUps
     sweeper: Periodic
     alert_delivery: Periodic
+    cache_sweeper: Periodic  # expired cache entries and abandoned claims, deleted (every instance may run it)
 
 
 class Services:
@@ -66,7 +69,7 @@ class Services:
         background: bool = True,
     ) -> None:
         """`db`: a pool the caller owns (else one is opened at start and closed at stop). `background=False`: no
-        sweeper, auto top-ups or alert delivery in this process."""
+        sweeper, auto top-ups, alert delivery or cache sweep in this process."""
         self.settings = settings
         self._background = background
         self._db = db
@@ -117,6 +120,7 @@ class Services:
             settlements = Settlements(limits, lambda: self.clock())
             alerts = AlertDelivery(db, http)
             sweep_limits = Limits(db)
+            cache = CacheStore(db)
 
             async def sweep() -> None:
                 """Release what dead instances left behind: overdue reservations (their holds with them), then any
@@ -127,7 +131,7 @@ class Services:
             running = Running(
                 db=db, gateways=gateways, ledger=ledger, providers=ProviderStore(db, gateways),
                 tokens=TokenStore(db, gateways), limit_store=LimitStore(db, gateways),
-                route_store=RouteStore(db, gateways), limits=limits, settlements=settlements, http=http,
+                route_store=RouteStore(db, gateways), cache=cache, limits=limits, settlements=settlements, http=http,
                 log_writer=LogWriter(db), clock=lambda: self.clock(),
                 settlement_retries=Periodic("spendgate-settlements", "settlement retry", settlements.retry_waiting,
                                             1.0, wait_first=True),
@@ -135,6 +139,8 @@ class Services:
                 sweeper=Periodic("spendgate-sweeper", "sweeper", sweep, self.settings.sweep_interval_seconds),
                 # the alert outbox (limits.alerts) to the gateways' webhooks; every instance may run it
                 alert_delivery=Periodic("spendgate-alerts", "alert delivery", alerts.deliver_due, 1.0),
+                cache_sweeper=Periodic("spendgate-cache-sweeper", "cache sweep", cache.sweep,
+                                       self.settings.sweep_interval_seconds),
             )
             running.log_writer.start()  # always: logs are part of serving, not a background chore
             running.settlement_retries.start()
@@ -142,6 +148,7 @@ class Services:
                 running.auto_topups.start()
                 running.sweeper.start()
                 running.alert_delivery.start()
+                running.cache_sweeper.start()
             try:
                 for hook in self._on_start:
                     await hook(running)
@@ -170,7 +177,7 @@ class Services:
         # (those included) are flushed; only then do the background workers and the pool go.
         await r.settlements.drain(deadline_s=10.0)
         await r.limits.drain()
-        for worker in (r.settlement_retries, r.sweeper, r.alert_delivery):
+        for worker in (r.settlement_retries, r.sweeper, r.alert_delivery, r.cache_sweeper):
             await worker.stop()
         await r.auto_topups.stop()
         await r.log_writer.stop()

@@ -199,6 +199,8 @@ def _calls(args: argparse.Namespace) -> Call:
             return "PUT", f"/accounts/{a}/billing/spending-limit", body, None
         case "gateways", action:
             return _gateway(args, a, action)
+        case "cache", "purge":
+            return "DELETE", f"/accounts/{a}/gateways/{_seg(args.gateway)}/cache", None, None
         case "limits" | "policies" | "routes" | "tokens" | "keys" | "logs", action:
             return _in_gateway(args, f"/accounts/{a}/gateways/{_seg(args.gateway)}", action)
     raise CliError(f"unknown command {args.command} {args.action}")
@@ -413,6 +415,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         assert isinstance(p, Parser)
         p.epilog_source = settings_help
     gateway_args(gateways.add_parser("delete", parents=[quiet], help="a gateway and its configuration"))
+
+    cache = group("cache", "the response cache of a gateway")
+    gateway_args(cache.add_parser("purge", parents=[quiet], help="delete every cached answer of the gateway"))
 
     limits = group("limits", "spend-limit rules of a gateway")
     gateway_args(limits.add_parser("list", parents=listing, help="rules, with each bucket's spend"))

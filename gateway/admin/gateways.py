@@ -1,4 +1,5 @@
-"""Admin endpoints: gateways and their settings (the `gateways` table, through GatewayStore).
+"""Admin endpoints: gateways and their settings (the `gateways` table, through GatewayStore), and the purge of a
+gateway's response cache (gateway/cache/store.py).
 
 A gateway's stored provider keys, custom providers, price overrides and tokens have their own modules."""
 
@@ -22,6 +23,7 @@ from gateway.admin.api import (
     page_params,
     str_field,
 )
+from gateway.cache.store import CacheStore
 from gateway.errors import SettingsError, UnknownAccount, UnknownGateway
 from gateway.gateways import (
     ID_PATTERN,
@@ -101,3 +103,10 @@ async def delete_gateway(request: Request, services: AdminServices, account: str
     await ensure_gateway(services, account, gateway)
     await services.gateways.delete(account, gateway)
     return {"id": gateway, "deleted": True}
+
+
+@router.route("DELETE", "/accounts/{account}/gateways/{gateway}/cache",
+              "Purge the gateway's response cache (every instance's: the entries are shared)")
+async def purge_cache(request: Request, services: AdminServices, account: str, gateway: str) -> dict[str, Any]:
+    await ensure_gateway(services, account, gateway)
+    return {"gateway": gateway, "purged": await CacheStore(services.db).purge(account, gateway)}

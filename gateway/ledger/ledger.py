@@ -216,6 +216,14 @@ class Ledger:
             "SELECT ledger.settle_hold($1, $2, $3, $4)", hold_id, actual, kind, _now(now)
         )
 
+    async def bill_cache_hit(self, tenant: str, amount_nano: int, request_id: str, *,
+                             now: datetime | None = None) -> dict[str, Any]:
+        """Post the charge of a response-cache hit as usage, without a hold: from the credits while they cover it,
+        else to the tenant's receivable account (`ledger.bill_unheld`), counted against the account's spending
+        limit like settled usage. Once per request: a repeat posts nothing."""
+        return await self.db.pool.fetchval(  # type: ignore[no-any-return]
+            "SELECT ledger.bill_cache_hit($1, $2, $3, $4)", tenant, amount_nano, request_id, _now(now))
+
     async def expire_due(self, *, now: datetime | None = None, limit: int = 1000) -> int:
         """The sweeper: expire overdue holds, one short transaction each (FOR UPDATE SKIP LOCKED)."""
         expired = 0

@@ -116,7 +116,7 @@ class RequestLog:
             "id": uuid.UUID(ex.request_id), "account_id": ex.gateway.account_id, "gateway_id": ex.gateway.id,
             "created_at": datetime.fromtimestamp(ex.started_at, UTC), "provider": ex.provider, "model": ex.model,
             "path": ex.path, "status_code": status, "success": 200 <= status < 400 and ex.error is None,
-            "cached": False, "step": ex.step,
+            "cached": ex.cached, "step": ex.step,
             "duration_ms": Decimal(str(round((time.perf_counter() - ex.started) * 1000, 3))),
             "ttfb_ms": None if ex.ttfb_ms is None else Decimal(str(round(ex.ttfb_ms, 3))),
             "tokens_in": u.input_tokens, "tokens_out": u.output_tokens, "tokens_cache_read": u.cache_read_tokens,
