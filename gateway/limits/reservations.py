@@ -4,20 +4,19 @@
 refusal names every blocking bucket that would overflow; the caller decides (429, or the fallback model).
 `Limits.settle` is safe to call more than once: only the first call changes anything.
 
-One SQL path (migration 0017): `limits.reserve(limits.bucket_line[], limits.reservation_request[])` and
+One SQL path (migrations 0017, 0019): `limits.reserve(limits.bucket_line[], limits.reservation_request[])` and
 `limits.settle(limits.settlement_request[])` take a batch of typed requests and answer one row per request, with
 the semantics of the requests applied one after the other in one transaction; the bucket rows of the whole batch
-are locked once, in one global order, so no mix of batches can deadlock. A single request is a batch of one. The
-lines go once per batch (`reservation_args`): a hot bucket's requests share them.
+and the ledger rows of its credit holds are locked once, in one global order (open holds, credits accounts, usage
+shards, then buckets), so no mix of batches can deadlock. A single request is a batch of one. The lines go once per
+batch (`reservation_args`): a hot bucket's requests share them.
 
-Batching: a reservation without a credit hold, and later its settlement, goes through a `_Batcher`: while
-`max_inflight` calls are in flight, new ones wait, and each call that returns sends everything waiting (up to
-`max_batch`) as one call: one round trip and one commit for all of them. A hot bucket (one user, an unscoped rule)
-is locked until each commit is flushed, so one request per transaction serialises every request on that flush;
-batched, one flush serves all that arrived meanwhile. A reservation with a credit hold (unified billing), and its
-settlement, go alone, as a batch of one: a hold locks its tenant's ledger rows, and the functions refuse a batch
-with two holds (two tenants' rows locked in batch order could deadlock). A request still makes exactly one reserve
-call and one settle call.
+Batching: every reservation, with or without a unified-billing credit hold, and later its settlement, goes through
+a `_Batcher`: while `max_inflight` calls are in flight, new ones wait, and each call that returns sends everything
+waiting (up to `max_batch`) as one call: one round trip and one commit for all of them. A hot bucket (one user, an
+unscoped rule) or a hot tenant's credits row is locked until each commit is flushed, so one request per transaction
+serialises every request on that flush; batched, one flush serves all that arrived meanwhile. A request still makes
+exactly one reserve call and one settle call.
 """
 
 from __future__ import annotations
@@ -324,7 +323,6 @@ class _Batcher:
 class Limits:
     MAX_BATCH = 64
     MAX_INFLIGHT = 2
-    _REMEMBERED = 100_000  # bound on reservations awaiting a batched settlement (a caller that never settles)
 
     def __init__(self, db: Database, *, max_batch: int = MAX_BATCH, max_inflight: int = MAX_INFLIGHT) -> None:
         self.db = db
@@ -332,8 +330,6 @@ class Limits:
         self._reserves = _Batcher(self._reserve_batch, max_batch=max_batch, max_inflight=max_inflight,
                                   orphan=self._release_orphan)
         self._settles = _Batcher(self._settle_batch, max_batch=max_batch, max_inflight=max_inflight)
-        # reservations granted here without a credit hold: their settlement can share a batch
-        self._batched: dict[uuid.UUID, None] = {}
         self._orphans: set[asyncio.Task[Any]] = set()
 
     async def _reserve_batch(self, items: list[Item]) -> list[Answer | Exception]:
@@ -362,11 +358,6 @@ class Limits:
         if [row["id"] for row in rows] != [item.id for item in items]:
             raise RuntimeError(f"{len(rows)} answers for {len(items)} items, or not in their order")
         return list(rows)
-
-    async def _alone(self, sql: str, item: Item) -> Answer:
-        answer = (await self._call(sql, [item]))[0]
-        assert not isinstance(answer, Exception)
-        return answer
 
     async def drain(self, deadline_s: float = 5.0) -> None:
         """Shutdown: wait for the batches in flight and the orphan releases, so that none of them meets a closed
@@ -401,14 +392,7 @@ class Limits:
         now = now or datetime.now(UTC)
         rid = reservation_id or uuid.uuid4()
         item = _reserve_item(rid, lines, estimate_nano, now, now + ttl, hold)
-        if hold is None:
-            answer = await self._reserves.submit(item)
-            if answer["ok"] and not answer["replay"]:
-                self._batched[rid] = None
-                if len(self._batched) > self._REMEMBERED:
-                    del self._batched[next(iter(self._batched))]  # its settlement goes alone
-        else:
-            answer = await self._alone(RESERVE, item)
+        answer = await self._reserves.submit(item)
         states = [BucketState(line, s["spent"], s["pending"])
                   for line, s in zip(lines, answer["state"] or (), strict=False)]
         exceeded = [states[i - 1] for i in answer["exceeded"] or ()]
@@ -420,23 +404,19 @@ class Limits:
                      now: datetime | None = None) -> Settled:
         """`outcome`: 'settled' (the call ended), or 'expired' (the sweeper)."""
         item = _settle_item(reservation_id, actual_nano, outcome, now or datetime.now(UTC))
-        if reservation_id in self._batched:  # reserved here without a credit hold
-            del self._batched[reservation_id]
-            return Settled.of(await self._settles.submit(item))
-        return Settled.of(await self._alone(SETTLE, item))
+        return Settled.of(await self._settles.submit(item))
 
     async def expire_overdue(self, *, now: datetime | None = None, limit: int = 500) -> int:
         """Release reservations whose instance never settled them (it died): pending goes back, nothing is spent,
-        the credit hold is expired. Those without a hold go in batches, each with a hold alone."""
+        the credit hold is expired. In batches."""
         now = now or datetime.now(UTC)
         rows = await self.db.pool.fetch(
-            "SELECT id, hold_id IS NOT NULL AS held FROM limits.reservations "
-            "WHERE settled_at IS NULL AND expires_at < $1 ORDER BY expires_at LIMIT $2",
+            "SELECT id FROM limits.reservations WHERE settled_at IS NULL AND expires_at < $1 ORDER BY expires_at "
+            "LIMIT $2",
             now, limit,
         )
-        unheld = [_settle_item(r["id"], 0, "expired", now) for r in rows if not r["held"]]
-        batches = [unheld[i:i + self.max_batch] for i in range(0, len(unheld), self.max_batch)]
-        batches += [[_settle_item(r["id"], 0, "expired", now)] for r in rows if r["held"]]
+        items = [_settle_item(r["id"], 0, "expired", now) for r in rows]
+        batches = [items[i:i + self.max_batch] for i in range(0, len(items), self.max_batch)]
         expired = 0
         for batch in batches:
             for answer in await self._call(SETTLE, batch):

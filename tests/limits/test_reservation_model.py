@@ -1,10 +1,11 @@
-"""The reservation functions (`limits.reserve`, `limits.settle`, migration 0017) against a small in-memory model.
+"""The reservation functions (`limits.reserve`, `limits.settle`, migrations 0017 and 0019) against a small in-memory
+model.
 
 Hypothesis drives random sequences of:
 - reserve: a batch of 1-4 requests over buckets of five rules (one for everything with alerts, one split per
-  user, a rolling one with alerts, a monitor rule, one for a single model), some with a credit hold; ids new,
-  replayed, or twice in the batch; several holds in one batch; requests naming the same lines of the batch, or
-  equal lines at other positions;
+  user, a rolling one with alerts, a monitor rule, one for a single model), some with a credit hold of one of two
+  tenants (one with an auto top-up threshold); ids new, replayed, or twice in the batch; several holds, of one or
+  both tenants, in one batch; requests naming the same lines of the batch, or equal lines at other positions;
 - settle: a batch of 1-4 settlements, the actual cost at, below or above the estimate, of open, settled, expired
   or unknown reservations, or the same id twice;
 - the sweeper: the clock moves on (minutes, or a day: windows close, rolling slices age) and
@@ -13,8 +14,9 @@ Hypothesis drives random sequences of:
 on a real Postgres, and the model beside it. After every step: each answer is the model's (granted or refused,
 replay, every line's spent and pending, which lines overflowed, the credit refusal; settled, late, the reason,
 how many alerts), the buckets, reservations, alerts and credit balance are the model's, and the limits' and the
-ledger's invariants hold. A batch the model says is malformed (an id twice, two credit holds) must be refused
-whole by the function, with nothing changed.
+ledger's invariants hold; each tenant's queued auto top-ups are the model's (one per crossing of the threshold while
+none is pending). A batch the model says is malformed (an id twice) must be refused whole by the function, with
+nothing changed.
 
 The model is the functions' semantics spelled out one request after the other: a blocking line fits when
 `spent + pending + estimate <= budget` (spent: the fixed window's, or the rolling window's slices from its
@@ -42,6 +44,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from gateway.db import Database, migrate
 from gateway.ledger import Ledger
+from gateway.ledger.ledger import AutoTopUp
 from gateway.ledger.invariants import check_invariants
 from gateway.limits.invariants import check_limit_invariants
 from gateway.limits.reservations import BucketLine, Limits, bucket_lines
@@ -55,6 +58,7 @@ MAX_EXAMPLES = int(os.environ.get("SPENDGATE_FUZZ_EXAMPLES", "20"))
 USD = 1_000_000_000
 QUARTER = USD // 4
 CREDITS = 3 * USD
+THRESHOLD = 2 * USD  # the second tenant's auto top-up threshold (the worker does not run: top-ups stay queued)
 START = (datetime.now(UTC) + timedelta(days=30)).replace(hour=12, minute=0, second=0, microsecond=0)
 
 SPECS: list[dict[str, Any]] = [
@@ -89,7 +93,7 @@ Row = tuple[str, str, datetime | None]  # rule id, key, window start (None: a ro
 class Reservation:
     lines: list[BucketLine]
     estimate: int
-    held: bool
+    held: int | None  # the tenant (0 or 1) of its credit hold
     expires_at: datetime
     status: str = "open"  # open | settled | expired | late
     actual: int | None = None
@@ -100,8 +104,9 @@ class Model:
     rows: dict[Row, list[int]] = field(default_factory=dict)  # -> [spent, pending]
     reservations: dict[uuid.UUID, Reservation] = field(default_factory=dict)
     alerts: set[tuple[str, str, datetime, Decimal]] = field(default_factory=set)
-    available: int = CREDITS  # the tenant's credits: posted - pending
-    receivable: int = 0  # billed beyond the credits
+    available: list[int] = field(default_factory=lambda: [CREDITS, CREDITS])  # per tenant: posted - pending
+    receivable: list[int] = field(default_factory=lambda: [0, 0])  # billed beyond the credits
+    topups: list[int] = field(default_factory=lambda: [0, 0])  # auto top-ups queued (the second tenant's)
 
     def row(self, row: Row) -> list[int]:
         return self.rows.setdefault(row, [0, 0])
@@ -116,7 +121,7 @@ class Model:
         return sum(v[0] for (rule, key, start), v in self.rows.items()
                    if rule == line.rule.id and key == line.key and start is not None and start >= line.rolling_since)
 
-    def reserve(self, rid: uuid.UUID, lines: list[BucketLine], estimate: int, held: bool,
+    def reserve(self, rid: uuid.UUID, lines: list[BucketLine], estimate: int, held: int | None,
                 expires_at: datetime) -> dict[str, Any]:
         if rid in self.reservations:
             return {"ok": True, "replay": True, "state": None, "exceeded": None, "credit": None}
@@ -124,9 +129,9 @@ class Model:
         exceeded = [i + 1 for i, (line, (spent, pending)) in enumerate(zip(lines, state, strict=True))
                     if line.rule.action != "monitor" and spent + pending + estimate > line.rule.budget_nano]
         credit = None
-        if not exceeded and held:
-            if self.available >= estimate:
-                self.available -= estimate
+        if not exceeded and held is not None:
+            if self.available[held] >= estimate:
+                self._debit(held, estimate)
             else:
                 credit = "insufficient_credit"
         if exceeded or credit:
@@ -163,22 +168,30 @@ class Model:
                 if total - actual < threshold <= total and alert not in self.alerts:
                     self.alerts.add(alert)
                     alerts += 1
-        if r.held:
-            self._settle_hold(r.estimate, actual, late)
+        if r.held is not None:
+            self._settle_hold(r.held, r.estimate, actual, late)
         return {"ok": True, "reason": None, "late": late, "alerts": alerts}
 
-    def _settle_hold(self, amount: int, actual: int, late: bool) -> None:
+    def _settle_hold(self, tenant: int, amount: int, actual: int, late: bool) -> None:
         if late:  # the hold expired already: the cost is billed as an unheld debit, if any
-            self._bill(actual)
+            self._bill(tenant, actual)
             return
-        self.available += amount - min(actual, amount)
-        self._bill(max(actual - amount, 0))
+        self.available[tenant] += amount - min(actual, amount)
+        self._bill(tenant, max(actual - amount, 0))
 
-    def _bill(self, amount: int) -> None:
-        if amount <= self.available:
-            self.available -= amount
+    def _bill(self, tenant: int, amount: int) -> None:
+        if amount <= self.available[tenant]:
+            self._debit(tenant, amount)
         else:
-            self.receivable += amount
+            self.receivable[tenant] += amount
+
+    def _debit(self, tenant: int, amount: int) -> None:
+        """Take from the available credits; the second tenant queues an auto top-up when its balance crosses the
+        threshold downwards (its worker does not run, so the first one stays queued and no other is queued)."""
+        before = self.available[tenant]
+        self.available[tenant] -= amount
+        if tenant == 1 and before >= THRESHOLD > self.available[tenant] and amount > 0:
+            self.topups[tenant] = 1
 
 
 def make_machine(db: Database, loop: asyncio.AbstractEventLoop) -> type[RuleBasedStateMachine]:
@@ -189,11 +202,13 @@ def make_machine(db: Database, loop: asyncio.AbstractEventLoop) -> type[RuleBase
         @initialize()
         def start(self) -> None:
             self.rules: list[Rule] = [parse_rule(str(uuid.uuid4()), spec) for spec in SPECS]
-            self.tenant = f"model-{uuid.uuid4().hex[:12]}"
+            self.tenants = [f"model-{uuid.uuid4().hex[:12]}" for _ in range(2)]
             ledger = Ledger(db)
-            run(db.pool.execute("INSERT INTO accounts (id) VALUES ($1)", self.tenant))
-            run(ledger.open_tenant(self.tenant))
-            run(ledger.top_up(self.tenant, CREDITS, f"seed-{self.tenant}"))
+            for tenant in self.tenants:
+                run(db.pool.execute("INSERT INTO accounts (id) VALUES ($1)", tenant))
+                run(ledger.open_tenant(tenant))
+                run(ledger.top_up(tenant, CREDITS, f"seed-{tenant}"))
+            run(ledger.set_auto_topup(self.tenants[1], AutoTopUp(THRESHOLD, 5 * USD)))
             self.model = Model()
             self.now = START
             self.known: list[uuid.UUID] = []  # every id used so far, granted or not
@@ -224,7 +239,7 @@ def make_machine(db: Database, loop: asyncio.AbstractEventLoop) -> type[RuleBase
                               "model": data.draw(st.sampled_from(["x", "y"]))}
                 lines = bucket_lines(self.rules, attributes, self.now)
                 estimate = data.draw(st.integers(0, 12)) * QUARTER
-                held = data.draw(st.sampled_from([False, False, False, True]))
+                held = data.draw(st.sampled_from([None, None, None, 0, 1]))
                 ttl = data.draw(st.sampled_from([timedelta(minutes=5), timedelta(minutes=30), timedelta(hours=3)]))
                 shared = data.draw(st.sampled_from([True, True, False]))  # or the same lines again, elsewhere
                 named = []
@@ -236,9 +251,9 @@ def make_machine(db: Database, loop: asyncio.AbstractEventLoop) -> type[RuleBase
                 ids.append(rid)
                 specs.append((rid, lines, estimate, held, self.now + ttl))
                 requests.append((rid, estimate, self.now, self.now + ttl, named,
-                                 (self.tenant, estimate, f"req-{rid}") if held else None))
+                                 None if held is None else (self.tenants[held], estimate, f"req-{rid}")))
             self.known.extend(i for i in ids if i not in self.known)
-            if len(set(ids)) < len(ids) or sum(1 for s in specs if s[3]) > 1:
+            if len(set(ids)) < len(ids):
                 event("reserve: malformed batch refused")
                 with pytest.raises(asyncpg.InvalidParameterValueError):
                     run(db.pool.fetch("SELECT * FROM limits.reserve($1, $2)", rows, requests))
@@ -268,9 +283,7 @@ def make_machine(db: Database, loop: asyncio.AbstractEventLoop) -> type[RuleBase
                           "above": estimate + data.draw(st.integers(1, 8)) * QUARTER}[actual]
                 ids.append(rid)
                 settlements.append((rid, amount, "settled", self.now))
-            holds = sum(1 for rid in set(ids) if self.model.resolvable(rid, "settled")
-                        and self.model.reservations[rid].held)
-            if len(set(ids)) < len(ids) or holds > 1:
+            if len(set(ids)) < len(ids):
                 event("settle: malformed batch refused")
                 with pytest.raises(asyncpg.InvalidParameterValueError):
                     run(db.pool.fetch("SELECT * FROM limits.settle($1)", settlements))
@@ -325,11 +338,14 @@ def make_machine(db: Database, loop: asyncio.AbstractEventLoop) -> type[RuleBase
                 "SELECT rule_id::text AS rule, key, window_start, fraction FROM limits.alerts WHERE rule_id = ANY($1)",
                 [uuid.UUID(r.id) for r in self.rules]))
             assert {(a["rule"], a["key"], a["window_start"], a["fraction"]) for a in alerts} == self.model.alerts
-            credits = run(db.pool.fetchrow(
-                "SELECT sum(credits_posted - debits_posted - debits_pending) FILTER (WHERE code = 'credits') AS avail,"
-                " coalesce(sum(debits_posted) FILTER (WHERE code = 'receivable'), 0) AS owed "
-                "FROM ledger.accounts WHERE owner = $1", self.tenant))
-            assert (credits["avail"], credits["owed"]) == (self.model.available, self.model.receivable)
+            for n, tenant in enumerate(self.tenants):
+                credits = run(db.pool.fetchrow(
+                    "SELECT sum(credits_posted - debits_posted - debits_pending) FILTER (WHERE code = 'credits') "
+                    "AS avail, coalesce(sum(debits_posted) FILTER (WHERE code = 'receivable'), 0) AS owed, "
+                    "(SELECT count(*) FROM ledger.auto_topups WHERE tenant = $1) AS topups "
+                    "FROM ledger.accounts WHERE owner = $1", tenant))
+                assert (credits["avail"], credits["owed"], credits["topups"]) == (
+                    self.model.available[n], self.model.receivable[n], self.model.topups[n])
             assert run(check_limit_invariants(db)) == []
             assert run(check_invariants(db)) == []
 

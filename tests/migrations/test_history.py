@@ -204,7 +204,7 @@ async def test_the_catalogue_reads_every_kind(head: tuple[str, dict[str, Any]]) 
     assert "USING gin (metadata)" in found["indexes"]["public.ix_request_logs_metadata"]["definition"]
     assert "usage_estimated" in found["views"]["reporting.requests"]["definition"]
     assert "c.spend_limit IS NULL OR a.available < p_amount" in next(
-        f["definition"] for key, f in found["functions"].items() if key.startswith("ledger.hold("))
+        f["definition"] for key, f in found["functions"].items() if key.startswith("ledger.hold_at("))
     assert "notify_config_change()" in found["triggers"]["limits.policies.policies_notify"]["definition"]
     assert found["sequences"]["public.routes_id_seq"]["owned_by"] == "column id of table routes (i)"
     assert any(key.endswith(" reporting r") and "spendgate_reporting=r/" in grant["acl"]
