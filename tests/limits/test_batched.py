@@ -1,4 +1,4 @@
-"""Batched reservations and settlements (limits.reserve / limits.settle over a batch, migration 0017): the same
+"""Batched reservations and settlements (limits.reserve / limits.settle over a batch, migrations 0017, 0019): the same
 answers and the same money as one by one, under concurrency, mixed with batches of one (credit holds, the sweeper,
 another instance), without deadlocks."""
 
