@@ -25,6 +25,7 @@ from gateway.middleware.attribution import Attribution
 from gateway.middleware.cache import ResponseCache
 from gateway.middleware.dynamic_routes import DynamicRoutes
 from gateway.middleware.gateway_auth import GatewayAuth
+from gateway.middleware.guardrails import Guardrails
 from gateway.middleware.request_log import RequestLog
 from gateway.middleware.server_errors import ServerErrors
 from gateway.middleware.spend_limits import SpendLimits
@@ -67,7 +68,7 @@ class _Chain:
     """The request path, built once the shared services exist. Outermost first:
 
     RequestLog ─► (Tracing) ─► ServerErrors ─► GatewayAuth ─► AccessIdentity ─► Attribution ─► ZeroDataRetention
-        ─► DynamicRoutes ─► ResponseCache ─► SpendLimits ─► ProviderRouter
+        ─► Guardrails ─► DynamicRoutes ─► ResponseCache ─► SpendLimits ─► ProviderRouter
     """
 
     def __init__(self, services: Services) -> None:
@@ -86,6 +87,7 @@ class _Chain:
             Middleware(AccessIdentity, verifier=verifier),
             Middleware(Attribution),
             Middleware(ZeroDataRetention),
+            Middleware(Guardrails, gateways=r.gateways, max_body_bytes=s.max_body_bytes),
             Middleware(DynamicRoutes, routes=r.route_store, limit_store=r.limit_store,
                        max_body_bytes=s.max_body_bytes, clock=r.clock),
             Middleware(ResponseCache, prepare=router.prepare, store=r.cache, ledger=r.ledger),

@@ -191,6 +191,8 @@ class Exchange:
     collect_payload: bool | None = None
     response_body: bytes | None = None
     body_too_large: bool = False
+    # the request's headers by lower-cased name, the first of each, and the header list they were read from
+    _header_index: tuple[Any, int, dict[bytes, bytes]] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, scope: Scope) -> Exchange:
@@ -199,6 +201,18 @@ class Exchange:
         if exchange is None:
             exchange = state["exchange"] = cls()
         return exchange  # type: ignore[no-any-return]
+
+    def header(self, scope: Scope, name: bytes) -> bytes | None:
+        """The request's first `name` header (`name` lower-case). The headers are indexed once per header list: a
+        layer that passes inward a scope with other headers is read from its own list."""
+        headers = scope["headers"]
+        index = self._header_index
+        if index is None or index[0] is not headers or index[1] != len(headers):
+            first: dict[bytes, bytes] = {}
+            for key, value in headers:
+                first.setdefault(key.lower(), value)
+            index = self._header_index = (headers, len(headers), first)
+        return index[2].get(name)
 
     async def read_body(self, receive: Receive, limit: int) -> bytes:
         """Read the request body once (later callers get the kept copy). Raises BodyTooLarge past `limit`."""

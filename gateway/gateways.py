@@ -23,6 +23,7 @@ import asyncpg
 from gateway.config_cache import ConfigCache
 from gateway.db import Database
 from gateway.errors import SettingsError, UnknownAccount, UnknownGateway
+from gateway.guardrails.policy import validate as validate_guardrails
 
 log = logging.getLogger("spendgate.gateways")
 
@@ -56,6 +57,8 @@ class GatewaySettings:
     block_unpriced: bool = False
     default_max_output_tokens: int = 4096
     inject_max_tokens: bool = False
+    # what the detectors look for, per side, and what is done with a match (gateway/guardrails/policy.py)
+    guardrails: dict[str, dict[str, str]] | None = None
     # the response cache (docs/api.md "Response cache"): off unless a TTL is set here or per request
     cache_ttl: int | None = None  # seconds an answer is served from the cache
     cache_scope: str = "gateway"  # "gateway": every caller of the gateway shares entries; "identity": per caller
@@ -96,6 +99,8 @@ def _validate(name: str, value: Any) -> Any:
         return value
     if name in CACHE_SETTINGS:
         return _validate_cache(name, value)
+    if name == "guardrails":
+        return validate_guardrails(value)
     if name == "alert_webhook":
         if value is not None and not _http_url(value):
             raise SettingsError(name, f"{name} must be an http(s) URL or null")

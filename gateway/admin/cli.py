@@ -129,6 +129,7 @@ SETTING_HELP = {
     "block_unpriced": "refuse models without a known price, BYOK included",
     "default_max_output_tokens": "output tokens reserved for a request that sets no output limit",
     "inject_max_tokens": "write default_max_output_tokens into requests that set no output limit",
+    "guardrails": '{"prompt": {"pii.*": "redact", "secret.*": "block"}, "response": {...}}: flag|redact|block',
 }
 
 
@@ -232,7 +233,7 @@ def _in_gateway(args: argparse.Namespace, base: str, action: str) -> Call:
     match args.command, action:
         case _, "list" if args.command == "logs":
             filters = {"provider": args.provider, "model": args.model, "status_code": args.status,
-                       "from": args.start, "to": args.end}
+                       "from": args.start, "to": args.end, "guardrail": args.guardrail}
             return "GET", collection, None, _page(args, **filters)
         case _, "list":
             return "GET", collection, None, _page(args)
@@ -318,7 +319,15 @@ CREATED: Column = ("CREATED", field("created_at"))
 LOG_COLUMNS: tuple[Column, ...] = (
     ("TIME", field("created_at")), ("STATUS", field("status_code")), ("PROVIDER", field("provider")),
     ("MODEL", field("model")), ("TOKENS IN/OUT", lambda r: f"{cell(r.get('tokens_in'))}/{cell(r.get('tokens_out'))}"),
-    ("COST USD", field("cost_usd")), ("PAID BY", field("billing_mode")), ("ID", field("id")))
+    ("COST USD", field("cost_usd")), ("PAID BY", field("billing_mode")), ("GUARDRAILS", lambda r: _guardrails(r)),
+    ("ID", field("id")))
+
+
+def _guardrails(row: dict[str, Any]) -> str | None:
+    """`prompt:pii.email=redact response:secret.aws=block`: what the guardrails found, never the text."""
+    found = row.get("guardrails") or {}
+    return " ".join(f"{side}:{category}={action}" for side, categories in found.items()
+                    for category, action in categories.items()) or None
 
 # (command, action) -> how its GET result prints without --json
 VIEWS: dict[tuple[str, str], Callable[[Any], str]] = {
@@ -484,6 +493,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--status", help="HTTP status code, e.g. 429")
     p.add_argument("--from", dest="start", help="ISO 8601 time with a zone (inclusive)")
     p.add_argument("--to", dest="end", help="ISO 8601 time with a zone (exclusive)")
+    p.add_argument("--guardrail", metavar="CATEGORY", help="rows where a guardrail found it, e.g. pii.email")
     gateway_args(logs.add_parser("show", parents=reading, help="one log, every field")).add_argument("id")
 
     token = group("admin-token", "the admin API token")

@@ -20,6 +20,7 @@ from gateway.admin.api import (
     time_range,
 )
 from gateway.admin.gateways import ensure_gateway
+from gateway.guardrails.categories import CATEGORIES
 from gateway.logs import store as log_store
 from gateway.logs.store import IDENTITY_FIELDS, LogQuery
 
@@ -43,7 +44,8 @@ def log_view(row: Any) -> dict[str, Any]:
               query={"provider": "", "model": "", "status_code": "", "success": "true|false",
                      "from": "ISO time", "to": "ISO time", "user_id": "identity", "email": "identity",
                      "service_token": "identity", "group": "identity group",
-                     "metadata.<key>": "a metadata value (also cf.* keys)"})
+                     "metadata.<key>": "a metadata value (also cf.* keys)",
+                     "guardrail": "a category a guardrail found (pii.email, secret.aws, ...)"})
 async def list_logs(request: Request, services: AdminServices, account: str, gateway: str) -> Page:
     await ensure_gateway(services, account, gateway)
     q = request.query_params
@@ -61,6 +63,10 @@ async def list_logs(request: Request, services: AdminServices, account: str, gat
     query.group = q.get("group") or None
     query.metadata = {key.removeprefix("metadata."): value for key, value in q.items()
                       if key.startswith("metadata.")}
+    if q.get("guardrail"):
+        if q["guardrail"] not in CATEGORIES:
+            raise AdminError(422, f"guardrail must be one of {', '.join(CATEGORIES)}", "guardrail")
+        query.guardrail = q["guardrail"]
     after, limit = page_params(request, "time", "uuid")
     query.after = (after[0], after[1]) if after is not None else None
     query.limit = limit + 1

@@ -42,6 +42,8 @@ request_logs = sa.Table(
     sa.Column("feedback", sa.SmallInteger),
     sa.Column("usage_estimated", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("usage_details", JSONB),  # the usage components beyond the four token columns
+    # what the guardrails found, per side: {"prompt": {category: action}, "response": {...}}; never the text
+    sa.Column("guardrails", JSONB),
     sa.CheckConstraint("feedback IN (-1, 1)", name="feedback"),
     sa.Index("ix_request_logs_gateway_time", "account_id", "gateway_id", sa.text("created_at DESC"), sa.text("id DESC")),
     sa.Index("ix_request_logs_metadata", "metadata", postgresql_using="gin"),

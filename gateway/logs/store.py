@@ -13,7 +13,7 @@ from gateway.db import Database
 FIELDS = ("id, created_at, gateway_id, provider, model, path, status_code, success, cached, step, duration_ms, "
           "ttfb_ms, tokens_in, tokens_out, tokens_cache_read, tokens_cache_write, cost_usd, custom_cost, "
           "billing_mode, zdr_applied, zdr_reason, identity, metadata, request_size, response_size, error, "
-          "request_body, response_body, feedback")
+          "request_body, response_body, feedback, guardrails")
 
 IDENTITY_FIELDS = ("user_id", "email", "service_token")
 
@@ -33,6 +33,7 @@ class LogQuery:
     identity: dict[str, str] = field(default_factory=dict)  # user_id / email / service_token -> value
     group: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)  # metadata key (cf.* included) -> value
+    guardrail: str | None = None  # a category a guardrail found, in the prompt or the response
     after: tuple[datetime, uuid.UUID] | None = None  # the (created_at, id) of the last row of the previous page
     limit: int = 100
 
@@ -68,6 +69,8 @@ async def search(db: Database, q: LogQuery) -> list[Any]:
     for key, value in q.metadata.items():
         args.append(key)
         add(f"metadata->>${len(args)}::text = ?", value)
+    if q.guardrail is not None:
+        add("(jsonb_exists(guardrails->'prompt', ?) OR jsonb_exists(guardrails->'response', ?))", q.guardrail)
     if q.after is not None:
         args += list(q.after)
         where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")

@@ -30,12 +30,12 @@ from gateway.paths import locate
 MAX_LOGGED_BODY = 1024 * 1024
 
 
-def _flag(scope: Scope, name: bytes) -> bool | None:
-    for key, value in scope["headers"]:
-        if key.lower() == name:
-            text = value.decode("latin-1").strip().lower()
-            return True if text == "true" else False if text == "false" else None
-    return None
+def _flag(ex: Exchange, scope: Scope, name: bytes) -> bool | None:
+    value = ex.header(scope, name)
+    if value is None:
+        return None
+    text = value.decode("latin-1").strip().lower()
+    return True if text == "true" else False if text == "false" else None
 
 
 def _text(data: bytes | None) -> str | None:
@@ -59,7 +59,7 @@ class RequestLog:
             await self.app(scope, receive, send)
             return
         ex = Exchange.of(scope)
-        ex.log_id = ex.request_id = str(uuid.uuid4())
+        ex.log_id = ex.request_id  # a fresh uuid4, made with the Exchange
         token = request_id_var.set(ex.request_id)
         where = locate(scope)
         gateway = None
@@ -72,11 +72,10 @@ class RequestLog:
                 if not unavailable(exc):
                     raise
                 gateway = None  # no settings to log under: ServerErrors answers 503 when an inner layer needs them
-        collect = gateway is not None and (_flag(scope, b"cf-aig-collect-log")
-                                           if _flag(scope, b"cf-aig-collect-log") is not None
-                                           else gateway.settings.collect_logs)
+        asked = _flag(ex, scope, b"cf-aig-collect-log") if gateway is not None else None
+        collect = gateway is not None and (asked if asked is not None else gateway.settings.collect_logs)
         payloads = collect and gateway is not None and gateway.settings.log_payloads and \
-            _flag(scope, b"cf-aig-collect-log-payload") is not False
+            _flag(ex, scope, b"cf-aig-collect-log-payload") is not False
         ex.collect_log, ex.collect_payload = collect, payloads
         captured = bytearray()
         status = 500
