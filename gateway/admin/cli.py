@@ -329,6 +329,7 @@ def _guardrails(row: dict[str, Any]) -> str | None:
     return " ".join(f"{side}:{category}={action}" for side, categories in found.items()
                     for category, action in categories.items()) or None
 
+
 # (command, action) -> how its GET result prints without --json
 VIEWS: dict[tuple[str, str], Callable[[Any], str]] = {
     ("accounts", "list"): _table(("ID", field("id")), CREATED),
