@@ -80,6 +80,21 @@ DETAIL_FIELDS = ("cache_write_1h_tokens", "input_audio_tokens", "cache_audio_rea
                  "output_image_tokens", "reasoning_tokens", "tool_prompt_tokens", "web_searches", "service_tier")
 
 
+@dataclass
+class GuardrailOutcome:
+    """What the guardrails found (gateway/middleware/guardrails.py): per side, each category found and the action
+    applied to it; never the text that matched. `logged_request` is the request body as the log keeps it (every
+    finding replaced), when anything was found in it."""
+
+    prompt: dict[str, str] = field(default_factory=dict)
+    response: dict[str, str] = field(default_factory=dict)
+    logged_request: bytes | None = None
+
+    def as_json(self) -> dict[str, dict[str, str]] | None:
+        out = {side: found for side, found in (("prompt", self.prompt), ("response", self.response)) if found}
+        return out or None
+
+
 @dataclass(frozen=True)
 class GatewayPath:
     """`/{account}/{gateway}/{provider}/{rest}` relative to the chain's mount point (gateway/paths.py).
@@ -190,6 +205,7 @@ class Exchange:
     collect_log: bool | None = None
     collect_payload: bool | None = None
     response_body: bytes | None = None
+    guardrails: GuardrailOutcome | None = None  # what the guardrails found and did
     body_too_large: bool = False
     # the request's headers by lower-cased name, the first of each, and the header list they were read from
     _header_index: tuple[Any, int, dict[bytes, bytes]] | None = field(default=None, repr=False, compare=False)

@@ -44,6 +44,13 @@ def _text(data: bytes | None) -> str | None:
     return data[:MAX_LOGGED_BODY].decode("utf-8", "replace")
 
 
+def _request_body(ex: Exchange) -> bytes | None:
+    """The body as the log keeps it: with the guardrails' findings replaced when they found any."""
+    if ex.guardrails is not None and ex.guardrails.logged_request is not None:
+        return ex.guardrails.logged_request
+    return ex.decoded_body if ex.decoded_body is not None else ex.body
+
+
 class RequestLog:
     """`observe(exchange, seconds)` is called once per request after it completed (the metrics)."""
 
@@ -124,7 +131,8 @@ class RequestLog:
             "billing_mode": ex.billing_mode, "zdr_applied": ex.zdr_applied, "zdr_reason": ex.zdr_reason,
             "identity": identity, "metadata": ex.metadata, "request_size": ex.request_size,
             "response_size": ex.response_size, "error": ex.error,
-            "request_body": _text(ex.decoded_body if ex.decoded_body is not None else ex.body)
+            "guardrails": ex.guardrails.as_json() if ex.guardrails is not None else None,
+            "request_body": _text(_request_body(ex))
             if ex.collect_payload else None,
             "response_body": _text(ex.response_body if ex.response_body is not None else captured)
             if ex.collect_payload else None,
