@@ -8,6 +8,7 @@ process, past which it reads `other`), status codes are grouped to their exact v
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -63,6 +64,16 @@ class Metrics:
             self.log_queue.set_function(log_queue)
         self.registry.register(_PoolCollector(pool_stats))
         self._models: set[str] = set()
+        # each metric's children by their label values, found once (`labels` checks and locks on every call);
+        # bounded like the labels themselves
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def _model(self, model: str | None) -> str:
         if model is None:
@@ -76,20 +87,21 @@ class Metrics:
         provider = exchange.provider or ""
         model = self._model(exchange.model)
         status = str(exchange.status_code or 0)
-        self.requests.labels(provider, model, status).inc()
-        self.latency.labels(provider).observe(duration_s)
+        child = self._child
+        child(self.requests, provider, model, status).inc()
+        child(self.latency, provider).observe(duration_s)
         if exchange.ttfb_ms is not None:
-            self.ttfb.labels(provider).observe(exchange.ttfb_ms / 1000)
+            child(self.ttfb, provider).observe(exchange.ttfb_ms / 1000)
         usage = exchange.usage
         for kind, value in (("input", usage.input_tokens), ("output", usage.output_tokens),
                             ("cache_read", usage.cache_read_tokens), ("cache_write", usage.cache_write_tokens)):
             if value:
-                self.tokens.labels(provider, model, kind).inc(value)
+                child(self.tokens, provider, model, kind).inc(value)
         if exchange.cost_usd is not None:
             # Prometheus counters are floats; the ledger, not this counter, is the record of money.
-            self.cost.labels(provider, model).inc(float(exchange.cost_usd))
+            child(self.cost, provider, model).inc(float(exchange.cost_usd))
         if exchange.status_code in REFUSALS:
-            self.refused.labels(REFUSALS[exchange.status_code]).inc()
+            child(self.refused, REFUSALS[exchange.status_code]).inc()
 
     async def endpoint(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type="text/plain; version=0.0.4; charset=utf-8")

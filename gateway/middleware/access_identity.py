@@ -23,8 +23,8 @@ class AccessIdentity:
             await self.app(scope, receive, send)
             return
         ex = Exchange.of(scope)
-        token = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"cf-access-jwt-assertion"),
-                     None)
+        raw = ex.header(scope, b"cf-access-jwt-assertion")
+        token = raw.decode("latin-1") if raw is not None else None
         required = bool(ex.gateway and ex.gateway.settings.require_identity)
         try:
             if token and ex.identity is None:

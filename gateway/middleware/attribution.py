@@ -124,8 +124,8 @@ class Attribution:
             await self.app(scope, receive, send)
             return
         ex = Exchange.of(scope)
-        raw = next((v.decode("utf-8", "replace") for k, v in scope["headers"] if k.lower() == b"cf-aig-metadata"),
-                   None)
+        value = ex.header(scope, b"cf-aig-metadata")
+        raw = value.decode("utf-8", "replace") if value is not None else None
         try:
             client = parse_metadata(raw)
         except MetadataError as exc:

@@ -93,8 +93,8 @@ class DynamicRoutes:
             return
         ex = Exchange.of(scope)
         try:
-            encoding = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"content-encoding"),
-                            None)
+            value = ex.header(scope, b"content-encoding")
+            encoding = value.decode("latin-1") if value is not None else None
             body = await read_json(ex, receive, encoding, self.max_body_bytes)
         except RequestRefused:
             await self.app(scope, receive, send)  # the router answers with the same refusal (kept on the Exchange)

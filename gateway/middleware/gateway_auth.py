@@ -31,17 +31,23 @@ def _token_in_key_position(scope: Scope) -> str | None:
     """A gateway token sent where a provider key goes (`Authorization: Bearer`, `x-api-key`, `x-goog-api-key`, or
     Gemini's `?key=`)."""
     for name, value in scope["headers"]:
-        if name.decode("latin-1").lower() in KEY_HEADERS:
+        if name.lower() in _KEY_HEADER_NAMES:
             text = str(value.decode("latin-1")).strip()
             if text.lower().startswith("bearer "):
                 text = text[7:].strip()
             if text.startswith(TOKEN_PREFIX):
                 return text
     query: bytes = scope.get("query_string", b"")
+    if _TOKEN_PREFIX_BYTES not in query and b"%" not in query:
+        return None  # no parameter can decode to a token: nothing to parse
     for key, given in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
         if key == "key" and given.startswith(TOKEN_PREFIX):
             return given
     return None
+
+
+_KEY_HEADER_NAMES = frozenset(name.encode("latin-1") for name in KEY_HEADERS)
+_TOKEN_PREFIX_BYTES = TOKEN_PREFIX.encode("latin-1")
 
 
 def _without_provider_keys(scope: Scope) -> Scope:
@@ -53,10 +59,8 @@ def _without_provider_keys(scope: Scope) -> Scope:
 
 
 def header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
+    value = Exchange.of(scope).header(scope, name)
+    return value.decode("latin-1") if value is not None else None
 
 
 class GatewayAuth:

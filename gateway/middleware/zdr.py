@@ -24,8 +24,8 @@ class ZeroDataRetention:
             await self.app(scope, receive, send)
             return
         ex = Exchange.of(scope)
-        raw = next((v.decode("latin-1").strip().lower() for k, v in scope["headers"] if k.lower() == b"cf-aig-zdr"),
-                   None)
+        value = ex.header(scope, b"cf-aig-zdr")
+        raw = value.decode("latin-1").strip().lower() if value is not None else None
         if raw is not None and raw not in ("true", "false"):
             answer = to_response(HeaderError("cf-aig-zdr", "cf-aig-zdr must be true or false"))
             ex.status_code, ex.error = answer.status, answer.message

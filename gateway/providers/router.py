@@ -183,6 +183,10 @@ class ProviderRouter:
         gateway can know of it (gateway/providers/left_early.py), never $0, and SpendLimits settles at once.
         """
         started = False
+        finished = False  # the call returned or raised
+        stopped = False  # the watch cancelled the call: the client left
+        task = asyncio.current_task()
+        assert task is not None
 
         async def tracked(message: Message) -> None:
             nonlocal started
@@ -190,33 +194,41 @@ class ProviderRouter:
                 started = True
             await send(message)
 
-        work = asyncio.ensure_future(self.forward(scope, tracked, ex, target))
-        watch = asyncio.ensure_future(_client_gone(receive))
-        try:
-            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-            gone = watch.done() and not watch.cancelled() and watch.exception() is None and watch.result()
+        def on_watch(watch: asyncio.Task[bool]) -> None:
+            nonlocal stopped
+            if finished or watch.cancelled() or watch.exception() is not None or not watch.result():
+                return
             # an answer that is complete is only waiting for its usage (hidden reasoning is billed from it): let it
             # arrive; anything else stops now
-            if gone and not work.done() and not (started and ex.answer_finished):
-                work.cancel()
-            await asyncio.wait({work})
+            if not (started and ex.answer_finished):
+                stopped = True
+                task.cancel()
+
+        # The call runs in this task (no second task per request); the watch cancels it here when the client left.
+        watch = asyncio.ensure_future(_client_gone(receive))
+        watch.add_done_callback(on_watch)
+        try:
+            await self.forward(scope, tracked, ex, target)
+        except asyncio.CancelledError:
+            # ours (the client left) unless someone cancelled this task too: then it goes on out
+            if not stopped or task.uncancel() > 0:
+                raise
+        else:
+            if stopped:  # the call swallowed the cancellation and ended anyway: nothing is left pending
+                task.uncancel()
+            return
         finally:
+            finished = True
             watch.cancel()
             if watch.done() and not watch.cancelled():
                 watch.exception()  # retrieved: a receive that failed is only a watch that could not be kept
-            if not work.done():  # we were cancelled ourselves: cancel the call too, and let it clean up
-                work.cancel()
-                await asyncio.wait({work})
-        if work.cancelled():
-            if not started and ex.upstream_sent:
-                ex.status_code = 499  # the provider has the prompt: billed below as any call that ended early
-                self.record_cost(ex, target, ex.usage, complete=False)
-            if not started:
-                await self.refuse(send, ex, ClientLeft(target.provider), target)
-            else:
-                ex.error = f"the client went away; the {target.provider} call was stopped"
-            return
-        work.result()  # re-raise what the call raised
+        if not started and ex.upstream_sent:
+            ex.status_code = 499  # the provider has the prompt: billed below as any call that ended early
+            self.record_cost(ex, target, ex.usage, complete=False)
+        if not started:
+            await self.refuse(send, ex, ClientLeft(target.provider), target)
+        else:
+            ex.error = f"the client went away; the {target.provider} call was stopped"
 
     async def open(self, scope: Scope, ex: Exchange, target: Target, content: bytes) -> httpx.Response:
         """Send the call: the URL from the recognised endpoint, the body the gateway understood."""
