@@ -69,7 +69,7 @@ def _template(name: str) -> string.Template:
 
 
 def _headers(*, cache: str = "no-store") -> dict[str, str]:
-    return {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+    return {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
             "X-Frame-Options": "DENY", "Cache-Control": cache}
 
 

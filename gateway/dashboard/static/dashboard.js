@@ -274,14 +274,24 @@
     return identity.email || identity.user_id || (identity.service_token ? "service: " + identity.service_token : "—");
   }
 
-  function keyText(key) {
+  /** How a dimension is named in a sentence: "user", "metadata “team”". */
+  function dimensionName(dimension) {
+    if (dimension.startsWith("metadata.")) return "metadata “" + dimension.slice("metadata.".length) + "”";
+    return (DIMENSION_LABELS[dimension] || dimension).toLowerCase();
+  }
+
+  /** A group's or a bucket's key, for people: "alice", "openai · gpt-4o", "(no user)". */
+  function keyText(key, emptyText) {
     if (!key || typeof key !== "object") return String(key);
     if (key.other) return "Everything else";
-    const parts = Object.entries(key).map(([k, v]) => {
-      const value = v === null || v === undefined || v === "" ? "(none)" : Array.isArray(v) ? v.join(", ") : String(v);
-      return Object.keys(key).length === 1 ? value : DIMENSION_LABELS[k] ? DIMENSION_LABELS[k] + ": " + value : k + ": " + value;
+    const names = Object.keys(key);
+    const parts = names.map((k) => {
+      const v = key[k];
+      const value = v === null || v === undefined || v === "" ? "(no " + dimensionName(k) + ")"
+        : Array.isArray(v) ? v.join(", ") : String(v);
+      return names.length === 1 ? value : (DIMENSION_LABELS[k] || k) + ": " + value;
     });
-    return parts.length ? parts.join(" · ") : "All requests";
+    return parts.length ? parts.join(" · ") : emptyText || "All requests";
   }
 
   // ---- account picker ------------------------------------------------------------------------------------------
@@ -357,7 +367,9 @@
         stat("Held for requests in flight", usd(c.pending_usd, "credits-pending"), "released or charged when they finish")),
       h("div", { class: "forecast-row" }, h("span", { class: "muted" }, "Forecast: "),
         c.forecast ? forecastText(c.forecast) : h("span", { class: "muted", "data-testid": "forecast" },
-          "not available from this gateway's API")));
+          "not available from this gateway's API"),
+        c.forecast && c.forecast.exhausted_at && c.auto_topup
+          ? h("span", { class: "muted small" }, " (before auto top-ups, which are on)") : null));
     renderAutoTopup(autoCard, c.auto_topup);
   }
 
@@ -504,9 +516,11 @@
     const s = b ? Math.min(100, (100 * Number(spent)) / b) : 0;
     const p = b ? Math.min(100 - s, (100 * Number(pending)) / b) : 0;
     const level = s + p >= 90 ? " high" : s + p >= 50 ? " mid" : "";
-    return h("div", { class: "meter" + level, title: percent(Number(spent) + Number(pending), b) + " used or held" },
-      h("div", { class: "meter-spent", style: { width: s + "%" } }),
-      h("div", { class: "meter-pending", style: { width: p + "%" } }));
+    return h("div", { class: "meter-row" },
+      h("div", { class: "meter" + level, title: "spent (dark) and held for requests in flight (light)" },
+        h("div", { class: "meter-spent", style: { width: s + "%" } }),
+        h("div", { class: "meter-pending", style: { width: p + "%" } })),
+      h("span", { class: "meter-label" }, percent(Number(spent) + Number(pending), b)));
   }
 
   // ---- page: spend over time -----------------------------------------------------------------------------------
@@ -559,9 +573,8 @@
 
   // The filters the spend page and the log explorer share, by their query parameter in the admin API.
   const FILTERS = [
-    ["provider", "Provider", "openai"], ["model", "Model", "gpt-4o-mini"], ["user_id", "User id", "alice"],
-    ["email", "Email", "alice@example.com"], ["group", "Group", "engineering"],
-    ["service_token", "Service token", "ci-runner"],
+    ["provider", "Provider", "any"], ["model", "Model", "any"], ["user_id", "User id", "any"],
+    ["email", "Email", "any"], ["group", "Group", "any"], ["service_token", "Service token", "any"],
   ];
 
   function filterFields(values) {
@@ -594,8 +607,7 @@
 
   async function spendPage() {
     const r = rangeFromQuery("30d");
-    const values = currentValues(["gateway", "group_by", "meta_group", "interval", "meta_key", "meta_value",
-      ...FILTERS.map((f) => f[0])]);
+    const values = currentValues(["gateway", "group_by", "meta_group", "interval"]);
     const groupBy = values.group_by || "model";
     const interval = values.interval || (r.range === "24h" ? "hour" : r.range === "90d" ? "week" : "day");
     const gateways = await loadGateways().catch(() => []);
@@ -612,19 +624,17 @@
         field("Stack by", groupSelect), metaGroupField,
         field("Bars per", select("interval", [["hour", "Hour"], ["day", "Day"], ["week", "Week"]], interval,
           { "data-testid": "filter-interval" }))),
-      h("details", { class: "more-filters", open: FILTERS.some((f) => values[f[0]]) || !!values.meta_key },
-        h("summary", {}, "Filter requests"),
-        h("div", { class: "row" }, filterFields(values), metadataField(values))),
       h("div", { class: "row actions" }, h("button", { type: "submit", class: "primary", "data-testid": "apply" }, "Apply"),
-        h("a", { href: withAccount(BASE + "/spend"), class: "button-link" }, "Reset")));
+        h("a", { href: withAccount(BASE + "/spend"), class: "button-link" }, "Reset"),
+        h("span", { class: "muted small", "data-testid": "filter-note" }, "To narrow spend to one provider, model, person " +
+          "or metadata value, stack by it, or open its requests from the table below (the request logs filter by " +
+          "all of them).")));
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       const v = formValues(form);
-      navigate(Object.assign({ range: v.range, from: v.range === "custom" ? v.from : null,
+      navigate({ range: v.range, from: v.range === "custom" ? v.from : null,
         to: v.range === "custom" ? v.to : null, gateway: v.gateway, group_by: v.group_by,
-        meta_group: v.group_by === "metadata" ? v.meta_group : null, interval: v.interval,
-        meta_key: v.meta_key, meta_value: v.meta_value },
-      Object.fromEntries(FILTERS.map(([name]) => [name, v[name] || null]))));
+        meta_group: v.group_by === "metadata" ? v.meta_group : null, interval: v.interval });
     });
 
     const results = h("div", {}, h("p", { class: "loading" }, "Loading…"));
@@ -637,8 +647,7 @@
         "clients send in cf-aig-metadata."));
       return;
     }
-    const q = Object.assign({ from: r.from, to: r.to, gateway: values.gateway, group_by: dimension, interval,
-      limit: 8 }, filterQuery(values));
+    const q = { from: r.from, to: r.to, gateway: values.gateway, group_by: dimension, interval, limit: 8 };
     let data;
     try {
       data = (await api(acct() + "/analytics", { query: q })).result;
@@ -664,7 +673,9 @@
     const totals = h("div", { class: "stats wide", "data-testid": "spend-totals" },
       stat("Cost", usd(t.cost_usd, "total-cost")), stat("Requests", count(t.requests, "total-requests")),
       stat("Errors", count(t.errors, "total-errors"), t.requests ? percent(t.errors, t.requests) + " of requests" : null),
-      stat("Tokens in", count(t.tokens_in, "total-tokens-in")), stat("Tokens out", count(t.tokens_out, "total-tokens-out")));
+      stat("Tokens in", count(t.tokens_in, "total-tokens-in")), stat("Tokens out", count(t.tokens_out, "total-tokens-out")),
+      data.forecast ? stat("Burn rate", [usd(data.forecast.rate_usd_per_day, "burn-rate"), " / day"],
+        data.forecast.exhausted_at ? "credits run out " + when(data.forecast.exhausted_at) : null) : null);
     if (!Number(t.requests)) {
       replace(results, card(null, totals),
         empty("No requests in this period.", "Try a longer period, another gateway, or fewer filters."));
@@ -682,14 +693,36 @@
         { label: DIMENSION_LABELS[dimension] || dimension, cell: (g, i) => h("span", { class: "key" },
           h("span", { class: "swatch", style: { background: g.key && g.key.other ? OTHER_COLOR : PALETTE[i % PALETTE.length] } }),
           keyText(g.key)) },
-        { label: "Requests", num: true, cell: (g) => count(g.requests) },
+        { label: "Requests", num: true, cell: (g) => logsOf(g, q, dimension) },
         { label: "Errors", num: true, cell: (g) => count(g.errors) },
         { label: "Tokens in", num: true, cell: (g) => count(g.tokens_in) },
         { label: "Tokens out", num: true, cell: (g) => count(g.tokens_out) },
         { label: "Cost", num: true, cell: (g) => usd(g.cost_usd, "group-cost") },
         { label: "Share", num: true, cell: (g) => percent(g.cost_usd, t.cost_usd) },
-      ], groups, { testid: "spend-groups" }), { "data-testid": "spend-groups-card" }));
+      ], groups, { testid: "spend-groups", rowAttrs: (g) => ({ "data-key": JSON.stringify(g.key) }) }),
+      { "data-testid": "spend-groups-card" }));
     drawSpendChart(canvas, groups, data.interval);
+  }
+
+  // a group's requests in the log explorer, where the logs can filter by its dimension
+  const LOG_FILTER = { provider: "provider", model: "model", "cf.user_id": "user_id", "cf.user.email": "email",
+    "cf.user.groups": "group", "cf.service_token": "service_token", gateway: "gateway" };
+
+  function logsOf(g, q, dimension) {
+    const shown = count(g.requests);
+    const value = g.key ? g.key[dimension] : null;
+    if (!g.key || g.key.other || value === null || value === undefined) return shown;
+    const params = new URLSearchParams();
+    if (LOG_FILTER[dimension]) params.set(LOG_FILTER[dimension], String(value));
+    else if (dimension.startsWith("metadata.")) {
+      params.set("meta_key", dimension.slice("metadata.".length));
+      params.set("meta_value", String(value));
+    } else return shown;
+    if (q.gateway && dimension !== "gateway") params.set("gateway", q.gateway);
+    const r = query.get("range");
+    if (r) params.set("range", r);
+    for (const name of ["from", "to"]) if (query.get(name)) params.set(name, query.get(name));
+    return link("/logs?" + params.toString(), shown, { title: "Open these requests in the request logs" });
   }
 
   function drawSpendChart(canvas, groups, interval) {
@@ -727,12 +760,12 @@
 
   function scopeText(scope) {
     const parts = Object.entries(scope || {}).map(([dim, how]) => {
-      const name = DIMENSION_LABELS[dim] || dim;
-      if (how && how.split) return "each " + name.toLowerCase() + " separately";
-      if (how && "equals" in how) return name + " = " + how.equals;
+      const name = dimensionName(dim);
+      if (how && how.split) return "a budget for each " + name;
+      if (how && "equals" in how) return "only " + name + " " + how.equals;
       return name;
     });
-    return parts.length ? parts.join(", ") : "all requests share one budget";
+    return parts.length ? parts.join(", ") : "one budget for all requests";
   }
 
   function actionText(action) {
@@ -742,13 +775,14 @@
     return JSON.stringify(action);
   }
 
-  function bucketForecast(b) {
+  function bucketForecast(b, rule) {
     if (!b.forecast) return h("span", { class: "muted" }, "—");
     if (b.forecast.exhausted_at) {
       return h("span", { class: "forecast warn" }, "Runs out ", when(b.forecast.exhausted_at),
         h("br"), h("span", { class: "small muted" }, usdText(b.forecast.rate_usd_per_day), "/day"));
     }
-    return h("span", { class: "forecast ok" }, "Lasts the window",
+    return h("span", { class: "forecast ok" }, rule.window_type === "rolling" ? "Not used up at this rate" :
+      "Lasts until the reset",
       h("br"), h("span", { class: "small muted" }, usdText(b.forecast.rate_usd_per_day), "/day"));
   }
 
@@ -765,13 +799,14 @@
         rule.alert_at && rule.alert_at.length ? " · alerts at " + rule.alert_at.map((a) =>
           typeof a === "number" ? Math.round(a * 100) + "%" : a).join(", ") : ""),
       buckets.length ? table([
-        { label: "Bucket", cell: (b) => keyText(b.key) },
+        { label: "Bucket", cell: (b) => keyText(b.key, Object.keys(rule.scope || {}).length
+          ? "Every matching request (one budget)" : "Every request (one budget)") },
         { label: "Window from", cell: (b) => when(b.window_start) },
         { label: "Used", cell: (b) => meter(b.spent_usd, b.pending_usd, rule.budget_usd) },
         { label: "Spent", num: true, cell: (b) => usd(b.spent_usd, "bucket-spent") },
         { label: "Held", num: true, cell: (b) => usd(b.pending_usd, "bucket-pending") },
         { label: "Remaining", num: true, cell: (b) => usd(b.remaining_usd, "bucket-remaining") },
-        { label: "Forecast", cell: bucketForecast },
+        { label: "Forecast", cell: (b) => bucketForecast(b, rule) },
       ], buckets, { testid: "buckets", rowAttrs: (b) => ({ "data-testid": "bucket", "data-key": JSON.stringify(b.key) }) })
         : empty("No spend in this window yet.", "A bucket appears when the first matching request is made."));
   }
@@ -828,7 +863,8 @@
     card(null, form), body);
     let data;
     try {
-      data = (await api(acct() + "/analytics/anomalies", { query: { from: r.from, to: r.to, gateway: values.gateway } })).result;
+      data = (await api(acct() + "/analytics/anomalies", { query: { from: r.fromDay, to: r.toDay,
+        gateway: values.gateway } })).result;
     } catch (err) {
       if (err.status === 404 && /no admin endpoint/.test(err.message)) {
         replace(body, empty("Anomaly detection is not available on this gateway.",
@@ -838,32 +874,28 @@
       }
       return;
     }
-    const rows = Array.isArray(data) ? data : data.anomalies || data.items || [];
+    const rows = data.anomalies || [];
+    const period = "From " + data.from + " to " + data.to + " (whole days, UTC).";
     if (!rows.length) {
-      replace(body, empty("No unusual spend in this period.", "Every identity stayed within its usual daily cost."));
+      replace(body, card(null, [h("p", { class: "muted" }, period),
+        empty("No unusual spend in this period.", "Every person and service token stayed within its usual daily cost.")]));
       return;
     }
-    replace(body, card(null, table(anomalyColumns(rows), rows, { testid: "anomalies" })));
+    replace(body, card(null, [h("p", { class: "muted" }, period), table([
+      { label: "Who", cell: (a) => anomalyIdentity(a.identity) },
+      { label: "Day", cell: (a) => a.day },
+      { label: "Requests", num: true, cell: (a) => count(a.requests) },
+      { label: "Cost that day", num: true, cell: (a) => h("strong", {}, usd(a.cost_usd, "anomaly-cost")) },
+      { label: "Flagged above", num: true, cell: (a) => usd(a.threshold_usd) },
+      { label: "Their usual day (p95)", num: true, cell: (a) => usd(a.identity_p95_usd) },
+      { label: "Account p99", num: true, cell: (a) => usd(a.account_p99_usd) },
+    ], rows, { testid: "anomalies" })]));
   }
 
-  function anomalyColumns(rows) {
-    const sample = rows[0] || {};
-    const columns = [
-      { label: "Identity", cell: (a) => anomalyIdentity(a) },
-      { label: "Day", cell: (a) => (a.day || a.date || a.start || "").slice(0, 10) || "—" },
-      { label: "Cost that day", num: true, cell: (a) => usd(a.cost_usd, "anomaly-cost") },
-    ];
-    if ("baseline_p95_usd" in sample || "identity_p95_usd" in sample) {
-      columns.push({ label: "Its usual (p95)", num: true, cell: (a) => usd(a.baseline_p95_usd || a.identity_p95_usd) });
-    }
-    if ("account_p99_usd" in sample) columns.push({ label: "Account p99", num: true, cell: (a) => usd(a.account_p99_usd) });
-    if ("ratio" in sample) columns.push({ label: "× usual", num: true, cell: (a) => Number(a.ratio).toFixed(1) + "×" });
-    return columns;
-  }
-
-  function anomalyIdentity(a) {
-    if (a.identity && typeof a.identity === "object") return keyText(a.identity);
-    return a.identity || a.user_id || a.service_token || a.key || "—";
+  function anomalyIdentity(identity) {
+    if (!identity || typeof identity !== "object") return identity ? String(identity) : "—";
+    if (identity["cf.service_token"]) return ["Service token ", h("code", {}, identity["cf.service_token"])];
+    return Object.entries(identity).map(([k, v]) => (DIMENSION_LABELS[k] || k) + " " + v).join(", ");
   }
 
   // ---- page: request logs --------------------------------------------------------------------------------------
@@ -941,9 +973,18 @@
       { label: "Who", cell: (l) => identityText(l.identity) },
       { label: "Billing", cell: (l) => l.billing_mode === "unified" ? "Unified" : l.billing_mode === "byok" ? "Own key" : "—" },
       { label: "Tokens in / out", num: true, cell: (l) => [count(l.tokens_in), " / ", count(l.tokens_out)] },
-      { label: "Cost", num: true, cell: (l) => usd(l.cost_usd, "log-cost") },
+      { label: "Cost", num: true, cell: (l) => logCost(l, "log-cost") },
       { label: "Duration", num: true, cell: (l) => ms(l.duration_ms) },
     ], rows, { testid: "logs", rowAttrs: (l) => ({ "data-testid": "log-row", "data-log-id": l.id }) }), pager]));
+  }
+
+  /** A request's cost; a refused or failed one without a cost was not charged (not "no price"). */
+  function logCost(l, testid) {
+    if (l.cost_usd === null && !l.success) {
+      return h("span", { class: "money unknown", "data-testid": testid, title: "refused or failed: nothing was charged" },
+        "not charged");
+    }
+    return usd(l.cost_usd, testid);
   }
 
   // ---- page: one request ---------------------------------------------------------------------------------------
@@ -991,8 +1032,9 @@
       l.error ? h("div", { class: "error-box" }, h("strong", {}, "Refused or failed: "), l.error) : null,
       h("div", { class: "grid two" },
         card("Cost and tokens", facts([
-          ["Cost", usd(l.cost_usd, "detail-cost"), null],
-          ["Priced by", l.cost_usd === null ? "no known price" : l.custom_cost ? "the client's custom cost header" : "price catalog or gateway override"],
+          ["Cost", logCost(l, "detail-cost"), null],
+          ["Priced by", l.cost_usd === null ? (l.success ? "no known price for this model" : "—")
+            : l.custom_cost ? "the client's custom cost header" : "price catalog or gateway override"],
           ["Billing", l.billing_mode === "unified" ? "Unified billing (gateway's key, paid from credits)" :
             l.billing_mode === "byok" ? "Own key (BYOK)" : null],
           ["Tokens in", count(l.tokens_in, "detail-tokens-in")],
@@ -1007,7 +1049,7 @@
         ], "detail-identity")),
         card("Route", facts([
           ["Step", l.step === 0 ? "0 (the model asked for)" : l.step ? l.step + " (fallback)" : null, "detail-step"],
-          ["Served by", (l.provider || "—") + " / " + (l.model || "—")],
+          [l.success ? "Served by" : "Asked for", (l.provider || "—") + " / " + (l.model || "—")],
           ["Path", h("code", {}, l.path || "—")],
           ["Status", String(l.status_code) + (l.success ? " (succeeded)" : " (failed or refused)")],
           ["Cached answer", l.cached ? "yes" : "no"],
