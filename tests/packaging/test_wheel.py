@@ -54,6 +54,17 @@ def test_the_wheel_ships_the_migrations(wheel: Path) -> None:
     assert b"spendgate = gateway.cli:main" in entry_points
 
 
+def test_the_wheel_ships_the_dashboard(wheel: Path) -> None:
+    """Every file the dashboard serves or renders is package data (gateway/dashboard/app.py reads them through
+    importlib.resources), the vendored chart library and its licence included."""
+    from gateway.dashboard.app import ASSETS
+
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {"gateway/dashboard/templates/shell.html", "gateway/dashboard/templates/login.html",
+                *(f"gateway/dashboard/static/{name}" for name in ASSETS)}
+    assert expected <= names, sorted(expected - names)
+
+
 @pytest.fixture
 def installed(wheel: Path, tmp_path: Path) -> Path:
     """A fresh venv outside the checkout with the wheel installed (--no-deps); the dependencies come from this
