@@ -674,8 +674,9 @@
       stat("Cost", usd(t.cost_usd, "total-cost")), stat("Requests", count(t.requests, "total-requests")),
       stat("Errors", count(t.errors, "total-errors"), t.requests ? percent(t.errors, t.requests) + " of requests" : null),
       stat("Tokens in", count(t.tokens_in, "total-tokens-in")), stat("Tokens out", count(t.tokens_out, "total-tokens-out")),
-      data.forecast ? stat("Burn rate", [usd(data.forecast.rate_usd_per_day, "burn-rate"), " / day"],
-        data.forecast.exhausted_at ? "credits run out " + when(data.forecast.exhausted_at) : null) : null);
+      data.forecast ? stat("Spend rate", [usd(data.forecast.rate_usd_per_day, "burn-rate"), " / day"],
+        data.forecast.exhausted_at ? "at the unified-billing part of it, credits run out " +
+          when(data.forecast.exhausted_at) : "all billing modes") : null);
     if (!Number(t.requests)) {
       replace(results, card(null, totals),
         empty("No requests in this period.", "Try a longer period, another gateway, or fewer filters."));
