@@ -67,8 +67,8 @@ gateway_tokens = sa.Table(
 )
 
 # Each part defines its tables on `metadata` when its schema module is imported.
-PARTS = ("gateway.cache.schema", "gateway.ledger.schema", "gateway.limits.schema", "gateway.logs.schema",
-         "gateway.providers.schema", "gateway.routes.schema")
+PARTS = ("gateway.analytics.schema", "gateway.cache.schema", "gateway.ledger.schema", "gateway.limits.schema",
+         "gateway.logs.schema", "gateway.providers.schema", "gateway.routes.schema")
 
 
 def complete_metadata() -> sa.MetaData:

@@ -22,6 +22,7 @@ from gateway.admin.api import (
     time_range,
     usd_field,
 )
+from gateway.analytics.budgets import credits_forecast
 from gateway.errors import LedgerError
 from gateway.gateways import ID_PATTERN, valid_id
 from gateway.ledger import AutoTopUp, Ledger, SpendingLimit
@@ -76,11 +77,14 @@ async def get_account(request: Request, services: AdminServices, account: str) -
     return record.to_json()
 
 
-async def credits_view(ledger: Ledger, account: str) -> dict[str, Any]:
+async def credits_view(services: AdminServices, account: str) -> dict[str, Any]:
+    """The balance, with its burn-rate forecast (gateway/analytics/forecast.py: when the available credits run
+    out at the current rate of usage, auto top-ups aside)."""
     try:
-        bal = await ledger.balance(account)
+        bal = await services.ledger.balance(account)
     except LedgerError as exc:
         raise ledger_error(exc) from None
+    forecast = await credits_forecast(services.db, account, bal.available_nano, services.clock())
     return {
         "balance_usd": usd_str(bal.posted_nano),
         "pending_usd": usd_str(bal.pending_nano),
@@ -89,13 +93,14 @@ async def credits_view(ledger: Ledger, account: str) -> dict[str, Any]:
             "threshold_usd": usd_str(bal.auto_topup.threshold_nano),
             "amount_usd": usd_str(bal.auto_topup.amount_nano),
         },
+        "forecast": forecast.to_json(),
     }
 
 
-@router.route("GET", "/accounts/{account}/credits", "Balance, pending holds and auto top-up settings")
+@router.route("GET", "/accounts/{account}/credits", "Balance, pending holds, auto top-up settings and forecast")
 async def get_credits(request: Request, services: AdminServices, account: str) -> dict[str, Any]:
     await ensure_account(services, account)
-    return await credits_view(services.ledger, account)
+    return await credits_view(services, account)
 
 
 @router.route("POST", "/accounts/{account}/credits/topups", "Load credits (idempotent by idempotency_key)",
@@ -117,7 +122,7 @@ async def create_topup(request: Request, services: AdminServices, account: str) 
         raise AdminError(422, "amount_usd would take a ledger balance past its maximum "
                               "(about 9.2 billion USD)", "amount_usd") from None
     result = {"id": str(tid), "amount_usd": usd_str(amount), "idempotency_key": key, "replayed": replayed,
-              "credits": await credits_view(services.ledger, account)}
+              "credits": await credits_view(services, account)}
     return Created(result, 200 if replayed else 201)
 
 
@@ -133,14 +138,14 @@ async def put_auto_topup(request: Request, services: AdminServices, account: str
     amount = usd_field(data, "amount_usd")
     assert threshold is not None and amount is not None
     await services.ledger.set_auto_topup(account, AutoTopUp(threshold, amount))
-    return await credits_view(services.ledger, account)
+    return await credits_view(services, account)
 
 
 @router.route("DELETE", "/accounts/{account}/credits/auto-topup", "Turn auto top-up off")
 async def delete_auto_topup(request: Request, services: AdminServices, account: str) -> dict[str, Any]:
     await ensure_account(services, account)
     await services.ledger.set_auto_topup(account, None)
-    return await credits_view(services.ledger, account)
+    return await credits_view(services, account)
 
 
 @router.route("GET", "/accounts/{account}/credits/statement", "Posted transfers of the account over a period",

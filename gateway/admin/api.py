@@ -362,6 +362,8 @@ def _wrap(endpoint: Endpoint, services: Callable[[], AdminServices]) -> Callable
                 return json_error(503, "database unavailable; retry shortly", retryable=True)
             log.exception("admin %s %s failed", request.method, request.url.path)
             return json_error(500, "internal error")
+        if isinstance(outcome, Response):  # an answer that is not JSON (a CSV export)
+            return outcome
         status = 200
         if isinstance(outcome, Created):
             outcome, status = outcome.result, outcome.status

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.admin import accounts, custom_providers, gateways, limits, logs, prices, provider_keys, tokens
+from gateway.admin import (
+    accounts,
+    analytics,
+    custom_providers,
+    gateways,
+    limits,
+    logs,
+    prices,
+    provider_keys,
+    tokens,
+)
 from gateway.admin.api import AdminRouter, create_admin_app
 from gateway.admin.token import AdminTokenCheck
 
@@ -15,7 +25,7 @@ if TYPE_CHECKING:  # the CLI imports ROUTERS without the serving machinery
 
 # in the order of the OpenAPI document
 ROUTERS: list[AdminRouter] = [accounts.router, gateways.router, provider_keys.router, custom_providers.router,
-                              prices.router, tokens.router, limits.router, logs.router]
+                              prices.router, tokens.router, limits.router, logs.router, analytics.router]
 
 
 def admin_app(services: Services) -> ASGIApp:

@@ -1,8 +1,8 @@
 """Admin endpoints: spend-limit rules (with each bucket's spend), identity policies, dynamic routes.
 
 A rule is returned as it was given plus `id` and `buckets`: `[{"key", "window_start", "spent_usd",
-"pending_usd", "remaining_usd"}]` for the current window (rolling windows: `window_start` is where counting
-starts now). Buckets appear once a request has touched them.
+"pending_usd", "remaining_usd", "forecast"}]` for the current window (rolling windows: `window_start` is where
+counting starts now; `forecast`: gateway/analytics/budgets.py). Buckets appear once a request has touched them.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from gateway.admin.api import (
     page_params,
 )
 from gateway.admin.gateways import ensure_gateway
+from gateway.analytics.budgets import rule_forecasts
 from gateway.errors import PolicyError, RouteError, RouteNotFound, RuleError
 from gateway.limits.policies import validate_policy
 from gateway.limits.rules import Rule, json_safe
@@ -57,14 +58,17 @@ def _uuid(value: str, what: str) -> str:
         raise not_found(f"{what} {value!r}") from None
 
 
-async def rule_view(services: AdminServices, rule: Rule, now: datetime) -> dict[str, Any]:
+async def rule_view(services: AdminServices, account: str, gateway: str, rule: Rule,
+                    now: datetime) -> dict[str, Any]:
     buckets = await bucket_status(services.db, rule, now)
+    forecasts = await rule_forecasts(services.db, account, gateway, rule, buckets, now)
     return {
         "id": rule.id, **rule.raw,
         # json_safe: a key stored before keys were made safe may decode to NaN or a lone surrogate
         "buckets": [{"key": json_safe(b["key"]), "window_start": b["window_start"].isoformat(),
                      "spent_usd": usd_str(b["spent_nano"]), "pending_usd": usd_str(b["pending_nano"]),
-                     "remaining_usd": usd_str(b["remaining_nano"])} for b in buckets],
+                     "remaining_usd": usd_str(b["remaining_nano"]), "forecast": f.to_json()}
+                    for b, f in zip(buckets, forecasts, strict=True)],
     }
 
 
@@ -83,7 +87,7 @@ async def list_rules(request: Request, services: AdminServices, account: str, ga
     rows = await services.limit_store.rules_page(account, gateway, after, limit + 1)
     now = services.clock()
     page = page_of(rows, limit, lambda r: (r[0], r[1].id))
-    page.items = [await rule_view(services, rule, now) for _, rule in page.items]
+    page.items = [await rule_view(services, account, gateway, rule, now) for _, rule in page.items]
     return page
 
 
@@ -96,7 +100,7 @@ async def create_rule(request: Request, services: AdminServices, account: str, g
         rule = await services.limit_store.create_rule(account, gateway, data)
     except RuleError as exc:
         raise _rule_error(exc) from None
-    return Created(await rule_view(services, rule, services.clock()))
+    return Created(await rule_view(services, account, gateway, rule, services.clock()))
 
 
 @router.route("GET", "/accounts/{account}/gateways/{gateway}/spend-limits/{rule_id}", "One rule")
@@ -107,7 +111,7 @@ async def get_rule(request: Request, services: AdminServices,
     rule = next((r for r in await services.limit_store.rules(account, gateway) if r.id == rule_id), None)
     if rule is None:
         raise not_found(f"rule {rule_id!r}")
-    return await rule_view(services, rule, services.clock())
+    return await rule_view(services, account, gateway, rule, services.clock())
 
 
 @router.route("PUT", "/accounts/{account}/gateways/{gateway}/spend-limits/{rule_id}",
@@ -123,7 +127,7 @@ async def replace_rule(request: Request, services: AdminServices,
         raise _rule_error(exc) from None
     if rule is None:
         raise not_found(f"rule {rule_id!r}")
-    return await rule_view(services, rule, services.clock())
+    return await rule_view(services, account, gateway, rule, services.clock())
 
 
 @router.route("DELETE", "/accounts/{account}/gateways/{gateway}/spend-limits/{rule_id}", "Delete a rule")

@@ -1,6 +1,9 @@
 """Budget alerts: the outbox of `limits.alerts`, delivered to each gateway's `alert_webhook`.
 
-`limits.settle` records one row per bucket, fraction and window when spend crosses an `alert_at` fraction.
+`limits.settle` records one row per bucket, fraction and window when spend crosses an `alert_at` fraction; the
+forecast worker (gateway/analytics/budgets.py) one per bucket and window when a rule's `alert_at` has "forecast"
+and the forecast first says the bucket runs out before its window ends (`type` `spend_limit.forecast`, with
+`exhausted_at`).
 `AlertDelivery.deliver_due` leases due rows (`FOR UPDATE SKIP LOCKED`, so several instances never take the
 same row), POSTs each to its gateway's webhook, and marks it delivered; a failure retries with exponential
 backoff (5 s, 10 s, 20 s, … capped at 10 min) up to `max_attempts`. Because rows live in Postgres, delivery
@@ -42,6 +45,7 @@ class AlertDelivery:
                              WHERE delivered_at IS NULL AND next_attempt_at <= now() AND attempts < $3
                              ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
             RETURNING a.id, a.rule_id, a.key, a.window_start, a.fraction, a.spent, a.budget, a.attempts, a.created_at,
+                      a.kind, a.exhausted_at,
                       (SELECT r.spec->>'name' FROM limits.rules r WHERE r.id = a.rule_id) AS rule_name,
                       (SELECT r.account_id FROM limits.rules r WHERE r.id = a.rule_id) AS account,
                       (SELECT r.gateway_id FROM limits.rules r WHERE r.id = a.rule_id) AS gateway,
@@ -68,9 +72,11 @@ class AlertDelivery:
 
     @staticmethod
     def payload(row: Any) -> dict[str, Any]:
+        forecast = row["kind"] == "forecast"
+        extra = {"exhausted_at": row["exhausted_at"].isoformat()} if forecast else {}
         return {
             "id": row["id"],
-            "type": "spend_limit.alert",
+            "type": "spend_limit.forecast" if forecast else "spend_limit.alert",
             "account": row["account"],
             "gateway": row["gateway"],
             "rule": {"id": str(row["rule_id"]), "name": row["rule_name"]},
@@ -80,6 +86,7 @@ class AlertDelivery:
             "spent_usd": usd_str(row["spent"]),
             "limit_usd": usd_str(row["budget"]),
             "created_at": row["created_at"].isoformat(),
+            **extra,
         }
 
     async def _post(self, url: str, payload: dict[str, Any]) -> bool:

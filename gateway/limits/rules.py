@@ -56,6 +56,7 @@ class Rule:
     fallback_model: str | None = None
     alert_at: tuple[Decimal, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
+    forecast_alert: bool = False  # "forecast" in alert_at: alert when the forecast says the bucket runs out
 
     def bucket_keys(self, attributes: dict[str, Any]) -> list[str]:
         """`attributes` maps dimension names (`provider`, `model`, `metadata.<key>`, `cf.*`) to the request's values.
@@ -136,9 +137,11 @@ def parse_rule(rule_id: str, data: Any) -> Rule:
         raise RuleError("window_type", "window_type must be fixed or rolling")
     dimensions = _parse_scope(data.get("scope", {}))
     action, fallback = _parse_action(data.get("action", "block"))
-    alert_at = _parse_alerts(data.get("alert_at", []))
+    alerts = data.get("alert_at", [])
+    forecast_alert = isinstance(alerts, list) and "forecast" in alerts
+    alert_at = _parse_alerts([a for a in alerts if a != "forecast"] if forecast_alert else alerts)
     return Rule(rule_id, name, to_nano(budget), Window(window, window_type), dimensions, action, fallback,
-                alert_at, dict(data))
+                alert_at, dict(data), forecast_alert)
 
 
 def _parse_scope(scope: Any) -> tuple[Dimension, ...]:
@@ -177,11 +180,11 @@ def _parse_action(action: Any) -> tuple[ActionKind, str | None]:
 
 def _parse_alerts(alerts: Any) -> tuple[Decimal, ...]:
     if not isinstance(alerts, list) or len(alerts) > 10:
-        raise RuleError("alert_at", "alert_at must be a list of at most 10 fractions")
+        raise RuleError("alert_at", 'alert_at must be a list of at most 10 fractions (and "forecast")')
     out = []
     for a in alerts:
         if isinstance(a, bool) or not isinstance(a, int | float | str):
-            raise RuleError("alert_at", "alert_at fractions must be numbers in (0, 1]")
+            raise RuleError("alert_at", 'alert_at holds fractions in (0, 1] and "forecast"')
         try:
             value = Decimal(repr(a)) if isinstance(a, float) else Decimal(str(a))
         except InvalidOperation:

@@ -6,8 +6,8 @@
   serialise reservations) and one row per slice holding `spent`.
 - `reservations`: what a request reserved, in which buckets, until it is settled exactly once.
 - `policies`: group -> allowed model patterns, per gateway.
-- `alerts`: one row per (bucket, window, fraction) crossed; `delivered_at` NULL means the webhook outbox still
-  owes it.
+- `alerts`: one row per (bucket, window, fraction) crossed, and per (bucket, window) the forecast said runs out;
+  `delivered_at` NULL means the webhook outbox still owes it.
 """
 
 from __future__ import annotations
@@ -74,6 +74,11 @@ alerts = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("delivered_at", sa.DateTime(timezone=True)),
+    # `forecast`: the forecast said the bucket runs out before its window ends (recorded at fraction 0, which no
+    # alert_at fraction can be: the unique key then holds one per bucket and window); `exhausted_at` is when
+    sa.Column("kind", sa.Text, nullable=False, server_default="fraction"),
+    sa.Column("exhausted_at", sa.DateTime(timezone=True)),
+    sa.CheckConstraint("kind IN ('fraction', 'forecast')", name="kind"),
     sa.UniqueConstraint("rule_id", "key", "window_start", "fraction"),
     sa.Index("ix_alerts_outbox", "next_attempt_at", postgresql_where=sa.text("delivered_at IS NULL")),
     schema="limits",

@@ -51,6 +51,8 @@ async def test_create_and_list_accounts(admin: httpx.AsyncClient, account: str) 
 
 async def test_credits_topups_statement(admin: httpx.AsyncClient, account: str) -> None:
     credits = (await admin.get(f"/accounts/{account}/credits")).json()["result"]
+    forecast = credits.pop("forecast")  # tests/analytics/test_forecasts.py checks its figures
+    assert forecast["rate_usd_per_day"] == "0.00" and forecast["method"] == "trend-weekday-28d"
     assert credits == {"balance_usd": "0.00", "pending_usd": "0.00", "available_usd": "0.00", "auto_topup": None}
     body = {"amount_usd": "50.00", "idempotency_key": "inv-1"}
     first = await admin.post(f"/accounts/{account}/credits/topups", json=body)

@@ -41,6 +41,8 @@ async def test_rules_crud_with_buckets_and_validation(admin: httpx.AsyncClient, 
     await limits.settle(outcome.reservation_id, 1_500_000_000)
     open_one = await limits.reserve(lines, 1_000_000_000)
     listed = (await admin.get(f"{base}/spend-limits")).json()["result"]
+    forecast = listed[0]["buckets"][0].pop("forecast")  # tests/analytics/test_forecasts.py checks its figures
+    assert set(forecast) == {"rate_usd_per_day", "exhausted_at", "method"}
     assert listed[0]["buckets"] == [{"key": {"metadata.user_id": "ada"}, "window_start": listed[0]["buckets"][0][
         "window_start"], "spent_usd": "1.50", "pending_usd": "1.00", "remaining_usd": "22.50"}]
     await limits.settle(open_one.reservation_id, 0)

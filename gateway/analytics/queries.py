@@ -1,0 +1,305 @@
+"""Spend by any dimension over a time range: totals, top groups with the rest summed as "other", time series.
+
+Dimensions (`group_by`): `provider`, `model`, `gateway`, `billing_mode`, `status_code`, the identity fields
+`cf.user_id`, `cf.user.email`, `cf.user.groups` (a request counts once in each of its groups; one without groups
+counts in the `null` group) and `cf.service_token`, and `metadata.<key>` (the client's metadata). A group's
+`key` maps each dimension to its value (null when the request had none). Groups are ordered by cost, then
+requests, then key; past `limit`, the rest is summed into one group whose key is `{"other": true}`.
+
+Every figure is an exact sum of the log rows in [start, end): see gateway/analytics/store.py for how the range is
+read. Costs are numeric USD (unpriced requests count as 0).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+from gateway.analytics.store import Segment, segment_sql, segments
+from gateway.db import Database
+
+Interval = Literal["hour", "day", "week"]
+INTERVALS: tuple[Interval, ...] = ("hour", "day", "week")
+STEP = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(days=7)}
+MAX_DIMENSIONS = 6
+MAX_LIMIT = 1000
+MAX_POINTS = 20_000  # series buckets per query (e.g. 2 years of days; 830 days of hours is refused)
+DEFAULT_DAYS = 30
+
+# dimension -> the rollup column it reads
+COLUMNS = {"provider": "provider", "model": "model", "gateway": "gateway_id", "billing_mode": "billing_mode",
+           "status_code": "status_code", "cf.user_id": "user_id", "cf.user.email": "email",
+           "cf.user.groups": "groups", "cf.service_token": "service_token"}
+DIMENSION_NAMES = (*COLUMNS, "metadata.<key>")
+FIGURES = ("requests", "errors", "tokens_in", "tokens_out", "tokens_cache_read", "tokens_cache_write", "cost_usd")
+
+
+class QueryError(ValueError):
+    """An analytics query that cannot be run: `field` names the parameter."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def parse_group_by(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ()
+    names = tuple(part.strip() for part in text.split(","))
+    for name in names:
+        if name.startswith("metadata."):
+            key = name[len("metadata."):]
+            if not key or len(key) > 200:
+                raise QueryError("group_by", f"{name!r}: a metadata key is 1 to 200 characters")
+            if key.startswith("cf."):
+                raise QueryError("group_by", f"{name!r}: identity fields are dimensions of their own ({key})")
+        elif name not in COLUMNS:
+            raise QueryError("group_by", f"unknown dimension {name!r}; one of {', '.join(DIMENSION_NAMES)}")
+    if len(set(names)) != len(names):
+        raise QueryError("group_by", "a dimension is named twice")
+    if len(names) > MAX_DIMENSIONS:
+        raise QueryError("group_by", f"at most {MAX_DIMENSIONS} dimensions")
+    return names
+
+
+@dataclass(frozen=True)
+class AnalyticsQuery:
+    account: str
+    start: datetime
+    end: datetime
+    gateway: str | None = None
+    group_by: tuple[str, ...] = ()
+    interval: Interval | None = None
+    limit: int = 50
+
+    @classmethod
+    def default_range(cls, now: datetime) -> tuple[datetime, datetime]:
+        return now - timedelta(days=DEFAULT_DAYS), now
+
+    def check(self) -> None:
+        if self.end < self.start:
+            raise QueryError("to", "to must not be earlier than from")
+        if not 1 <= self.limit <= MAX_LIMIT:
+            raise QueryError("limit", f"limit must be between 1 and {MAX_LIMIT}")
+        if self.interval is not None:
+            points = (self.end - bucket_start(self.start, self.interval)) / STEP[self.interval]
+            if points > MAX_POINTS:
+                raise QueryError("interval", f"at most {MAX_POINTS} points per series: a longer interval or a "
+                                             f"shorter range")
+
+
+def bucket_start(at: datetime, interval: Interval) -> datetime:
+    """The start of the UTC hour, day or ISO week (Monday) `at` falls in."""
+    at = at.astimezone(UTC)
+    if interval == "hour":
+        return at.replace(minute=0, second=0, microsecond=0)
+    day = at.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day if interval == "day" else day - timedelta(days=day.weekday())
+
+
+@dataclass
+class Figures:
+    requests: int = 0
+    errors: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_cache_read: int = 0
+    tokens_cache_write: int = 0
+    cost_usd: Decimal = Decimal(0)
+
+    def add(self, row: Any) -> None:
+        for name in FIGURES:
+            setattr(self, name, getattr(self, name) + row[name])
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: int(getattr(self, name)) for name in FIGURES[:-1]}
+        out["cost_usd"] = usd(self.cost_usd)
+        return out
+
+
+def usd(amount: Decimal) -> str:
+    """A sum of costs as the API's decimal string: exact, at least two decimals, no exponent."""
+    text = format(amount.quantize(Decimal("0.000000001")), "f").rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"
+
+
+@dataclass
+class Group:
+    key: dict[str, Any]
+    figures: Figures = field(default_factory=Figures)
+    series: dict[datetime, Figures] | None = None
+
+
+@dataclass
+class Result:
+    query: AnalyticsQuery
+    totals: Figures
+    groups: list[Group]
+
+    def to_json(self) -> dict[str, Any]:
+        q = self.query
+        out: dict[str, Any] = {"from": iso(q.start), "to": iso(q.end), "interval": q.interval,
+                               "totals": self.totals.to_json(), "groups": []}
+        starts = series_starts(q) if q.interval else []
+        for group in self.groups:
+            item = {"key": group.key, **group.figures.to_json()}
+            if group.series is not None:
+                series = group.series
+                item["series"] = [{"start": iso(at), **(series.get(at) or Figures()).to_json()} for at in starts]
+            out["groups"].append(item)
+        return out
+
+    def to_csv(self) -> str:
+        """One line per group (with an interval: per group and series point); key columns first, then `other`."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        q = self.query
+        writer.writerow([*q.group_by, "other", *(["start"] if q.interval else []), *FIGURES])
+        starts = series_starts(q) if q.interval else []
+        for group in self.groups:
+            other = bool(group.key.get("other")) and list(group.key) == ["other"]
+            key = ["" if other else _cell(group.key.get(name)) for name in q.group_by]
+            if group.series is None:
+                writer.writerow([*key, "true" if other else "false", *_cells(group.figures)])
+                continue
+            for at in starts:
+                figures = group.series.get(at) or Figures()
+                writer.writerow([*key, "true" if other else "false", iso(at), *_cells(figures)])
+        return buffer.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _cells(figures: Figures) -> list[str]:
+    data = figures.to_json()
+    return [str(data[name]) for name in FIGURES]
+
+
+def iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def series_starts(q: AnalyticsQuery) -> list[datetime]:
+    assert q.interval is not None
+    out, at = [], bucket_start(q.start, q.interval)
+    while at < q.end:
+        out.append(at)
+        at += STEP[q.interval]
+    return out
+
+
+# -- SQL -------------------------------------------------------------------------------------------------------
+
+
+def _source(q: AnalyticsQuery, columns: list[str], args: list[Any]) -> str:
+    """The rows of [start, end) from log and rollups, as one UNION ALL (placeholders appended to `args`)."""
+    where = "account_id = $1"
+    if q.gateway is not None:
+        args.append(q.gateway)
+        where += f" AND gateway_id = ${len(args)}"
+    parts = []
+    for seg in segments(q.start, q.end, daily=q.interval != "hour"):
+        args += [seg.start, seg.end]
+        parts.append(segment_sql(seg, columns, where, f"${len(args) - 1}", f"${len(args)}"))
+    if not parts:  # an empty range: a source with no rows
+        empty = Segment("raw", q.start, q.start)
+        parts.append(segment_sql(empty, columns, f"{where} AND false", "'-infinity'", "'-infinity'"))
+    return "\nUNION ALL\n".join(parts)
+
+
+def _dimension_sql(name: str, args: list[Any]) -> str:
+    if name.startswith("metadata."):
+        args.append(name[len("metadata."):])
+        return f"s.metadata -> ${len(args)}::text"
+    if name == "cf.user.groups":
+        return "grp.name"
+    return f"s.{COLUMNS[name]}"
+
+
+SUM_SQL = ", ".join(f"sum({f}) AS {f}" for f in FIGURES)
+NONZERO = " OR ".join(f"sum({f}) <> 0" for f in FIGURES)
+
+
+async def run(db: Database, q: AnalyticsQuery) -> Result:
+    q.check()
+    args: list[Any] = [q.account]
+    columns = ["at", *FIGURES]
+    for name in q.group_by:
+        column = "metadata" if name.startswith("metadata.") else COLUMNS[name]
+        if column not in columns:
+            columns.append(column)
+    source = _source(q, columns, args)
+    dims = [_dimension_sql(name, args) for name in q.group_by]
+    lateral = ""
+    if "cf.user.groups" in q.group_by:
+        # each distinct group of the request once; a request without groups in the null group
+        lateral = ("CROSS JOIN LATERAL (SELECT DISTINCT g.name FROM jsonb_array_elements_text("
+                   "coalesce(s.groups, '[null]'::jsonb)) AS g(name)) AS grp")
+    aliases = [f"d{i}" for i in range(len(dims))]
+    bucket = "NULL::timestamptz"
+    if q.interval:
+        args.append(q.interval)
+        bucket = f"date_trunc(${len(args)}::text, s.at, 'UTC')"
+    args.append(q.limit)
+    limit = f"${len(args)}"
+    dim_select = "".join(f"{sql} AS {alias}, " for sql, alias in zip(dims, aliases, strict=True))
+    dim_list = "".join(f"{alias}, " for alias in aliases)
+    partition = f"PARTITION BY {', '.join(aliases)}" if aliases else ""
+    kept = "".join(f"CASE WHEN rank <= {limit}::bigint THEN {alias} END AS {alias}, " for alias in aliases)
+    sql = f"""
+WITH s AS ({source}),
+base AS (
+    SELECT {dim_select}{bucket} AS bucket, {SUM_SQL}
+      FROM s {lateral}
+     GROUP BY {dim_list}bucket
+    HAVING {NONZERO}
+), totals AS (
+    SELECT *, sum(cost_usd) OVER w AS group_cost, sum(requests) OVER w AS group_requests FROM base
+    WINDOW w AS ({partition})
+), ranked AS (
+    SELECT *, dense_rank() OVER (ORDER BY group_cost DESC, group_requests DESC{"".join(f", {a}" for a in aliases)})
+           AS rank
+      FROM totals
+)
+SELECT least(rank, {limit}::bigint + 1) AS slot, {kept}bucket, {SUM_SQL}
+  FROM ranked
+ GROUP BY {", ".join(str(i) for i in range(1, len(aliases) + 3))}
+ ORDER BY slot, bucket
+"""
+    rows = await db.pool.fetch(sql, *args)
+    groups: dict[int, Group] = {}
+    for row in rows:
+        slot = row["slot"]
+        group = groups.get(slot)
+        if group is None:
+            key = ({"other": True} if slot > q.limit else
+                   {name: row[alias] for name, alias in zip(q.group_by, aliases, strict=True)})
+            group = groups[slot] = Group(key, series={} if q.interval else None)
+        group.figures.add(row)
+        if group.series is not None:
+            group.series.setdefault(row["bucket"], Figures()).add(row)
+    ordered = [groups[slot] for slot in sorted(groups)]
+    if "cf.user.groups" in q.group_by:  # a request in two groups counts in both: the totals are summed apart
+        totals = Figures()
+        total_args: list[Any] = [q.account]
+        total = await db.pool.fetchrow(f"SELECT {SUM_SQL} FROM ({_source(q, columns, total_args)}) s", *total_args)
+        if total["requests"] is not None:
+            totals.add(total)
+    else:
+        totals = Figures()
+        for group in ordered:
+            for name in FIGURES:
+                setattr(totals, name, getattr(totals, name) + getattr(group.figures, name))
+    return Result(q, totals, ordered)
