@@ -6,6 +6,7 @@ of a stream than a match could still grow into:
 
 - `chars`: a character class that holds every character a match can contain. A match that is still growing at
   the end of the text lies inside the trailing run of these characters, so text before that run is final.
+- `starts`: the characters a match may begin with (a separator at the end of the text holds nothing back).
 - `max_len`: the longest match. Text further back than that from the end is final whatever the run.
 - `hint`: a cheap test that must hold for a match to exist (a literal, a digit), so that most texts skip most
   expressions.
@@ -37,16 +38,22 @@ class Detector:
     chars: str  # a regex character class body: every character a match may contain
     max_len: int
     hint: Callable[[str], bool]
+    starts: str  # a character class body: the characters a match may begin with
     valid: Callable[[str], bool] = lambda text: True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run", re.compile(f"[{self.chars}]*\\Z"))
+        object.__setattr__(self, "first", re.compile(f"[{self.starts}]"))
 
     def final_from(self, text: str, start: int) -> int:
-        """Where text that a match of this detector may still grow over begins (from `start` on)."""
+        """Where text that a match of this detector may still grow over begins (from `start` on): the first
+        character that may begin a match, in the trailing run of characters a match may hold."""
         floor = max(start, len(text) - self.max_len - 1)
-        found = self.run.search(text, floor)  # type: ignore[attr-defined]
-        return found.start() if found is not None else len(text)
+        run = self.run.search(text, floor)  # type: ignore[attr-defined]
+        if run is None:
+            return len(text)
+        first = self.first.search(text, run.start())  # type: ignore[attr-defined]
+        return first.start() if first is not None else len(text)
 
 
 # -- validators ---------------------------------------------------------------------------------------------------
@@ -147,46 +154,46 @@ _KEY = "A-Za-z0-9_\\-"
 DETECTORS: tuple[Detector, ...] = (
     Detector("secret.private_key",
              re.compile(r"-----BEGIN (?:[A-Z0-9]{1,12} ){0,3}PRIVATE KEY(?: BLOCK)?-----"),
-             "A-Z0-9 -", 75, _contains("-----BEGIN")),
+             "A-Z0-9 -", 75, _contains("-----BEGIN"), "-"),
     Detector("secret.provider_key", re.compile(
         r"(?<![\w-])(?:sk-ant-(?:api|admin|sid)\d{2}-[A-Za-z0-9_-]{32,200}"
         r"|sk-(?!ant-)(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,200}"
         r"|AIza[0-9A-Za-z_-]{35}"
         r"|xai-[A-Za-z0-9]{40,100}"
         r"|gsk_[A-Za-z0-9]{40,60})(?![\w-])"),
-        _KEY, 220, _contains("sk-", "AIza", "xai-", "gsk_"), _mixed),
+        _KEY, 220, _contains("sk-", "AIza", "xai-", "gsk_"), "sAxg", _mixed),
     Detector("secret.aws", re.compile(r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])"),
-             "A-Z0-9", 20, _contains("AKIA", "ASIA", "ABIA", "ACCA")),
+             "A-Z0-9", 20, _contains("AKIA", "ASIA", "ABIA", "ACCA"), "A"),
     Detector("secret.github", re.compile(
         r"(?<![\w])(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{50,255})(?![\w])"),
-        _WORD, 266, _contains("gh", "github_pat_")),
+        _WORD, 266, _contains("gh", "github_pat_"), "g"),
     Detector("secret.slack", re.compile(
         r"(?<![\w-])(?:xox[abeoprs]-[A-Za-z0-9-]{10,250}|xapp-\d-[A-Za-z0-9-]{10,250})(?![\w-])"
         r"|https://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9/_-]{20,200}"),
-        _KEY + ":/.", 260, _contains("xox", "xapp-", "hooks.slack.com")),
+        _KEY + ":/.", 260, _contains("xox", "xapp-", "hooks.slack.com"), "xh"),
     Detector("secret.jwt", re.compile(
         r"(?<![\w-])eyJ[A-Za-z0-9_-]{5,2000}\.eyJ[A-Za-z0-9_-]{2,6000}\.[A-Za-z0-9_-]{0,2000}(?![\w-])"),
-        _KEY + ".", 10010, _contains("eyJ"), _jwt),
+        _KEY + ".", 10010, _contains("eyJ"), "e", _jwt),
     Detector("pii.email", re.compile(
         r"(?<![\w.%+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9_%+-])?"
         r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,4}[A-Za-z]{2,24}(?![A-Za-z0-9-])"),
-        _WORD + ".%+@-", 350, _contains("@")),
+        _WORD + ".%+@-", 350, _contains("@"), "A-Za-z0-9"),
     Detector("pii.iban", re.compile(
         r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])"),
-        "A-Z0-9 ", 44, _has_digit, _iban),
+        "A-Z0-9 ", 44, _has_digit, "A-Z", _iban),
     Detector("pii.card", re.compile(r"(?<![\w.-])\d(?:[ -]?\d){12,18}(?![\w-]|[ -]\d)"),
-             "0-9 -", 37, _has_digit, _card),
+             "0-9 -", 37, _has_digit, "0-9", _card),
     Detector("pii.ssn", re.compile(r"(?<![\w-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])"),
-             "0-9-", 11, _contains("-")),
+             "0-9-", 11, _contains("-"), "0-9"),
     Detector("pii.phone", re.compile(
         r"(?<![\w+.-])(?<!\d[ .-])(?:\+[1-9](?:[ .-]?\(?\d\)?){6,14}"
         r"|\(\d{3}\) ?\d{3}[ .-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4}"
         r"|0\d{1,4}[ .-]\d{2,8}(?:[ .-]\d{2,5}){0,4})(?![\w-]|[ .-]\d)"),
-        "0-9 ().+-", 60, _has_digit, _phone),
+        "0-9 ().+-", 60, _has_digit, "0-9+(", _phone),
     Detector("pii.ip", re.compile(
         r"(?<![\w.:])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w:]|\.\d)"
         r"|(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"),
-        "0-9A-Fa-f.:", 45, _contains(".", ":"), _ip),
+        "0-9A-Fa-f.:", 45, _contains(".", ":"), "0-9A-Fa-f:", _ip),
 )
 
 assert tuple(sorted(d.category for d in DETECTORS)) == CATEGORIES
