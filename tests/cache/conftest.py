@@ -44,8 +44,9 @@ class CacheStack:
         return self.apps[provider].state.recorder
 
     def calls(self, provider: str = "openai") -> int:
-        """Requests the fake provider received (every test starts from zero: see `clear_recorders`)."""
-        return len(self.recorder(provider).requests)
+        """Requests that reached the fake provider, errors included (every test starts from zero: see
+        `clear_recorders`)."""
+        return len(self.recorder(provider).seen)
 
     def new_gateway(self, *, credits_usd: str | None = None, **settings: Any) -> tuple[str, str]:
         """A fresh account with gateway `g` (models at $0.001 per output token, nothing per input token): the
