@@ -44,10 +44,14 @@ class Detector:
     def __post_init__(self) -> None:
         object.__setattr__(self, "run", re.compile(f"[{self.chars}]*\\Z"))
         object.__setattr__(self, "first", re.compile(f"[{self.starts}]"))
+        inside = re.compile(f"[{self.chars}]")
+        object.__setattr__(self, "charset", frozenset(chr(i) for i in range(128) if inside.match(chr(i))))
 
     def final_from(self, text: str, start: int) -> int:
         """Where text that a match of this detector may still grow over begins (from `start` on): the first
         character that may begin a match, in the trailing run of characters a match may hold."""
+        if not text or text[-1] not in self.charset:  # type: ignore[attr-defined]
+            return len(text)  # the common case, decided without an expression
         floor = max(start, len(text) - self.max_len - 1)
         run = self.run.search(text, floor)  # type: ignore[attr-defined]
         if run is None:
@@ -143,7 +147,11 @@ _DIGIT = re.compile(r"\d")
 
 
 def _contains(*needles: str) -> Callable[[str], bool]:
-    return lambda text: any(n in text for n in needles)
+    if len(needles) == 1:
+        needle = needles[0]
+        return lambda text: needle in text
+    search = re.compile("|".join(re.escape(n) for n in needles)).search
+    return lambda text: search(text) is not None
 
 
 # -- the detectors ------------------------------------------------------------------------------------------------

@@ -18,10 +18,12 @@ output does not depend on where the pieces were cut: text is released only once 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from gateway.guardrails.detectors import DETECTORS, PRIVATE_KEY_END, PRIVATE_KEY_END_MAX, Detector
 
+ORDER = {d.category: i for i, d in enumerate(DETECTORS)}  # overlapping matches: secrets before personal data
 CONTEXT = 8  # characters kept before the unreleased text, for the expressions' look-behinds
 
 
@@ -42,6 +44,12 @@ class Rules:
     @property
     def rewrites(self) -> bool:
         return bool(self.replace or self.stop_on)
+
+    @functools.cached_property
+    def growing(self) -> dict[str, tuple[Detector, ...]]:
+        """Last character -> the detectors a match of which may still be growing at a text ending with it."""
+        return {chr(i): tuple(d for d in self.detectors if chr(i) in d.charset)  # type: ignore[attr-defined]
+                for i in range(128)}
 
 
 def token(category: str) -> str:
@@ -138,7 +146,9 @@ class Redactor:
 
     def _cut(self, buf: str, candidates: list[tuple[int, int, Detector]]) -> int:
         """The end of what may be released: before any match that may still grow, and never inside a candidate."""
-        cut = min((d.final_from(buf, self.pos) for d in self.rules.detectors), default=len(buf))
+        last = buf[-1] if buf else ""
+        growing = self.rules.growing.get(last, self.rules.detectors) if last else ()
+        cut = min((d.final_from(buf, self.pos) for d in growing), default=len(buf))
         moved = True
         while moved:
             moved = False
@@ -149,9 +159,10 @@ class Redactor:
 
     @staticmethod
     def _resolve(buf: str, candidates: list[tuple[int, int, Detector]], cut: int) -> list[tuple[int, int, Detector]]:
-        order = {d.category: i for i, d in enumerate(DETECTORS)}
+        if not candidates:
+            return []
         valid = sorted(((s, e, d) for s, e, d in candidates if e <= cut and d.valid(buf[s:e])),
-                       key=lambda c: (c[0], order[c[2].category], c[0] - c[1]))
+                       key=lambda c: (c[0], ORDER[c[2].category], c[0] - c[1]))
         chosen: list[tuple[int, int, Detector]] = []
         last = -1
         for s, e, d in valid:
