@@ -202,6 +202,8 @@ def _calls(args: argparse.Namespace) -> Call:
             return _gateway(args, a, action)
         case "cache", "purge":
             return "DELETE", f"/accounts/{a}/gateways/{_seg(args.gateway)}/cache", None, None
+        case "report", action:
+            return _report(args, a, action)
         case "limits" | "policies" | "routes" | "tokens" | "keys" | "logs", action:
             return _in_gateway(args, f"/accounts/{a}/gateways/{_seg(args.gateway)}", action)
     raise CliError(f"unknown command {args.command} {args.action}")
@@ -222,6 +224,70 @@ def _gateway(args: argparse.Namespace, a: str, action: str) -> Call:
         case "delete":
             return "DELETE", path, None, None
     raise CliError(f"unknown command gateways {action}")
+
+
+def _report(args: argparse.Namespace, a: str, action: str) -> Call:
+    match action:
+        case "spend":
+            query = {"group_by": args.by, "from": args.start, "to": args.end, "gateway": args.gateway,
+                     "interval": args.interval, "limit": args.limit}
+            return "GET", f"/accounts/{a}/analytics", None, {k: v for k, v in query.items() if v not in (None, "")}
+        case "forecasts":
+            return "GET", f"/accounts/{a}/gateways/{_seg(args.gateway)}/spend-limits", None, {"limit": 500}
+        case "anomalies":
+            query = {"from": args.start, "to": args.end, "gateway": args.gateway}
+            return "GET", f"/accounts/{a}/analytics/anomalies", None, {k: v for k, v in query.items() if v}
+    raise CliError(f"unknown command report {action}")
+
+
+def _forecast(row: dict[str, Any]) -> str:
+    fc = row.get("forecast") or {}
+    out = cell(fc.get("exhausted_at")) if fc.get("exhausted_at") else "not within the horizon"
+    return f"{fc.get('rate_usd_per_day')} USD/day, runs out {out}"
+
+
+def _spend(result: dict[str, Any]) -> str:
+    """Groups by cost (each series point a line when there is one), the totals, the forecast."""
+    names = list(dict.fromkeys(k for g in result["groups"] for k in g["key"] if k != "other"))  # group_by order
+    figures: list[Column] = [("REQUESTS", field("requests")), ("ERRORS", field("errors")),
+                             ("TOKENS IN", field("tokens_in")), ("TOKENS OUT", field("tokens_out")),
+                             ("COST USD", field("cost_usd"))]
+
+    def key_column(name: str) -> Column:
+        return (name.upper(), lambda r: "(other)" if r["key"].get("other") else r["key"].get(name))
+
+    rows: list[dict[str, Any]] = []
+    for group in result["groups"]:
+        rows += ([{**group, **p, "start": p["start"]} for p in group["series"] if p["requests"]]
+                 if "series" in group else [group])
+    series: list[Column] = [("START", field("start"))] if result.get("interval") else []
+    text = table(rows, [*(key_column(n) for n in names), *series, *figures])
+    totals, fc = result["totals"], result.get("forecast") or {}
+    text += (f"\n\ntotal {totals['cost_usd']} USD, {totals['requests']} requests ({totals['errors']} errors), "
+             f"{result['from']} to {result['to']}")
+    if fc:
+        text += f"\nforecast: {_forecast(result)} ({fc.get('method')})"
+    return text
+
+
+def _forecasts(rows: list[dict[str, Any]]) -> str:
+    buckets = [{"rule": r.get("name"), "budget_usd": r.get("budget_usd"), "window": r.get("window"), **b}
+               for r in rows for b in r.get("buckets") or []]
+    return table(buckets, [("RULE", field("rule")), ("BUCKET", field("key")), ("WINDOW", field("window")),
+                           ("BUDGET USD", field("budget_usd")), ("SPENT USD", field("spent_usd")),
+                           ("REMAINING USD", field("remaining_usd")),
+                           ("RATE USD/DAY", lambda b: (b.get("forecast") or {}).get("rate_usd_per_day")),
+                           ("RUNS OUT", lambda b: (b.get("forecast") or {}).get("exhausted_at") or "not this window")])
+
+
+def _anomalies(result: dict[str, Any]) -> str:
+    t = result["thresholds"]
+    return table(result["anomalies"], [
+        ("DAY", field("day")), ("IDENTITY", lambda r: ", ".join(f"{k}={v}" for k, v in r["identity"].items())),
+        ("COST USD", field("cost_usd")), ("REQUESTS", field("requests")), ("OWN P95 USD", field("identity_p95_usd")),
+        ("ACCOUNT P99 USD", field("account_p99_usd"))]) + (
+        f"\n\nflagged: a day's cost above {t['identity_multiple']} x the identity's p95 over {t['baseline_days']} "
+        f"days and above the account's p99 ({result['from']} to {result['to']}); flags never block")
 
 
 COLLECTIONS = {"limits": "spend-limits", "policies": "policies", "routes": "routes", "tokens": "tokens",
@@ -354,6 +420,9 @@ VIEWS: dict[tuple[str, str], Callable[[Any], str]] = {
                              ("KEY", lambda r: "..." + str(r.get("key_last4"))), CREATED),
     ("logs", "list"): _table(*LOG_COLUMNS),
     ("logs", "show"): record,
+    ("report", "spend"): _spend,
+    ("report", "forecasts"): _forecasts,
+    ("report", "anomalies"): _anomalies,
 }
 
 
@@ -498,6 +567,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     gateway_args(logs.add_parser("show", parents=reading, help="one log, every field")).add_argument("id")
 
     token = group("admin-token", "the admin API token")
+    report = group("report", "spend by any dimension, forecasts, anomalies")
+    p = report.add_parser("spend", parents=reading, help="spend by any dimension (default: the last 30 days)")
+    p.add_argument("account")
+    p.add_argument("--by", help="comma list: provider, model, gateway, billing_mode, status_code, cf.user_id, "
+                                "cf.user.email, cf.user.groups, cf.service_token, metadata.<key>")
+    p.add_argument("--from", dest="start", help="ISO 8601 start, e.g. 2026-11-01T00:00:00Z")
+    p.add_argument("--to", dest="end", help="ISO 8601 end (exclusive)")
+    p.add_argument("--gateway", help="one gateway (default: all)")
+    p.add_argument("--interval", choices=("hour", "day", "week"), help="a line per group and step")
+    p.add_argument("--limit", type=int, help="groups kept (default 50); the rest is one (other) line")
+    p = report.add_parser("forecasts", parents=reading, help="every bucket of a gateway's rules, when it runs out")
+    p.add_argument("account")
+    p.add_argument("gateway")
+    p = report.add_parser("anomalies", parents=reading, help="identities whose daily cost is unusual")
+    p.add_argument("account")
+    p.add_argument("--from", dest="start", help="first day (default: 6 days before --to)")
+    p.add_argument("--to", dest="end", help="last day (default: today, UTC)")
+    p.add_argument("--gateway", help="one gateway (default: all)")
     token.add_parser("rotate", parents=[quiet], help="replace the stored admin token and print the new one once")
 
     p = sub.add_parser("psql", parents=[quiet], help="psql on the gateway's database (the embedded one too)",

@@ -3,8 +3,9 @@
 Method (`METHOD`), from the daily spend of the last 28 complete UTC days (days before the first spend are not
 history):
 
-1. Weekday profile: with at least 14 days of history, each weekday's factor is its mean daily spend over the
-   overall mean (factors average 1); with less, every factor is 1.
+1. Weekday profile: with at least 14 days of history, each weekday's factor is the mean ratio of its days'
+   spend to a least-squares line through the history (so a trend does not leak into it; factors average 1);
+   with less, every factor is 1.
 2. Level and trend: the spend of each day divided by its weekday's factor; with at least 14 days, a least-squares
    line through those values (so a growing or shrinking spend is followed), else their mean (flat).
    With no complete day yet, today's spend so far over the part of today that has passed (at least one hour).
@@ -76,29 +77,35 @@ def fit(history: Mapping[date, int], now: datetime) -> RateModel:
         elapsed = max((now - datetime.combine(today, time(), UTC)) / DAY, 1 / 24)
         return RateModel(today, history.get(today, 0) / elapsed, 0.0, flat)
     values = [float(history.get(d, 0)) for d in days]
+    xs = [float((d - today).days) for d in days]
     profile = flat
-    mean = sum(values) / len(values)
-    if len(days) >= PROFILE_MIN_DAYS and mean > 0:
+    if len(days) >= PROFILE_MIN_DAYS and sum(values) > 0:
+        # the weekday factors from each day's ratio to the trend line, so that a trend does not leak into them
+        level, slope = _line(xs, values)
         by_weekday: list[list[float]] = [[] for _ in range(7)]
-        for d, v in zip(days, values, strict=True):
-            by_weekday[d.weekday()].append(v)
-        raw = [sum(vs) / len(vs) / mean if vs else 1.0 for vs in by_weekday]
+        for d, x, v in zip(days, xs, values, strict=True):
+            expected = level + slope * x
+            if expected > 0:
+                by_weekday[d.weekday()].append(v / expected)
+        raw = [sum(rs) / len(rs) if rs else 1.0 for rs in by_weekday]
         norm = sum(raw) / 7
         profile = tuple(f / norm for f in raw) if norm > 0 else flat
-    xs, ys = [], []
-    for d, v in zip(days, values, strict=True):
-        factor = profile[d.weekday()]
-        if factor > 0:
-            xs.append(float((d - today).days))
-            ys.append(v / factor)
-    if not ys:
+    points = [(x, v / profile[d.weekday()]) for d, x, v in zip(days, xs, values, strict=True)
+              if profile[d.weekday()] > 0]
+    if not points:
         return RateModel(today, 0.0, 0.0, profile)
-    if len(days) < PROFILE_MIN_DAYS or len(xs) < 2:
-        return RateModel(today, sum(ys) / len(ys), 0.0, profile)
+    if len(days) < PROFILE_MIN_DAYS or len(points) < 2:
+        return RateModel(today, sum(y for _, y in points) / len(points), 0.0, profile)
+    level, slope = _line([x for x, _ in points], [y for _, y in points])
+    return RateModel(today, level, slope, profile)
+
+
+def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least squares: (value at x = 0, slope)."""
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     sxx = sum((x - mx) ** 2 for x in xs)
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
-    return RateModel(today, my - slope * mx, slope, profile)
+    return my - slope * mx, slope
 
 
 def exhaustion(model: RateModel, now: datetime, remaining_nano: int, until: datetime,

@@ -1,0 +1,217 @@
+"""Analytics at scale: N log rows (default 10 million over 60 days) in a throwaway database, then the p50/p95 of
+analytics queries over the last 30 days, the storage of the log and of the rollups, what the rollup trigger costs
+the log writer, and the forecast's error on generated traffic with a trend and a weekly cycle.
+
+    TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres python -m bench.analytics [--rows 10000000]
+
+The rows are generated in Postgres (generate_series, in chunks of a day); for speed the insert trigger is off
+while they are written, and the rollups are then summed by the same statement migration 0021 uses for the rows a
+database already holds (the expressions of the trigger). The trigger's own cost is measured apart, through the
+gateway's log writer. The database is dropped at the end, also on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import math
+import os
+import random
+import statistics
+import time
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from gateway.analytics.forecast import fit
+from gateway.analytics.queries import AnalyticsQuery, run
+from gateway.analytics.store import compact
+from gateway.db import Database, migrate
+from gateway.logs.schema import COLUMNS
+from gateway.logs.writer import LogWriter
+from harness.pg import database_beside
+
+MIGRATION = Path(__file__).resolve().parent.parent / "gateway/migrations/versions/0021_analytics_rollups.py"
+ACCOUNT = "bench"
+USERS = 2000
+MODELS = ["gpt-4o", "gpt-4o-mini", "o3", "o4-mini", "claude-opus-4.7", "claude-sonnet-4.5", "claude-haiku-4.5",
+          "gemini-2.5-pro", "gemini-2.5-flash", "grok-4", "llama-3.3-70b", "qwen-3-32b"]
+
+
+def _migration() -> Any:
+    spec = importlib.util.spec_from_file_location("rollups_migration", MIGRATION)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# One day of traffic: users skewed (a few heavy, many light), 12 models, 3 gateways, some errors, metadata and
+# groups that follow the user, both billing modes.
+DAY_SQL = """
+INSERT INTO request_logs (id, account_id, gateway_id, created_at, provider, model, path, status_code, success,
+                          tokens_in, tokens_out, cost_usd, billing_mode, identity, metadata)
+SELECT gen_random_uuid(), $1, (ARRAY['default', 'prod', 'batch'])[1 + u % 3],
+       $2::timestamptz + random() * interval '1 day',
+       CASE WHEN m < 4 THEN 'openai' WHEN m < 7 THEN 'anthropic' WHEN m < 9 THEN 'google-ai-studio'
+            WHEN m < 10 THEN 'grok' ELSE 'groq' END,
+       ($4::text[])[1 + m], '/v1/chat/completions', s, s < 400, ti, to_, round((ti * 0.0000025 + to_ * 0.00001)
+       * (1 + m % 4), 9), CASE WHEN u % 4 = 0 THEN 'unified' ELSE 'byok' END,
+       jsonb_build_object('user_id', 'user-' || u, 'email', 'user-' || u || '@example.com',
+                          'groups', CASE u % 5 WHEN 0 THEN '["eng","ml"]'::jsonb WHEN 1 THEN '["eng"]'::jsonb
+                                              WHEN 2 THEN '["sales"]'::jsonb ELSE '[]'::jsonb END,
+                          'service_token', NULL),
+       jsonb_build_object('team', 'team-' || (u % 25), 'feature', (ARRAY['chat', 'search', 'summary', 'agent',
+                          'eval', 'batch'])[1 + (u + m) % 6], 'cf.user_id', 'user-' || u)
+  FROM (SELECT floor($5 * power(random(), 3))::int AS u, floor(12 * power(random(), 1.5))::int AS m,
+               CASE WHEN random() < 0.97 THEN 200 WHEN random() < 0.5 THEN 429 ELSE 502 END AS s,
+               (50 + random() * 4000)::int AS ti, (random() * 800)::int AS to_
+          FROM generate_series(1, $3)) g
+"""
+
+
+async def generate(db: Database, rows: int, days: int, now: datetime) -> None:
+    per_day = math.ceil(rows / days)
+    await db.pool.execute("ALTER TABLE request_logs DISABLE TRIGGER analytics_inserted")
+    first = (now - timedelta(days=days)).replace(hour=0, minute=0, second=0, microsecond=0)
+    started = time.perf_counter()
+    for i in range(days):
+        await db.pool.execute(DAY_SQL, ACCOUNT, first + timedelta(days=i), min(per_day, rows - i * per_day),
+                              MODELS, USERS)
+        if i % 10 == 9:
+            print(f"  {min(rows, (i + 1) * per_day):,} rows ({time.perf_counter() - started:.0f} s)", flush=True)
+    await db.pool.execute("ALTER TABLE request_logs ENABLE TRIGGER analytics_inserted")
+    migration = _migration()
+    started = time.perf_counter()
+    async with db.pool.acquire() as conn:
+        await conn.execute(migration._backfill("hourly", "hour") + migration._backfill("daily", "day"))
+        for table in ("request_logs", "analytics.hourly", "analytics.daily"):
+            await conn.execute(f"VACUUM ANALYZE {table}")
+    print(f"  rollups summed in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+async def timings(db: Database, now: datetime, runs: int) -> None:
+    start = now - timedelta(days=30)
+    cases = [("model,cf.user_id", None), ("model,cf.user_id", "day"), ("cf.user.groups,model", None),
+             ("metadata.team", "day"), ("", "hour")]
+    print("\n| query (last 30 days) | p50 ms | p95 ms | groups |\n|---|---|---|---|")
+    for group_by, interval in cases:
+        query = AnalyticsQuery(ACCOUNT, start, now, None, tuple(g for g in group_by.split(",") if g),
+                               interval)  # type: ignore[arg-type]
+        await run(db, query)  # warm
+        spent = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            result = await run(db, query)
+            result.to_json()
+            spent.append((time.perf_counter() - t) * 1000)
+        spent.sort()
+        p95 = spent[min(len(spent) - 1, math.ceil(0.95 * len(spent)) - 1)]
+        print(f"| group_by={group_by or '(none)'}{f' interval={interval}' if interval else ''} | "
+              f"{statistics.median(spent):.0f} | {p95:.0f} | {len(result.groups)} |")
+
+
+async def storage(db: Database) -> None:
+    rows = await db.pool.fetch(
+        """
+        SELECT c.relname AS name, pg_total_relation_size(c.oid) AS bytes, c.reltuples::bigint AS tuples
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE (n.nspname = 'public' AND c.relname = 'request_logs')
+            OR (n.nspname = 'analytics' AND c.relkind = 'r')
+        """)
+    print("\n| table | rows | size with indexes |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r['name']} | {r['tuples']:,} | {r['bytes'] / 2**20:,.0f} MiB |")
+
+
+def _row(i: int, now: datetime) -> dict[str, Any]:
+    row: dict[str, Any] = {c: None for c in COLUMNS}
+    row.update({"id": uuid.uuid4(), "account_id": "writer", "gateway_id": "default",
+                "created_at": now - timedelta(seconds=i), "provider": "openai", "model": MODELS[i % 12],
+                "path": "/v1/chat/completions", "status_code": 200, "success": True, "cached": False, "step": 0,
+                "tokens_in": 100, "tokens_out": 50, "cost_usd": Decimal("0.00125"), "custom_cost": False,
+                "usage_estimated": False, "billing_mode": "byok", "zdr_applied": False,
+                "identity": {"user_id": f"u{i % 50}", "email": None, "groups": ["eng"], "service_token": None},
+                "metadata": {"team": "a", "cf.user_id": f"u{i % 50}"}})
+    return row
+
+
+async def writer_cost(db: Database, now: datetime, rows: int = 20_000) -> None:
+    """Rows per second through the gateway's log writer, with the rollup trigger and without it."""
+    print("\n| log writer | rows/s |\n|---|---|")
+    for label, enabled in (("with the rollup trigger", True), ("trigger disabled", False), ("with", True)):
+        await db.pool.execute(f"ALTER TABLE request_logs {'ENABLE' if enabled else 'DISABLE'} TRIGGER "
+                              "analytics_inserted")
+        writer = LogWriter(db)
+        for i in range(rows):
+            writer.submit(_row(i, now), None)
+        t = time.perf_counter()
+        await writer.flush()
+        print(f"| {label} | {rows / (time.perf_counter() - t):,.0f} |")
+    await db.pool.execute("ALTER TABLE request_logs ENABLE TRIGGER analytics_inserted")
+    t = time.perf_counter()
+    folded = await compact(db)
+    print(f"\ncompaction: {folded:,} deltas in {time.perf_counter() - t:.1f} s")
+
+
+def forecast_error(seed: int = 7, trials: int = 200) -> None:
+    """Mean absolute percentage error of the next 7 days' spend predicted from 28 days of history, on series with
+    a trend (-2 %..+3 % a day), a weekly cycle (weekends at 30-60 %) and noise (sd 15 %); against a flat 7-day
+    average, the simplest alternative."""
+    rnd = random.Random(seed)
+    ours, flat = [], []
+    for _ in range(trials):
+        growth = rnd.uniform(-0.02, 0.03)
+        weekend = rnd.uniform(0.3, 0.6)
+        base = rnd.uniform(5, 500) * 1e9
+        today = date(2026, 11, 2) + timedelta(days=rnd.randrange(7))
+
+        def spend(d: date, today: date = today, base: float = base, growth: float = growth,
+                  weekend: float = weekend) -> float:
+            cycle = weekend if d.weekday() >= 5 else 1.0
+            return max(0.0, base * (1 + growth) ** (d - today).days * cycle * rnd.gauss(1, 0.15))
+        history = {today - timedelta(days=i): int(spend(today - timedelta(days=i))) for i in range(1, 29)}
+        future = [(today + timedelta(days=i), spend(today + timedelta(days=i))) for i in range(7)]
+        model = fit(history, datetime.combine(today, datetime.min.time(), UTC))
+        actual = sum(v for _, v in future)
+        ours.append(abs(sum(model.rate(d) for d, _ in future) - actual) / actual)
+        average = sum(history[today - timedelta(days=i)] for i in range(1, 8)) / 7
+        flat.append(abs(average * 7 - actual) / actual)
+    print(f"\nforecast error, next 7 days' spend, {trials} generated series: trend + weekday profile "
+          f"{100 * statistics.mean(ours):.1f} % (p90 {100 * sorted(ours)[int(0.9 * trials)]:.1f} %); "
+          f"flat 7-day average {100 * statistics.mean(flat):.1f} % (p90 {100 * sorted(flat)[int(0.9 * trials)]:.1f} %)")
+
+
+async def measure(url: str, rows: int, days: int, runs: int) -> None:
+    now = datetime.now(UTC)
+    db = await Database.connect(url, min_size=1, max_size=4)
+    try:
+        print(f"generating {rows:,} log rows over {days} days ...", flush=True)
+        await generate(db, rows, days, now)
+        await storage(db)
+        await timings(db, now, runs)
+        await writer_cost(db, now)
+    finally:
+        await db.close()
+
+
+def main(rows: int, days: int, runs: int) -> None:
+    url = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if not url:
+        raise SystemExit("set TEST_DATABASE_URL (a Postgres server where a throwaway database may be created)")
+    forecast_error()
+    with database_beside(url, "spendgate_bench_analytics") as bench_url:
+        migrate(bench_url)
+        asyncio.run(measure(bench_url, rows, days, runs))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    main(args.rows, args.days, args.runs)
