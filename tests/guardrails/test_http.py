@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import anthropic
@@ -291,3 +292,25 @@ def test_body_that_is_not_json_cannot_be_redacted_so_it_is_refused(stack: Stack)
                         headers={"content-type": "text/plain", "authorization": "Bearer sk-client"})
     assert answer.status_code == 400 and answer.json()["error"]["code"] == 2016
     assert len(stack.recorder("openai").requests) == before
+
+
+def test_on_unified_billing_a_blocked_prompt_costs_nothing_and_a_blocked_answer_is_billed(stack: Stack) -> None:
+    account = stack.guarded({"prompt": {"secret.*": "block"}, "response": {"pii.card": "block"}})
+    with stack.admin() as admin:
+        admin.post(f"/accounts/{account}/credits/topups", json={"amount_usd": "1.00", "idempotency_key": "seed"})
+    url = stack.base(account) + "/openai/chat/completions"  # no key: the gateway's own, paid from credits
+    before = len(stack.recorder("openai").requests)
+    blocked = httpx.post(url, json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": AWS}]})
+    assert blocked.status_code == 400 and blocked.json()["error"]["code"] == 2016
+    assert len(stack.recorder("openai").requests) == before
+    with stack.admin() as admin:
+        credits = admin.get(f"/accounts/{account}/credits").json()["result"]
+    assert credits["balance_usd"] == "1.00" and Decimal(credits["pending_usd"]) == 0  # nothing reserved
+    refused = httpx.post(url, json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"say {CARD}"}]})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == 2017
+    cost = Decimal(refused.headers["cf-aig-cost"])
+    assert cost > 0
+    with stack.admin() as admin:
+        credits = eventually_sync(lambda: admin.get(f"/accounts/{account}/credits").json()["result"],
+                                  until=lambda c: Decimal(c["pending_usd"]) == 0, what="the settlement")
+    assert Decimal(credits["balance_usd"]) == Decimal("1.00") - cost  # the provider answered: billed
