@@ -129,6 +129,10 @@ SETTING_HELP = {
     "block_unpriced": "refuse models without a known price, BYOK included",
     "default_max_output_tokens": "output tokens reserved for a request that sets no output limit",
     "inject_max_tokens": "write default_max_output_tokens into requests that set no output limit",
+    "cache_ttl": "seconds an answer is served from the response cache, or null (off)",
+    "cache_scope": '"gateway": every caller shares the cache; "identity": each verified caller has its own',
+    "cache_hit_charge": 'unified billing: the fraction of the original cost a cache hit is charged, e.g. "0.25"',
+    "cache_max_mb": "the response cache's size bound for this gateway (the oldest answers go first)",
     "guardrails": '{"prompt": {"pii.*": "redact", "secret.*": "block"}, "response": {...}}: flag|redact|block',
 }
 
