@@ -1,9 +1,14 @@
 """Ledger benchmark: one hot tenant, 32 concurrent workers, a hold and a settlement per simulated request.
 
-    .venv/bin/python bench/ledger.py [--seconds 10] [--workers 32]
+    .venv/bin/python bench/ledger.py [--seconds 10] [--workers 32] [--mode batched|single|both]
 
-Prints one JSON line: {"bench":"ledger","requests_per_s":N,"p50_ms":x,"p99_ms":y,"overdrafts":0,"invariants":"ok"}.
-Each hold and each settlement is one round trip and commits durably (synchronous_commit stays on).
+Prints one JSON line per mode: {"bench":"ledger","mode":…,"requests_per_s":N,"p50_ms":x,"p99_ms":y,
+"overdrafts":0,"invariants":"ok"}. Every commit is durable (synchronous_commit stays on).
+
+- `batched` (the gateway's path): each worker reserves through `Limits.reserve` with a credit hold and settles
+  through `Limits.settle`, as a unified-billing request with no spend rule does; concurrent calls share one
+  transaction (one WAL flush) per batch.
+- `single`: each hold and each settlement is its own `ledger.hold` / `ledger.settle_hold` call and transaction.
 
 Then, in the same database for the same duration, the same number of connections each run
 `UPDATE bench_commit_rate SET n = n + 1 WHERE id = 1` on one row of a separate table, each statement its own
@@ -12,7 +17,8 @@ holds the row's lock until its commit is flushed). A second line says it and how
 
     {"bench":"ledger_commit_rate","commits_per_s":N,"ledger_commits_per_s":M,"ratio":M/N,...}
 
-where ledger_commits_per_s is the ledger's holds + settlements per second (2 x requests_per_s).
+where ledger_commits_per_s is the ledger's holds + settlements per second (2 x requests_per_s) of the first mode
+run (batched, by default).
 """
 
 from __future__ import annotations
@@ -31,22 +37,36 @@ from _common import emit, fresh_database, percentile
 from gateway.db import Database
 from gateway.ledger import Ledger
 from gateway.ledger.invariants import check_invariants
+from gateway.limits.reservations import HoldRequest, Limits
 
 USD = 1_000_000_000
 
 
-async def run(url: str, seconds: float, workers: int) -> dict[str, object]:
+async def run(url: str, seconds: float, workers: int, mode: str) -> dict[str, object]:
     db = await Database.connect(url, min_size=workers, max_size=workers)
     ledger = Ledger(db)
-    tenant = "bench-hot"
+    tenant = f"bench-hot-{mode}"
     await db.pool.execute("INSERT INTO accounts (id) VALUES ($1)", tenant)
     await ledger.open_tenant(tenant)
-    await ledger.top_up(tenant, 10_000_000 * USD, "bench-seed")
+    await ledger.top_up(tenant, 10_000_000 * USD, f"bench-seed-{mode}")
+    limits = Limits(db)
     latencies: list[float] = []
     refused = 0
     deadline = time.perf_counter() + seconds
 
-    async def worker() -> None:
+    async def batched() -> None:
+        nonlocal refused
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            outcome = await limits.reserve([], 50_000_000, hold=HoldRequest(tenant, 50_000_000, "bench"),
+                                           ttl=timedelta(minutes=5))
+            if not outcome.ok:
+                refused += 1
+                continue
+            await limits.settle(outcome.reservation_id, random.randint(1, 50_000_000))
+            latencies.append((time.perf_counter() - start) * 1000)
+
+    async def single() -> None:
         nonlocal refused
         async with db.pool.acquire() as conn:
             hold = await conn.prepare("SELECT ledger.hold($1, $2, $3, $4, $5, $6)")
@@ -63,7 +83,7 @@ async def run(url: str, seconds: float, workers: int) -> dict[str, object]:
                 latencies.append((time.perf_counter() - start) * 1000)
 
     began = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(workers)))
+    await asyncio.gather(*((batched if mode == "batched" else single)() for _ in range(workers)))
     elapsed = time.perf_counter() - began
     overdrafts = await db.pool.fetchval(
         "SELECT count(*) FROM ledger.accounts WHERE debits_must_not_exceed_credits "
@@ -73,6 +93,9 @@ async def run(url: str, seconds: float, workers: int) -> dict[str, object]:
     await db.close()
     return {
         "bench": "ledger",
+        "mode": mode,
+        "transactions_per_request": round((limits._reserves.calls + limits._settles.calls) / len(latencies), 3)
+        if mode == "batched" and latencies else 2,
         "requests_per_s": round(len(latencies) / elapsed, 1),
         "p50_ms": round(percentile(latencies, 0.5), 2),
         "p99_ms": round(percentile(latencies, 0.99), 2),
@@ -131,11 +154,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--workers", type=int, default=32)
+    parser.add_argument("--mode", choices=["batched", "single", "both"], default="batched")
     args = parser.parse_args()
+    modes = ["batched", "single"] if args.mode == "both" else [args.mode]
     with fresh_database() as url:
-        record = asyncio.run(run(url, args.seconds, args.workers))
-        emit(record)
-        emit(asyncio.run(commit_rate(url, args.seconds, args.workers, float(str(record["requests_per_s"])))))
+        records = [asyncio.run(run(url, args.seconds, args.workers, mode)) for mode in modes]
+        for record in records:
+            emit(record)
+        emit(asyncio.run(commit_rate(url, args.seconds, args.workers, float(str(records[0]["requests_per_s"])))))
 
 
 if __name__ == "__main__":

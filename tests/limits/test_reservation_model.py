@@ -4,8 +4,9 @@ model.
 Hypothesis drives random sequences of:
 - reserve: a batch of 1-4 requests over buckets of five rules (one for everything with alerts, one split per
   user, a rolling one with alerts, a monitor rule, one for a single model), some with a credit hold of one of two
-  tenants (one with an auto top-up threshold); ids new, replayed, or twice in the batch; several holds, of one or
-  both tenants, in one batch; requests naming the same lines of the batch, or equal lines at other positions;
+  tenants (one with a daily spending limit, one with an auto top-up threshold); ids new, replayed, or twice in the
+  batch; several holds, of one or both tenants, in one batch; requests naming the same lines of the batch, or
+  equal lines at other positions;
 - settle: a batch of 1-4 settlements, the actual cost at, below or above the estimate, of open, settled, expired
   or unknown reservations, or the same id twice;
 - the sweeper: the clock moves on (minutes, or a day: windows close, rolling slices age) and
@@ -44,8 +45,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from gateway.db import Database, migrate
 from gateway.ledger import Ledger
-from gateway.ledger.ledger import AutoTopUp
 from gateway.ledger.invariants import check_invariants
+from gateway.ledger.ledger import AutoTopUp, SpendingLimit
 from gateway.limits.invariants import check_limit_invariants
 from gateway.limits.reservations import BucketLine, Limits, bucket_lines
 from gateway.limits.rules import Rule, parse_rule
@@ -58,6 +59,7 @@ MAX_EXAMPLES = int(os.environ.get("SPENDGATE_FUZZ_EXAMPLES", "20"))
 USD = 1_000_000_000
 QUARTER = USD // 4
 CREDITS = 3 * USD
+LIMIT = 5 * USD // 2  # the first tenant's daily (fixed) spending limit
 THRESHOLD = 2 * USD  # the second tenant's auto top-up threshold (the worker does not run: top-ups stay queued)
 START = (datetime.now(UTC) + timedelta(days=30)).replace(hour=12, minute=0, second=0, microsecond=0)
 
@@ -107,6 +109,14 @@ class Model:
     available: list[int] = field(default_factory=lambda: [CREDITS, CREDITS])  # per tenant: posted - pending
     receivable: list[int] = field(default_factory=lambda: [0, 0])  # billed beyond the credits
     topups: list[int] = field(default_factory=lambda: [0, 0])  # auto top-ups queued (the second tenant's)
+    posted: list[tuple[datetime, int]] = field(default_factory=list)  # the first tenant's posted usage, for its limit
+
+    def limit_refuses(self, now: datetime, amount: int) -> bool:
+        """The first tenant's spending limit: what was posted today, its open holds and this one."""
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        spent = sum(actual for at, actual in self.posted if at >= day)
+        pending = sum(r.estimate for r in self.reservations.values() if r.held == 0 and r.status == "open")
+        return spent + pending + amount > LIMIT
 
     def row(self, row: Row) -> list[int]:
         return self.rows.setdefault(row, [0, 0])
@@ -122,7 +132,7 @@ class Model:
                    if rule == line.rule.id and key == line.key and start is not None and start >= line.rolling_since)
 
     def reserve(self, rid: uuid.UUID, lines: list[BucketLine], estimate: int, held: int | None,
-                expires_at: datetime) -> dict[str, Any]:
+                expires_at: datetime, now: datetime) -> dict[str, Any]:
         if rid in self.reservations:
             return {"ok": True, "replay": True, "state": None, "exceeded": None, "credit": None}
         state = [(self.spent(line), self.row(self.lock_row(line))[1]) for line in lines]
@@ -130,10 +140,12 @@ class Model:
                     if line.rule.action != "monitor" and spent + pending + estimate > line.rule.budget_nano]
         credit = None
         if not exceeded and held is not None:
-            if self.available[held] >= estimate:
-                self._debit(held, estimate)
-            else:
+            if self.available[held] < estimate:
                 credit = "insufficient_credit"
+            elif held == 0 and self.limit_refuses(now, estimate):
+                credit = "spending_limit"
+            else:
+                self._debit(held, estimate)
         if exceeded or credit:
             return {"ok": False, "replay": False, "state": state, "exceeded": exceeded, "credit": credit}
         for line in lines:
@@ -145,7 +157,7 @@ class Model:
         r = self.reservations.get(rid)
         return r is not None and (r.status == "open" or (r.status == "expired" and outcome != "expired"))
 
-    def settle(self, rid: uuid.UUID, actual: int, outcome: str) -> dict[str, Any]:
+    def settle(self, rid: uuid.UUID, actual: int, outcome: str, now: datetime) -> dict[str, Any]:
         r = self.reservations.get(rid)
         if not self.resolvable(rid, outcome):
             return {"ok": False, "reason": "unknown reservation" if r is None else "already settled",
@@ -170,6 +182,8 @@ class Model:
                     alerts += 1
         if r.held is not None:
             self._settle_hold(r.held, r.estimate, actual, late)
+            if r.held == 0 and not late and actual > 0:  # a post counts against the limit, its excess too
+                self.posted.append((now, actual))
         return {"ok": True, "reason": None, "late": late, "alerts": alerts}
 
     def _settle_hold(self, tenant: int, amount: int, actual: int, late: bool) -> None:
@@ -208,6 +222,7 @@ def make_machine(db: Database, loop: asyncio.AbstractEventLoop) -> type[RuleBase
                 run(db.pool.execute("INSERT INTO accounts (id) VALUES ($1)", tenant))
                 run(ledger.open_tenant(tenant))
                 run(ledger.top_up(tenant, CREDITS, f"seed-{tenant}"))
+            run(ledger.set_spending_limit(self.tenants[0], SpendingLimit(LIMIT, "daily", "fixed")))
             run(ledger.set_auto_topup(self.tenants[1], AutoTopUp(THRESHOLD, 5 * USD)))
             self.model = Model()
             self.now = START
@@ -260,7 +275,7 @@ def make_machine(db: Database, loop: asyncio.AbstractEventLoop) -> type[RuleBase
                 return
             answers = run(db.pool.fetch("SELECT * FROM limits.reserve($1, $2)", rows, requests))
             for spec in specs:
-                expected.append(self.model.reserve(*spec))
+                expected.append(self.model.reserve(*spec, self.now))
             got = [{"ok": a["ok"], "replay": a["replay"],
                     "state": None if a["state"] is None else [(s["spent"], s["pending"]) for s in a["state"]],
                     "exceeded": a["exceeded"], "credit": a["credit"] and a["credit"]["reason"]} for a in answers]
@@ -289,7 +304,7 @@ def make_machine(db: Database, loop: asyncio.AbstractEventLoop) -> type[RuleBase
                     run(db.pool.fetch("SELECT * FROM limits.settle($1)", settlements))
                 return
             answers = run(db.pool.fetch("SELECT * FROM limits.settle($1)", settlements))
-            expected = [self.model.settle(rid, amount, outcome) for rid, amount, outcome, _ in settlements]
+            expected = [self.model.settle(rid, amount, outcome, at) for rid, amount, outcome, at in settlements]
             got = [{"ok": a["ok"], "reason": a["reason"], "late": a["late"], "alerts": a["alerts"]} for a in answers]
             assert [a["id"] for a in answers] == ids
             assert got == expected
@@ -307,7 +322,7 @@ def make_machine(db: Database, loop: asyncio.AbstractEventLoop) -> type[RuleBase
             expired = run(Limits(db).expire_overdue(now=self.now))
             assert expired == len(overdue)
             for rid in overdue:  # pending goes back, nothing is spent, a credit hold is given back
-                assert self.model.settle(rid, 0, "expired")["ok"]
+                assert self.model.settle(rid, 0, "expired", self.now)["ok"]
 
         def teardown(self) -> None:
             if not hasattr(self, "model"):
