@@ -104,7 +104,7 @@ class Services:
         return self._running.db.stats() if self._running is not None else None
 
     def _holds_open(self) -> int:
-        return len(self._running.settlements.open) if self._running is not None else 0
+        return self._running.settlements.unsettled if self._running is not None else 0
 
     def _log_queue(self) -> int:
         return self._running.log_writer.depth if self._running is not None else 0

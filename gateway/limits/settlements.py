@@ -36,6 +36,7 @@ class Pending:
     actual_nano: int
     at: datetime
     attempts: int = 0
+    tokens: int | None = None  # the tokens the call used, for rate limits counting tokens (None: the bound)
 
 
 class Settlements:
@@ -44,26 +45,39 @@ class Settlements:
         self.clock = clock
         self.open: dict[uuid.UUID, Callable[[], int]] = {}  # reservation -> its actual cost so far
         self.waiting: dict[uuid.UUID, Pending] = {}
+        self.settling = 0  # settlements on their way to the database (in a batch, or waiting for one)
         self.settled = 0
+
+    @property
+    def unsettled(self) -> int:
+        """Reservations this instance opened whose settlement has not committed: open calls, settlements on their
+        way, and those waiting for the database."""
+        return len(self.open) + self.settling + len(self.waiting)
 
     def opened(self, reservation_id: uuid.UUID, actual_nano: Callable[[], int]) -> None:
         self.open[reservation_id] = actual_nano
 
-    async def settle(self, reservation_id: uuid.UUID, actual_nano: int, at: datetime | None = None) -> None:
+    async def settle(self, reservation_id: uuid.UUID, actual_nano: int, at: datetime | None = None, *,
+                     tokens: int | None = None) -> None:
         """Settle now; if the database is unreachable, keep it for `retry_waiting`. Never raises."""
         self.open.pop(reservation_id, None)
-        await self._attempt(reservation_id, Pending(actual_nano, at or self.clock()))
+        self.settling += 1
+        try:
+            await self._attempt(reservation_id, Pending(actual_nano, at or self.clock(), tokens=tokens))
+        finally:
+            self.settling -= 1
 
     async def _attempt(self, reservation_id: uuid.UUID, pending: Pending) -> bool:
         try:
-            result = await self.limits.settle(reservation_id, pending.actual_nano, now=pending.at)
+            result = await self.limits.settle(reservation_id, pending.actual_nano, now=pending.at,
+                                              tokens=pending.tokens)
         except Exception as exc:
             attempts = pending.attempts + 1
             if unavailable(exc) or attempts < 5:
                 if reservation_id not in self.waiting:
                     log.warning("settlement of reservation %s failed (%s); it will be retried", reservation_id,
                                 type(exc).__name__)
-                self.waiting[reservation_id] = Pending(pending.actual_nano, pending.at, attempts)
+                self.waiting[reservation_id] = Pending(pending.actual_nano, pending.at, attempts, pending.tokens)
             else:
                 log.exception("settlement of reservation %s failed %d times; the sweeper will expire it",
                               reservation_id, attempts)
