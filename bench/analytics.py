@@ -87,9 +87,9 @@ async def generate(db: Database, rows: int, days: int, now: datetime) -> None:
     migration = _migration()
     started = time.perf_counter()
     async with db.pool.acquire() as conn:
-        await conn.execute(migration._backfill("hourly", "hour") + migration._backfill("daily", "day"))
+        await conn.execute(migration._backfill("hourly", "hour") + migration._backfill("daily", "day"), timeout=3600)
         for table in ("request_logs", "analytics.hourly", "analytics.daily"):
-            await conn.execute(f"VACUUM ANALYZE {table}")
+            await conn.execute(f"VACUUM ANALYZE {table}", timeout=3600)
     print(f"  rollups summed in {time.perf_counter() - started:.0f} s", flush=True)
 
 
