@@ -26,6 +26,7 @@ from gateway.middleware.cache import ResponseCache
 from gateway.middleware.dynamic_routes import DynamicRoutes
 from gateway.middleware.gateway_auth import GatewayAuth
 from gateway.middleware.guardrails import Guardrails
+from gateway.middleware.rate_limits import HitCounter
 from gateway.middleware.request_log import RequestLog
 from gateway.middleware.server_errors import ServerErrors
 from gateway.middleware.spend_limits import SpendLimits
@@ -90,7 +91,8 @@ class _Chain:
             Middleware(Guardrails, gateways=r.gateways, max_body_bytes=s.max_body_bytes),
             Middleware(DynamicRoutes, routes=r.route_store, limit_store=r.limit_store,
                        max_body_bytes=s.max_body_bytes, clock=r.clock),
-            Middleware(ResponseCache, prepare=router.prepare, store=r.cache, ledger=r.ledger),
+            Middleware(ResponseCache, prepare=router.prepare, store=r.cache, ledger=r.ledger,
+                       rates=HitCounter(r.limits, r.settlements, r.clock, timedelta(seconds=s.hold_ttl_seconds))),
             Middleware(SpendLimits, limits=r.limits, store=r.limit_store, planner=RouterPlanner(router),
                        clock=r.clock, settlements=r.settlements, hold_ttl=timedelta(seconds=s.hold_ttl_seconds),
                        fail_open=s.db_unavailable == "fail_open_byok"),

@@ -37,6 +37,7 @@ keeps it equal to the classes that exist):
     │   │   └── RouteNotFound          404  a route (or one of its versions) the admin API was asked for
     │   ├── PolicyDenied               403  the caller's groups may not use the model
     │   ├── PromptBlocked              400  a guardrail refused the prompt (code 2016, the categories found)
+    │   ├── RateLimitExceeded          429  (Retry-After, x-ratelimit-*) a rate limit has no room: rule, limit, reset
     │   ├── Unauthenticated            401
     │   │   ├── IdentityRejected       401  the Access / OIDC JWT does not verify (the reason says why)
     │   │   │   └── ClaimError         401  a verified token whose claims are not the shape an identity needs
@@ -285,6 +286,26 @@ class IdentityRequired(Unauthenticated):
 
 class GatewayTokenRejected(Unauthenticated):
     """No gateway token where the gateway needs one, or one that is not the gateway's."""
+
+
+class RateLimitExceeded(RequestRefused):
+    """A rate limit (the gateway's `rate_limits`) has no room for this request: `limit` and `remaining` in its
+    `unit` (requests or tokens); `resets_at` is when enough will have left its interval for this request to fit,
+    as seen at `refused_at`."""
+
+    def __init__(self, *, rule: str, unit: str, limit: int, remaining: int, resets_at: datetime,
+                 refused_at: datetime) -> None:
+        super().__init__("Rate limit exceeded")
+        self.rule = rule
+        self.unit = unit
+        self.limit = limit
+        self.remaining = remaining
+        self.resets_at = resets_at
+        self.refused_at = refused_at
+
+    @property
+    def retry_after_s(self) -> int:
+        return max(1, math.ceil((self.resets_at - self.refused_at).total_seconds()))
 
 
 class SpendRefused(RequestRefused):
@@ -540,6 +561,12 @@ def to_response(error: GatewayError) -> ErrorResponse:
                           spent_usd=usd_str(error.spent_nano), pending_usd=usd_str(error.pending_nano),
                           reserved_usd=usd_str(error.reserved_nano), limit_usd=usd_str(error.limit_nano),
                           resets_at=error.resets_at.isoformat())
+        case RateLimitExceeded():
+            wait = str(error.retry_after_s)
+            return answer(429, headers={"Retry-After": wait, "x-ratelimit-limit": str(error.limit),
+                                        "x-ratelimit-remaining": str(max(error.remaining, 0)),
+                                        "x-ratelimit-reset": wait},
+                          rule=error.rule, unit=error.unit, limit=error.limit, resets_at=error.resets_at.isoformat())
         case InsufficientCredit():
             available = None if error.available_nano is None else usd_str(max(error.available_nano, 0))
             return answer(402, reason=None if error.reason is None else str(error.reason),

@@ -24,6 +24,7 @@ from gateway.config_cache import ConfigCache
 from gateway.db import Database
 from gateway.errors import SettingsError, UnknownAccount, UnknownGateway
 from gateway.guardrails.policy import validate as validate_guardrails
+from gateway.limits.rate_rules import validate as validate_rate_limits
 
 log = logging.getLogger("spendgate.gateways")
 
@@ -64,6 +65,8 @@ class GatewaySettings:
     cache_scope: str = "gateway"  # "gateway": every caller of the gateway shares entries; "identity": per caller
     cache_hit_charge: str = "0"  # unified billing: the fraction of the original cost a hit is charged (decimal)
     cache_max_mb: int = 100  # the gateway's entries, at most; the oldest are evicted past it
+    # requests or tokens per interval, counted across instances (gateway/limits/rate_rules.py)
+    rate_limits: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict[str, Any], *, base: GatewaySettings | None = None) -> GatewaySettings:
@@ -101,6 +104,8 @@ def _validate(name: str, value: Any) -> Any:
         return _validate_cache(name, value)
     if name == "guardrails":
         return validate_guardrails(value)
+    if name == "rate_limits":
+        return validate_rate_limits(value)
     if name == "alert_webhook":
         if value is not None and not _http_url(value):
             raise SettingsError(name, f"{name} must be an http(s) URL or null")

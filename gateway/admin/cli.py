@@ -134,6 +134,8 @@ SETTING_HELP = {
     "cache_hit_charge": 'unified billing: the fraction of the original cost a cache hit is charged, e.g. "0.25"',
     "cache_max_mb": "the response cache's size bound for this gateway (the oldest answers go first)",
     "guardrails": '{"prompt": {"pii.*": "redact", "secret.*": "block"}, "response": {...}}: flag|redact|block',
+    "rate_limits": '[{"name": "burst", "limit": 40, "interval_s": 60, "technique": "fixed|sliding", '
+                   '"unit": "requests|tokens", "scope": {...}}]',
 }
 
 

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.db import Database
+from gateway.limits.rate_rules import RateRule
 from gateway.limits.reservations import BucketState
 from gateway.limits.rules import Rule
 
@@ -65,15 +66,17 @@ async def bucket_remaining(db: Database, rule: Rule, key: str, now: datetime) ->
 
 
 async def room_at(db: Database, state: BucketState, estimate_nano: int, now: datetime) -> datetime:
-    """When the bucket of a refused request will have room for its estimate: a fixed window's end; for a rolling
-    one, when enough of its slices have aged out (holds that may settle for less sooner are not counted)."""
+    """When the bucket of a refused request will have room for its estimate (a rate limit's line: for what it
+    takes): a fixed window's end; for a rolling (sliding) one, when enough of its slices have aged out (holds that
+    may settle for less sooner are not counted)."""
     line, rule = state.line, state.line.rule
-    if rule.window.type == "fixed" or line.rolling_since is None:
-        return rule.window.end(now)
+    window = rule.interval if isinstance(rule, RateRule) else rule.window
+    if line.rolling_since is None:
+        return window.end(now)
     rows = await db.pool.fetch(
         "SELECT window_start, spent FROM limits.buckets WHERE rule_id = $1 AND key = $2 AND window_start >= $3 "
         "ORDER BY window_start",
         uuid.UUID(rule.id), line.key, line.rolling_since,
     )
-    needed = state.spent_nano + state.pending_nano + estimate_nano - rule.budget_nano
-    return rule.window.retry_after(now, [(r["window_start"], r["spent"]) for r in rows], max(needed, 1))
+    needed = state.spent_nano + state.pending_nano + estimate_nano - line.budget
+    return window.retry_after(now, [(r["window_start"], r["spent"]) for r in rows], max(needed, 1))

@@ -1,7 +1,8 @@
 """Spend-limit invariants as queries (with the ledger's in gateway/ledger/invariants.py, checked by every
 concurrency test, the cluster and fault tests, and bench/soak.py):
 
-- a bucket's `pending` is exactly the sum of the estimates of the open reservations that hold a line in it;
+- a bucket's `pending` is exactly what the open reservations with a line in it took: their estimates (money), 1
+  each (a rate limit counting requests) or their token bounds (counting tokens);
 - a settled reservation has its actual cost and outcome; an open one has neither;
 - a reservation with a credit hold is open exactly while its hold is open.
 """
@@ -16,7 +17,8 @@ INVARIANTS = {
             SELECT (l->>'rule_id')::uuid AS rule_id, l->>'key' AS key,
                    CASE WHEN l ? 'rolling_since' THEN '-infinity'::timestamptz
                         ELSE (l->>'window_start')::timestamptz END AS window_start,
-                   r.estimate
+                   CASE l->>'unit' WHEN 'requests' THEN 1 WHEN 'tokens' THEN coalesce(r.tokens, 0)
+                                   ELSE r.estimate END AS estimate
               FROM limits.reservations r, jsonb_array_elements(r.lines) l
              WHERE r.settled_at IS NULL)
         SELECT b.rule_id, b.key, b.window_start, b.pending, coalesce(sum(o.estimate), 0) AS open

@@ -21,3 +21,4 @@ class Plan:
     tenant: str
     estimate_nano: int | None  # None: the model has no known price
     attributes: dict[str, Any] = field(default_factory=dict)  # dimension name -> value, for bucket keys
+    tokens: int = 0  # the token bound (input bound + output limit), reserved by rate limits counting tokens

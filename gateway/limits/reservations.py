@@ -11,6 +11,11 @@ and the ledger rows of its credit holds are locked once, in one global order (op
 shards, then buckets), so no mix of batches can deadlock. A single request is a batch of one. The lines go once per
 batch (`reservation_args`): a hot bucket's requests share them.
 
+Rate limits (gateway/limits/rate_rules.py, migration 0024) are lines of the same call: a line's `unit` says what it
+counts: None, money (the request's estimate, settled to its actual cost); `requests` (1, settled to 1); `tokens`
+(the request's token bound, settled to the tokens it used). So a request's rate limits, spend limits and credit
+hold are granted together or not at all.
+
 Batching: every reservation, with or without a unified-billing credit hold, and later its settlement, goes through
 a `_Batcher`: while `max_inflight` calls are in flight, new ones wait, and each call that returns sends everything
 waiting (up to `max_batch`) as one call: one round trip and one commit for all of them. A hot bucket (one user, an
@@ -37,6 +42,7 @@ import asyncpg
 
 from gateway.db import Database
 from gateway.ledger.ledger import HoldRefusal
+from gateway.limits.rate_rules import RateRule
 from gateway.limits.rules import Rule
 
 log = logging.getLogger("spendgate.limits")
@@ -44,19 +50,25 @@ log = logging.getLogger("spendgate.limits")
 
 @dataclass(frozen=True)
 class BucketLine:
-    rule: Rule
+    rule: Rule | RateRule
     key: str
     window_start: datetime  # fixed: the window; rolling: the slice the spend is recorded in
     rolling_since: datetime | None  # rolling: slices from here on count
     alert_window: datetime  # one alert per bucket, fraction and calendar window
+    unit: str | None = None  # None: money (the estimate, nano-USD); a rate limit's "requests" or "tokens"
+
+    @property
+    def budget(self) -> int:
+        """The bucket's limit, in the line's unit."""
+        return self.rule.limit if isinstance(self.rule, RateRule) else self.rule.budget_nano
 
     @cached_property
     def row(self) -> tuple[Any, ...]:
         """The line as a `limits.bucket_line`, built once: `bucket_lines` hands the same lines to every request of a
         bucket and window."""
-        return (uuid.UUID(self.rule.id), self.key, self.window_start, self.rolling_since, self.rule.budget_nano,
+        return (uuid.UUID(self.rule.id), self.key, self.window_start, self.rolling_since, self.budget,
                 self.rule.action != "monitor", self.alert_window,
-                [Decimal(f) for f in self.rule.alert_at] if self.rule.alert_at else None)
+                [Decimal(f) for f in self.rule.alert_at] if self.rule.alert_at else None, self.unit)
 
 
 @dataclass(frozen=True)
@@ -67,7 +79,8 @@ class BucketState:
 
     @property
     def remaining_nano(self) -> int:
-        return self.line.rule.budget_nano - self.spent_nano - self.pending_nano
+        """What the bucket has left, in the line's unit (nano-USD for spend lines)."""
+        return self.line.budget - self.spent_nano - self.pending_nano
 
 
 @dataclass(frozen=True)
@@ -87,10 +100,12 @@ class Outcome:
     exceeded: list[BucketState] = field(default_factory=list)
     credit_refusal: HoldRefusal | None = None  # the credit hold was refused (and nothing was reserved)
     estimate_nano: int = 0
+    tokens: int = 0  # the token bound reserved in rate limits counting tokens
 
     def remaining_after_nano(self) -> int | None:
-        """What the tightest bucket has left after this reservation (None: no bucket matched)."""
-        blocking = [s for s in self.states if s.line.rule.action != "monitor"] or self.states
+        """What the tightest spend bucket has left after this reservation (None: no spend bucket matched)."""
+        spend = [s for s in self.states if s.line.unit is None]
+        blocking = [s for s in spend if s.line.rule.action != "monitor"] or spend
         if not blocking:
             return None
         return min(s.remaining_nano for s in blocking) - (self.estimate_nano if self.ok else 0)
@@ -192,13 +207,13 @@ SETTLE = "SELECT * FROM limits.settle($1)"
 
 
 def _reserve_item(rid: uuid.UUID, lines: list[BucketLine], estimate: int, now: datetime, expires: datetime,
-                  hold: HoldRequest | None = None) -> Item:
+                  hold: HoldRequest | None = None, tokens: int = 0) -> Item:
     credit = None if hold is None else (hold.tenant, hold.amount_nano, hold.request_id)
-    return Item(rid, now, (rid, estimate, now, expires, credit), lines)
+    return Item(rid, now, (rid, estimate, now, expires, credit, tokens), lines)
 
 
-def _settle_item(rid: uuid.UUID, actual: int, outcome: str, now: datetime) -> Item:
-    return Item(rid, now, (rid, actual, outcome, now))
+def _settle_item(rid: uuid.UUID, actual: int, outcome: str, now: datetime, tokens: int | None = None) -> Item:
+    return Item(rid, now, (rid, actual, outcome, now, tokens))
 
 
 def reservation_args(items: list[Item]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -215,8 +230,8 @@ def reservation_args(items: list[Item]) -> tuple[list[tuple[Any, ...]], list[tup
                 lines.append(line.row)
                 position = positions[id(line)] = len(lines)
             named.append(position)
-        rid, estimate, now, expires, credit = item.row
-        requests.append((rid, estimate, now, expires, named, credit))
+        rid, estimate, now, expires, credit, tokens = item.row
+        requests.append((rid, estimate, now, expires, named, credit, tokens))
     return lines, requests
 
 
@@ -386,24 +401,28 @@ class Limits:
         now: datetime | None = None,
         ttl: timedelta = timedelta(minutes=15),
         reservation_id: uuid.UUID | None = None,
+        tokens: int = 0,
     ) -> Outcome:
-        if estimate_nano < 0:
-            raise ValueError("estimate must not be negative")
+        """`tokens`: the request's token bound, reserved in the lines of rate limits counting tokens (a line
+        counting requests takes 1, a spend line the estimate)."""
+        if estimate_nano < 0 or tokens < 0:
+            raise ValueError("estimate and tokens must not be negative")
         now = now or datetime.now(UTC)
         rid = reservation_id or uuid.uuid4()
-        item = _reserve_item(rid, lines, estimate_nano, now, now + ttl, hold)
+        item = _reserve_item(rid, lines, estimate_nano, now, now + ttl, hold, tokens)
         answer = await self._reserves.submit(item)
         states = [BucketState(line, s["spent"], s["pending"])
                   for line, s in zip(lines, answer["state"] or (), strict=False)]
         exceeded = [states[i - 1] for i in answer["exceeded"] or ()]
         credit = answer["credit"]
         return Outcome(rid, answer["ok"], states, exceeded, None if credit is None else HoldRefusal.of(credit),
-                       estimate_nano)
+                       estimate_nano, tokens)
 
     async def settle(self, reservation_id: uuid.UUID, actual_nano: int, *, outcome: str = "settled",
-                     now: datetime | None = None) -> Settled:
-        """`outcome`: 'settled' (the call ended), or 'expired' (the sweeper)."""
-        item = _settle_item(reservation_id, actual_nano, outcome, now or datetime.now(UTC))
+                     now: datetime | None = None, tokens: int | None = None) -> Settled:
+        """`outcome`: 'settled' (the call ended), or 'expired' (the sweeper). `tokens`: the tokens the call used,
+        for rate limits counting tokens (None: what was reserved). Rate limits count nothing for an expired one."""
+        item = _settle_item(reservation_id, actual_nano, outcome, now or datetime.now(UTC), tokens)
         return Settled.of(await self._settles.submit(item))
 
     async def expire_overdue(self, *, now: datetime | None = None, limit: int = 500) -> int:

@@ -62,22 +62,27 @@ class Rule:
         """`attributes` maps dimension names (`provider`, `model`, `metadata.<key>`, `cf.*`) to the request's values.
 
         The bucket keys this request falls in (canonical JSON of the split values); [] if the rule skips it."""
-        choices: list[list[tuple[str, Any]]] = []
-        for dim in self.dimensions:
-            value = attributes.get(dim.name)
-            if not dim.split:
-                if isinstance(value, list | tuple):
-                    if dim.equals not in value:
-                        return []
-                elif value != dim.equals:
-                    return []
-                continue
+        return bucket_keys(self.dimensions, attributes)
+
+
+def bucket_keys(dimensions: tuple[Dimension, ...], attributes: dict[str, Any]) -> list[str]:
+    """The bucket keys of a request under a scope's `dimensions` (spend rules and rate limits alike)."""
+    choices: list[list[tuple[str, Any]]] = []
+    for dim in dimensions:
+        value = attributes.get(dim.name)
+        if not dim.split:
             if isinstance(value, list | tuple):
-                values: list[str | None] = [*sorted({str(v) for v in value})] or [None]
-                choices.append([(dim.name, v) for v in values])
-            else:
-                choices.append([(dim.name, value)])
-        return [_key(combo) for combo in itertools.product(*choices)]
+                if dim.equals not in value:
+                    return []
+            elif value != dim.equals:
+                return []
+            continue
+        if isinstance(value, list | tuple):
+            values: list[str | None] = [*sorted({str(v) for v in value})] or [None]
+            choices.append([(dim.name, v) for v in values])
+        else:
+            choices.append([(dim.name, value)])
+    return [_key(combo) for combo in itertools.product(*choices)]
 
 
 _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")

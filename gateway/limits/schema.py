@@ -50,6 +50,7 @@ reservations = sa.Table(
     sa.Column("id", UUID(as_uuid=True), primary_key=True),
     sa.Column("lines", JSONB, nullable=False),
     sa.Column("estimate", sa.BigInteger, nullable=False),
+    sa.Column("tokens", sa.BigInteger),  # the token bound its rate-limit lines counting tokens took (migration 0024)
     sa.Column("hold_id", UUID(as_uuid=True)),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),

@@ -18,6 +18,10 @@ Concurrent misses of the same key make one upstream call. Within the instance th
 (gateway/cache/store.py) makes other instances wait for the stored answer, polling, for at most the claim's lease.
 Those that waited are served as hits; when the leader's answer could not be stored, each is served on its own.
 The header is absent when the cache is off for the request.
+
+A hit still counts as a request in the gateway's rate limits counting requests (not in those counting tokens):
+`rates` reserves 1 in each before the hit is served, through the same reservation functions, and a full bucket
+answers 429 instead (gateway/middleware/rate_limits.py).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from gateway.cache.store import CacheStore, Entry
 from gateway.errors import HeaderError, RequestRefused, to_response
 from gateway.exchange import Exchange
 from gateway.ledger import Ledger
+from gateway.middleware.rate_limits import HitCounter
 from gateway.money import to_nano
 from gateway.providers.call import off_loop
 
@@ -61,8 +66,9 @@ class ResponseCache:
     again (doubling up to 8x)."""
 
     def __init__(self, app: ASGIApp, *, prepare: Prepare, store: CacheStore, ledger: Ledger,
-                 flight: SingleFlight | None = None, poll_s: float = 0.02) -> None:
+                 flight: SingleFlight | None = None, poll_s: float = 0.02, rates: HitCounter | None = None) -> None:
         self.app = app
+        self.rates = rates
         self.prepare = prepare
         self.store = store
         self.ledger = ledger
@@ -121,7 +127,7 @@ class ResponseCache:
         if not leader:
             entry = await flight.wait()
             if entry is not None:
-                await self._hit(send, ex, entry)
+                await self._hit(scope, receive, send, ex, entry)
             else:
                 await self._miss(scope, receive, send, ex, None)
             return
@@ -131,7 +137,7 @@ class ResponseCache:
             if found is not None:
                 stored = found
                 self.flight.finish(where, flight, found)  # the others need not wait for this answer to go out
-                await self._hit(send, ex, found)
+                await self._hit(scope, receive, send, ex, found)
                 return
             fill = None if fill_id is None else _Fill(account, gateway, key, fill_id, ttl,
                                                        ex.gateway.settings.cache_max_mb * 1024 * 1024)
@@ -159,13 +165,27 @@ class ResponseCache:
             await asyncio.sleep(pause)  # another instance is filling it
             pause = min(pause * 2, self.poll_s * 8)
 
-    async def _hit(self, send: Send, ex: Exchange, entry: Entry) -> None:
+    async def _hit(self, scope: Scope, receive: Receive, send: Send, ex: Exchange, entry: Entry) -> None:
+        counted = None if self.rates is None else await self.rates.reserve(ex)
+        if counted is not None and not counted.ok:
+            assert self.rates is not None
+            answer = await self.rates.refusal(counted)
+            ex.status_code, ex.error = answer.status, answer.message
+            await answer.render()(scope, receive, send)
+            return
+        try:
+            await self._serve_hit(send, ex, entry, [] if self.rates is None else self.rates.headers(counted))
+        finally:
+            if self.rates is not None:
+                await self.rates.settle(counted)
+
+    async def _serve_hit(self, send: Send, ex: Exchange, entry: Entry, extra: list[tuple[bytes, bytes]]) -> None:
         ex.cached = True
         ex.cost_usd = Decimal(0)
         ex.status_code = entry.status
         ex.response_size = len(entry.body)
         ex.response_body = entry.body
-        headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in entry.headers] + HIT
+        headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in entry.headers] + HIT + extra
         if not _is_stream(entry):
             headers += [(b"content-length", str(len(entry.body)).encode()), (b"cf-aig-cost", b"0")]
         await send({"type": "http.response.start", "status": entry.status, "headers": headers})

@@ -14,6 +14,11 @@ one round trip reserves the estimate in every matching bucket and, on unified bi
   spending limit exceeded" naming its duration and strategy;
 - the credit balance cannot cover it: 402, with what is available and what this request needed.
 
+Rate limits (gateway/middleware/rate_limits.py) are lines of the same reservation: 1 request, or the request's token
+bound, in each matching rule of the gateway's `rate_limits`, also for a model without a price (which spend rules
+skip). One that overflows refuses the request (429 "Rate limit exceeded", before any spend rule's fallback); the
+answer of a request that matched one carries the `x-ratelimit-*` headers of the tightest.
+
 Both 429s carry `Retry-After` and the same amounts, as decimal USD strings: `spent_usd` (settled in the window),
 `pending_usd` (what other requests in flight hold there), `reserved_usd` (this request's worst case, what it
 needed), `limit_usd`, and `resets_at`: for a fixed window its end; for a rolling one the time enough of the spend
@@ -43,18 +48,21 @@ from gateway.errors import (
     InsufficientCredit,
     LedgerReason,
     PolicyDenied,
+    RequestRefused,
     RuleBudgetExceeded,
-    SpendRefused,
     to_response,
 )
 from gateway.exchange import Exchange
 from gateway.ledger import Ledger
+from gateway.limits import rates
 from gateway.limits.buckets import room_at
 from gateway.limits.plan import Plan
 from gateway.limits.policies import allowed
 from gateway.limits.reservations import BucketState, HoldRequest, Limits, Outcome, bucket_lines
+from gateway.limits.rules import Rule
 from gateway.limits.settlements import Settlements
 from gateway.limits.store import LimitStore
+from gateway.middleware.rate_limits import actual_tokens, rules_of
 from gateway.middleware.spend_plan import CostPlanner
 from gateway.money import from_nano, usd_str
 
@@ -124,8 +132,10 @@ class SpendLimits:
             exchange.budget_remaining_usd = from_nano(max(remaining, 0))
         settled_plan = plan
         self.settlements.opened(outcome.reservation_id, lambda: self.planner.actual_nano(exchange, settled_plan))
+        now = self.clock()
+        rate_headers = rates.headers(rates.tightest(outcome, now), now)
         try:
-            await self.app(scope, receive, self._with_budget_header(send, remaining))
+            await self.app(scope, receive, self._with_budget_header(send, remaining, rate_headers))
         finally:
             actual = self.planner.actual_nano(exchange, plan)
             if exchange.cost_usd is None and actual:
@@ -133,23 +143,26 @@ class SpendLimits:
                 # in the log, the bucket and the ledger)
                 exchange.cost_usd = from_nano(actual)
             # shielded: a call cancelled at the shutdown deadline still settles (Settlements.drain waits for it)
-            await asyncio.shield(self.settlements.settle(outcome.reservation_id, actual, self.clock()))
+            await asyncio.shield(self.settlements.settle(outcome.reservation_id, actual, self.clock(),
+                                                         tokens=actual_tokens(exchange)))
 
     async def _reserve(self, exchange: Exchange, plan: Plan) -> Outcome | None:
-        """None: nothing to reserve (no rule matched and no credit to hold, or the cost is unknown)."""
+        """None: nothing to reserve (no rule matched and no credit to hold, or the cost is unknown and no rate limit
+        matched)."""
         assert exchange.account_id is not None and exchange.gateway_id is not None
-        if plan.estimate_nano is None:
-            return None  # unpriced: rules skip it (the router refuses it on unified billing / block_unpriced)
         now = self.clock()
-        rules = await self.store.rules(exchange.account_id, exchange.gateway_id)
-        lines = bucket_lines(rules, plan.attributes, now)
+        lines = rates.rate_lines(rules_of(exchange), plan.attributes, now)
         hold = None
-        if plan.billing_mode == "unified":
-            hold = HoldRequest(plan.tenant, plan.estimate_nano, exchange.request_id)
+        if plan.estimate_nano is not None:  # unpriced: spend rules skip it (the router refuses it on unified billing)
+            rules = await self.store.rules(exchange.account_id, exchange.gateway_id)
+            lines = bucket_lines(rules, plan.attributes, now) + lines
+            if plan.billing_mode == "unified":
+                hold = HoldRequest(plan.tenant, plan.estimate_nano, exchange.request_id)
         if not lines and hold is None:
             return None
         try:
-            outcome = await self.limits.reserve(lines, plan.estimate_nano, hold=hold, now=now, ttl=self.hold_ttl)
+            outcome = await self.limits.reserve(lines, plan.estimate_nano or 0, hold=hold, now=now,
+                                                ttl=self.hold_ttl, tokens=plan.tokens)
         except Exception as exc:
             if self.fail_open and hold is None and unavailable(exc) and all(
                     line.rule.action == "monitor" for line in lines):
@@ -167,13 +180,16 @@ class SpendLimits:
             return None
         return models.pop()
 
-    def _with_budget_header(self, send: Send, remaining: int | None) -> Send:
-        if remaining is None:
+    def _with_budget_header(self, send: Send, remaining: int | None, rate_headers: list[tuple[bytes, bytes]]) -> Send:
+        if remaining is None and not rate_headers:
             return send
 
         async def sender(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["cf-aig-budget-remaining"] = usd_str(max(remaining, 0))
+                if remaining is not None:
+                    MutableHeaders(scope=message)["cf-aig-budget-remaining"] = usd_str(max(remaining, 0))
+                if rate_headers:
+                    message["headers"] = [*message.get("headers", []), *rate_headers]
             await send(message)
 
         return sender
@@ -186,8 +202,11 @@ class SpendLimits:
         exchange.error = answer.message
         await answer.render()(scope, receive, send)
 
-    async def _refusal(self, outcome: Outcome, plan: Plan) -> SpendRefused:
+    async def _refusal(self, outcome: Outcome, plan: Plan) -> RequestRefused:
         now = self.clock()
+        rate = await rates.refusal(self.limits.db, outcome, now)
+        if rate is not None:
+            return rate
         credit = outcome.credit_refusal
         reserved = outcome.estimate_nano
         if credit is not None and credit.reason == LedgerReason.SPENDING_LIMIT:
@@ -202,6 +221,7 @@ class SpendLimits:
             return InsufficientCredit(credit.reason, credit.available_nano, reserved)
         tightest = min(outcome.exceeded, key=lambda s: s.remaining_nano)
         rule = tightest.line.rule
+        assert isinstance(rule, Rule)  # a rate limit's refusal is answered above
         resets = await room_at(self.limits.db, tightest, reserved, now)
         return RuleBudgetExceeded(
             rule=rule.raw.get("name", rule.name), rule_id=rule.id, bucket=_bucket_json(tightest.line.key),

@@ -86,7 +86,7 @@ class RouterPlanner:
             exchange.target = None
             return None
         return Plan(target.provider, f"{target.provider}/{target.model}", target.billing_mode, exchange.account_id,
-                    estimate, attributes_of(exchange, target))
+                    estimate, attributes_of(exchange, target), call.input_bound + call.output_bound)
 
     @staticmethod
     def _estimate_nano(target: Target, call: Call) -> int | None:
