@@ -248,9 +248,7 @@ class _AnswerGuard:
     async def _sse_part(self, message: Message) -> None:
         chunk: bytes = message.get("body", b"")
         more = message.get("more_body", False)
-        if self.done:
-            if not more:
-                await self.downstream({"type": "http.response.body", "body": b"", "more_body": False})
+        if self.done:  # ended at a blocked match: the rest of the provider's stream goes nowhere
             return
         if self.logged is not None:
             copy = self.logged.feed(chunk) + (b"" if more else self.logged.finish())
