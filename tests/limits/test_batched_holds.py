@@ -90,6 +90,6 @@ async def test_many_tenants_holds_in_batches_with_sweepers_and_top_ups(db: Datab
     await assert_all_invariants(db)
     overdrawn = await db.pool.fetchval(
         "SELECT count(*) FROM ledger.accounts WHERE debits_must_not_exceed_credits "
-        "AND debits_posted + debits_pending > credits_posted")
+        "AND debits_posted + debits_pending > credits_posted AND owner = ANY($1)", tenants)
     assert overdrawn == 0
-    assert await db.pool.fetchval("SELECT count(*) FROM ledger.open_holds") == 0
+    assert await db.pool.fetchval("SELECT count(*) FROM ledger.open_holds WHERE tenant = ANY($1)", tenants) == 0
