@@ -31,12 +31,26 @@ from gateway.gateways import (
     GatewaySettings,
     valid_id,
 )
+from gateway.limits.rate_rules import MAX_INTERVAL_S, MAX_LIMIT, MAX_RATE_LIMITS, TECHNIQUES, UNITS
 
 TAG = "gateways and providers"  # the OpenAPI tag of this module's endpoints and of the gateway's configuration
 router = AdminRouter(TAG)
 
 SETTINGS_SCHEMA: dict[str, Any] = {"type": "object", "description": "any of the gateway settings",
                    "properties": {name: {} for name in GatewaySettings().to_json()}}
+_SCOPE = {"type": "object", "description": "dimension (provider, model, metadata.<key>, cf.user_id, cf.user.email, "
+          "cf.user.groups, cf.service_token) -> {\"split\": true} or {\"equals\": value}",
+          "additionalProperties": {"type": "object"}}
+SETTINGS_SCHEMA["properties"]["rate_limits"] = {
+    "type": "array", "maxItems": MAX_RATE_LIMITS,
+    "description": "requests or tokens per interval, counted across every instance; exceeded: 429 with Retry-After",
+    "items": {"type": "object", "required": ["name", "limit", "interval_s"], "additionalProperties": False,
+              "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 100},
+                             "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                             "interval_s": {"type": "integer", "minimum": 1, "maximum": MAX_INTERVAL_S},
+                             "technique": {"enum": list(TECHNIQUES), "default": "fixed"},
+                             "unit": {"enum": list(UNITS), "default": "requests"},
+                             "scope": _SCOPE}}}
 
 
 async def ensure_gateway(services: AdminServices, account: str, gateway: str) -> GatewayRecord:
