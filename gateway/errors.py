@@ -65,8 +65,9 @@ keeps it equal to the classes that exist):
     │   ├── RuleError                  422
     │   │   └── TooManyRules           409
     │   ├── PolicyError                422
-    │   └── RouteError                 422
-    │       └── RouteExists            409
+    │   ├── RouteError                 422
+    │   │   └── RouteExists            409
+    │   └── QueryError                 422  an analytics query's parameters (names the parameter)
     ├── LedgerError                    the reason decides: unknown_account 404, id_conflict 409, ... 422
     ├── AdminError                     its own status (the admin API's handlers are the HTTP edge)
     └── CliError                       an operator command's message (stderr, exit 1; never HTTP)
@@ -462,6 +463,10 @@ class InvalidAmount(ConfigError):
 
 class SettingsError(ConfigError):
     pass
+
+
+class QueryError(ConfigError):
+    """An analytics query that cannot be run: `field` names the parameter."""
 
 
 class RuleError(ConfigError):

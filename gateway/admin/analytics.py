@@ -27,13 +27,12 @@ from gateway.analytics.queries import (
     INTERVALS,
     MAX_LIMIT,
     AnalyticsQuery,
-    QueryError,
     Result,
     parse_group_by,
     run,
 )
 from gateway.analytics.store import segment_sql, segments
-from gateway.errors import LedgerError
+from gateway.errors import LedgerError, QueryError
 from gateway.gateways import valid_id
 
 router = AdminRouter("analytics")

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from gateway.analytics.store import Segment, segment_sql, segments
 from gateway.db import Database
+from gateway.errors import QueryError
 
 Interval = Literal["hour", "day", "week"]
 INTERVALS: tuple[Interval, ...] = ("hour", "day", "week")
@@ -37,14 +38,6 @@ COLUMNS = {"provider": "provider", "model": "model", "gateway": "gateway_id", "b
            "cf.user.groups": "groups", "cf.service_token": "service_token"}
 DIMENSION_NAMES = (*COLUMNS, "metadata.<key>")
 FIGURES = ("requests", "errors", "tokens_in", "tokens_out", "tokens_cache_read", "tokens_cache_write", "cost_usd")
-
-
-class QueryError(ValueError):
-    """An analytics query that cannot be run: `field` names the parameter."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 def parse_group_by(text: str | None) -> tuple[str, ...]:

@@ -147,9 +147,12 @@ async def test_path_ids_that_cannot_exist_are_404_before_any_query(admin: httpx.
 async def test_account_amounts_past_the_maximum_are_422(admin: httpx.AsyncClient, account: str, path: str,
                                                         body: dict[str, Any], field: str) -> None:
     method = admin.post if path.endswith("topups") else admin.put
+    def money(credits: dict[str, Any]) -> dict[str, Any]:  # the forecast of an empty balance says "now"
+        return {k: v for k, v in credits.items() if k != "forecast"}
+
     before = (await admin.get(f"/accounts/{account}/credits")).json()["result"]
     refused(await method(f"/accounts/{account}{path}", json=body), 422, field)
-    assert (await admin.get(f"/accounts/{account}/credits")).json()["result"] == before
+    assert money((await admin.get(f"/accounts/{account}/credits")).json()["result"]) == money(before)
     assert (await admin.get(f"/accounts/{account}/billing/spending-limit")).json()["result"] is None
 
 
