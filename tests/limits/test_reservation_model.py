@@ -3,12 +3,14 @@ model.
 
 Hypothesis drives random sequences of:
 - reserve: a batch of 1-4 requests over buckets of five rules (one for everything with alerts, one split per
-  user, a rolling one with alerts, a monitor rule, one for a single model), some with a credit hold of one of two
+  user, a rolling one with alerts, a monitor rule, one for a single model) and three rate limits (requests per
+  fixed 10 minutes split per user, tokens per sliding hour, requests per sliding 20 minutes for one model: their
+  lines take 1 or the request's token bound), some with a credit hold of one of two
   tenants (one with a daily spending limit, one with an auto top-up threshold); ids new, replayed, or twice in the
   batch; several holds, of one or both tenants, in one batch; requests naming the same lines of the batch, or
   equal lines at other positions;
-- settle: a batch of 1-4 settlements, the actual cost at, below or above the estimate, of open, settled, expired
-  or unknown reservations, or the same id twice;
+- settle: a batch of 1-4 settlements, the actual cost at, below or above the estimate, the tokens used (or none
+  given: the bound counts), of open, settled, expired or unknown reservations, or the same id twice;
 - the sweeper: the clock moves on (minutes, or a day: windows close, rolling slices age) and
   `Limits.expire_overdue` expires what is overdue;
 
@@ -20,8 +22,9 @@ none is pending). A batch the model says is malformed (an id twice) must be refu
 nothing changed.
 
 The model is the functions' semantics spelled out one request after the other: a blocking line fits when
-`spent + pending + estimate <= budget` (spent: the fixed window's, or the rolling window's slices from its
-start), a request is granted when all its lines fit and its credit hold is granted, and keeps nothing otherwise.
+`spent + pending + take <= budget` (take: the estimate, 1 request or the token bound; spent: the fixed window's, or
+the rolling window's slices from its start), a request is granted when all its lines fit and its credit hold is
+granted, and keeps nothing otherwise. A rate line counts 1 or the tokens used at settlement, nothing when expired.
 
 Its own database (the invariants read every row): SPENDGATE_FUZZ_EXAMPLES sequences (default 20) of up to 20 steps.
 """
@@ -48,6 +51,8 @@ from gateway.ledger import Ledger
 from gateway.ledger.invariants import check_invariants
 from gateway.ledger.ledger import AutoTopUp, SpendingLimit
 from gateway.limits.invariants import check_limit_invariants
+from gateway.limits.rate_rules import rate_rules, validate
+from gateway.limits.rates import rate_lines
 from gateway.limits.reservations import BucketLine, Limits, bucket_lines
 from gateway.limits.rules import Rule, parse_rule
 from harness.pg import _admin, _with_database
@@ -69,6 +74,11 @@ SPECS: list[dict[str, Any]] = [
     {"name": "rolling", "budget_usd": "12", "window": "daily", "window_type": "rolling", "alert_at": [0.25, 0.75]},
     {"name": "watch", "budget_usd": "1", "window": "daily", "action": "monitor", "alert_at": [1]},
     {"name": "model-x", "budget_usd": "6", "window": "weekly", "scope": {"model": {"equals": "x"}}},
+]
+RATES: list[dict[str, Any]] = [
+    {"name": "requests", "limit": 4, "interval_s": 600, "scope": {"metadata.user": {"split": True}}},
+    {"name": "tokens", "limit": 3000, "interval_s": 3600, "technique": "sliding", "unit": "tokens"},
+    {"name": "model-y", "limit": 3, "interval_s": 1200, "technique": "sliding", "scope": {"model": {"equals": "y"}}},
 ]
 
 
@@ -97,6 +107,7 @@ class Reservation:
     estimate: int
     held: int | None  # the tenant (0 or 1) of its credit hold
     expires_at: datetime
+    tokens: int = 0  # its token bound
     status: str = "open"  # open | settled | expired | late
     actual: int | None = None
 
@@ -131,13 +142,18 @@ class Model:
         return sum(v[0] for (rule, key, start), v in self.rows.items()
                    if rule == line.rule.id and key == line.key and start is not None and start >= line.rolling_since)
 
+    @staticmethod
+    def take(line: BucketLine, estimate: int, tokens: int) -> int:
+        return {None: estimate, "requests": 1, "tokens": tokens}[line.unit]
+
     def reserve(self, rid: uuid.UUID, lines: list[BucketLine], estimate: int, held: int | None,
-                expires_at: datetime, now: datetime) -> dict[str, Any]:
+                expires_at: datetime, tokens: int, now: datetime) -> dict[str, Any]:
         if rid in self.reservations:
             return {"ok": True, "replay": True, "state": None, "exceeded": None, "credit": None}
         state = [(self.spent(line), self.row(self.lock_row(line))[1]) for line in lines]
         exceeded = [i + 1 for i, (line, (spent, pending)) in enumerate(zip(lines, state, strict=True))
-                    if line.rule.action != "monitor" and spent + pending + estimate > line.rule.budget_nano]
+                    if line.rule.action != "monitor"
+                    and spent + pending + self.take(line, estimate, tokens) > line.budget]
         credit = None
         if not exceeded and held is not None:
             if self.available[held] < estimate:
@@ -149,15 +165,16 @@ class Model:
         if exceeded or credit:
             return {"ok": False, "replay": False, "state": state, "exceeded": exceeded, "credit": credit}
         for line in lines:
-            self.row(self.lock_row(line))[1] += estimate
-        self.reservations[rid] = Reservation(lines, estimate, held, expires_at)
+            self.row(self.lock_row(line))[1] += self.take(line, estimate, tokens)
+        self.reservations[rid] = Reservation(lines, estimate, held, expires_at, tokens)
         return {"ok": True, "replay": False, "state": state, "exceeded": [], "credit": None}
 
     def resolvable(self, rid: uuid.UUID, outcome: str) -> bool:
         r = self.reservations.get(rid)
         return r is not None and (r.status == "open" or (r.status == "expired" and outcome != "expired"))
 
-    def settle(self, rid: uuid.UUID, actual: int, outcome: str, now: datetime) -> dict[str, Any]:
+    def settle(self, rid: uuid.UUID, actual: int, outcome: str, now: datetime,
+               tokens: int | None = None) -> dict[str, Any]:
         r = self.reservations.get(rid)
         if not self.resolvable(rid, outcome):
             return {"ok": False, "reason": "unknown reservation" if r is None else "already settled",
@@ -168,16 +185,21 @@ class Model:
         r.status, r.actual = ("late" if late else outcome), actual
         alerts = 0
         for line in r.lines:
-            self.row(self.lock_row(line))[1] -= release
+            freed, counted = release, actual
+            if line.unit is not None:  # a rate limit: its 1 or its bound back; 1 or the tokens used count
+                freed = 0 if late else self.take(line, r.estimate, r.tokens)
+                counted = 0 if outcome == "expired" else 1 if line.unit == "requests" else \
+                    r.tokens if tokens is None else tokens
+            self.row(self.lock_row(line))[1] -= freed
             if line.rolling_since is None:
-                self.row(self.lock_row(line))[0] += actual
-            elif actual > 0:
-                self.row((line.rule.id, line.key, line.window_start))[0] += actual
+                self.row(self.lock_row(line))[0] += counted
+            elif counted > 0:
+                self.row((line.rule.id, line.key, line.window_start))[0] += counted
             total = self.spent(line)
-            for f in line.rule.alert_at if actual > 0 else ():
-                threshold = f * line.rule.budget_nano
+            for f in line.rule.alert_at if counted > 0 else ():
+                threshold = f * line.budget
                 alert = (line.rule.id, line.key, line.alert_window, f)
-                if total - actual < threshold <= total and alert not in self.alerts:
+                if total - counted < threshold <= total and alert not in self.alerts:
                     self.alerts.add(alert)
                     alerts += 1
         if r.held is not None:
@@ -216,6 +238,7 @@ def make_machine(db: Database, loop: asyncio.AbstractEventLoop) -> type[RuleBase
         @initialize()
         def start(self) -> None:
             self.rules: list[Rule] = [parse_rule(str(uuid.uuid4()), spec) for spec in SPECS]
+            self.rates = rate_rules(f"model-{uuid.uuid4().hex[:8]}", "g", validate(RATES))
             self.tenants = [f"model-{uuid.uuid4().hex[:12]}" for _ in range(2)]
             ledger = Ledger(db)
             for tenant in self.tenants:
@@ -252,8 +275,9 @@ def make_machine(db: Database, loop: asyncio.AbstractEventLoop) -> type[RuleBase
                 rid = self._id(data, ids, settling=False)
                 attributes = {"metadata.user": data.draw(st.sampled_from(["a", "b"])),
                               "model": data.draw(st.sampled_from(["x", "y"]))}
-                lines = bucket_lines(self.rules, attributes, self.now)
+                lines = bucket_lines(self.rules, attributes, self.now) + rate_lines(self.rates, attributes, self.now)
                 estimate = data.draw(st.integers(0, 12)) * QUARTER
+                tokens = data.draw(st.sampled_from([0, 100, 700, 1500]), label="token bound")
                 held = data.draw(st.sampled_from([None, None, None, 0, 1]))
                 ttl = data.draw(st.sampled_from([timedelta(minutes=5), timedelta(minutes=30), timedelta(hours=3)]))
                 shared = data.draw(st.sampled_from([True, True, False]))  # or the same lines again, elsewhere
@@ -264,9 +288,9 @@ def make_machine(db: Database, loop: asyncio.AbstractEventLoop) -> type[RuleBase
                         positions[id(line)] = len(rows)
                     named.append(positions[id(line)])
                 ids.append(rid)
-                specs.append((rid, lines, estimate, held, self.now + ttl))
+                specs.append((rid, lines, estimate, held, self.now + ttl, tokens))
                 requests.append((rid, estimate, self.now, self.now + ttl, named,
-                                 None if held is None else (self.tenants[held], estimate, f"req-{rid}")))
+                                 None if held is None else (self.tenants[held], estimate, f"req-{rid}"), tokens))
             self.known.extend(i for i in ids if i not in self.known)
             if len(set(ids)) < len(ids):
                 event("reserve: malformed batch refused")
@@ -281,9 +305,11 @@ def make_machine(db: Database, loop: asyncio.AbstractEventLoop) -> type[RuleBase
                     "exceeded": a["exceeded"], "credit": a["credit"] and a["credit"]["reason"]} for a in answers]
             assert [a["id"] for a in answers] == ids
             assert got == expected
-            for answer in expected:
+            for answer, spec in zip(expected, specs, strict=True):
                 event("reserve: " + ("replay" if answer["replay"] else "granted" if answer["ok"] else
                                      "no credit" if answer["credit"] else "over budget"))
+                if any(spec[1][i - 1].unit for i in answer["exceeded"] or ()):
+                    event("reserve: over a rate limit")
 
         @rule(data=st.data())
         def settle(self, data: st.DataObject) -> None:
@@ -296,15 +322,17 @@ def make_machine(db: Database, loop: asyncio.AbstractEventLoop) -> type[RuleBase
                 actual = data.draw(st.sampled_from(["zero", "below", "equal", "above"]))
                 amount = {"zero": 0, "below": estimate // 2, "equal": estimate,
                           "above": estimate + data.draw(st.integers(1, 8)) * QUARTER}[actual]
+                used = data.draw(st.sampled_from([None, 0, 50, 800, 2000]), label="tokens used")
                 ids.append(rid)
-                settlements.append((rid, amount, "settled", self.now))
+                settlements.append((rid, amount, "settled", self.now, used))
             if len(set(ids)) < len(ids):
                 event("settle: malformed batch refused")
                 with pytest.raises(asyncpg.InvalidParameterValueError):
                     run(db.pool.fetch("SELECT * FROM limits.settle($1)", settlements))
                 return
             answers = run(db.pool.fetch("SELECT * FROM limits.settle($1)", settlements))
-            expected = [self.model.settle(rid, amount, outcome, at) for rid, amount, outcome, at in settlements]
+            expected = [self.model.settle(rid, amount, outcome, at, used)
+                        for rid, amount, outcome, at, used in settlements]
             got = [{"ok": a["ok"], "reason": a["reason"], "late": a["late"], "alerts": a["alerts"]} for a in answers]
             assert [a["id"] for a in answers] == ids
             assert got == expected
@@ -340,7 +368,7 @@ def make_machine(db: Database, loop: asyncio.AbstractEventLoop) -> type[RuleBase
             rows = run(db.pool.fetch(
                 "SELECT rule_id::text AS rule, key, CASE WHEN window_start = '-infinity' THEN NULL "
                 "ELSE window_start END AS start, spent, pending FROM limits.buckets WHERE rule_id = ANY($1)",
-                [uuid.UUID(r.id) for r in self.rules]))
+                [uuid.UUID(r.id) for r in [*self.rules, *self.rates]]))
             found = {(r["rule"], r["key"], r["start"]): [r["spent"], r["pending"]] for r in rows}
             assert {k: v for k, v in found.items() if v != [0, 0]} == {
                 k: v for k, v in self.model.rows.items() if v != [0, 0]}
