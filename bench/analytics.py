@@ -2,19 +2,20 @@
 analytics queries over the last 30 days, the storage of the log and of the rollups, what the rollup trigger costs
 the log writer, and the forecast's error on generated traffic with a trend and a weekly cycle.
 
-    TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres python -m bench.analytics [--rows 10000000]
+    TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres python -m bench.analytics \
+        [--rows 10000000] [--days 60] [--users 500] [--runs 20]
 
-The rows are generated in Postgres (generate_series, in chunks of a day); for speed the insert trigger is off
-while they are written, and the rollups are then summed by the same statement migration 0021 uses for the rows a
-database already holds (the expressions of the trigger). The trigger's own cost is measured apart, through the
-gateway's log writer. The database is dropped at the end, also on failure or Ctrl-C.
+The rows are generated in Postgres (generate_series), a quarter of a day per statement, in time order as a log
+fills; the rollups are kept by migration 0025's statement-level trigger as they are written (each statement is one
+batch). For speed the log's own indexes are dropped while it fills and built again after (the same definitions).
+The trigger's cost is measured apart, through the gateway's log writer, with the trigger on and off in the same
+run. The database is dropped at the end, also on failure or Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import math
 import os
 import random
@@ -23,104 +24,141 @@ import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from gateway.analytics.forecast import fit
-from gateway.analytics.queries import AnalyticsQuery, run
-from gateway.analytics.store import compact
+from gateway.analytics.queries import AnalyticsQuery, _columns, run
+from gateway.analytics.store import Filters, path_for
 from gateway.db import Database, migrate
 from gateway.logs.schema import COLUMNS
 from gateway.logs.writer import LogWriter
 from harness.pg import database_beside
 
-MIGRATION = Path(__file__).resolve().parent.parent / "gateway/migrations/versions/0021_analytics_rollups.py"
 ACCOUNT = "bench"
-USERS = 2000
 MODELS = ["gpt-4o", "gpt-4o-mini", "o3", "o4-mini", "claude-opus-4.7", "claude-sonnet-4.5", "claude-haiku-4.5",
           "gemini-2.5-pro", "gemini-2.5-flash", "grok-4", "llama-3.3-70b", "qwen-3-32b"]
+PARTS_PER_DAY = 4
 
 
-def _migration() -> Any:
-    spec = importlib.util.spec_from_file_location("rollups_migration", MIGRATION)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-# One day of traffic: users skewed (a few heavy, many light), 12 models, 3 gateways, some errors, metadata and
-# groups that follow the user, both billing modes.
-DAY_SQL = """
+# A slice of a day of traffic, in time order: users skewed (a few heavy, many light), 12 models, 3 gateways, some
+# errors, metadata (team, feature) and groups that follow the user, both billing modes, a service token on
+# requests without a user.
+SLICE_SQL = """
 INSERT INTO request_logs (id, account_id, gateway_id, created_at, provider, model, path, status_code, success,
                           tokens_in, tokens_out, cost_usd, billing_mode, identity, metadata)
-SELECT gen_random_uuid(), $1, (ARRAY['default', 'prod', 'batch'])[1 + u % 3],
-       $2::timestamptz + random() * interval '1 day',
+SELECT gen_random_uuid(), $1, (ARRAY['default', 'prod', 'batch'])[1 + u % 3], at,
        CASE WHEN m < 4 THEN 'openai' WHEN m < 7 THEN 'anthropic' WHEN m < 9 THEN 'google-ai-studio'
             WHEN m < 10 THEN 'grok' ELSE 'groq' END,
        ($4::text[])[1 + m], '/v1/chat/completions', s, s < 400, ti, to_, round((ti * 0.0000025 + to_ * 0.00001)
        * (1 + m % 4), 9), CASE WHEN u % 4 = 0 THEN 'unified' ELSE 'byok' END,
-       jsonb_build_object('user_id', 'user-' || u, 'email', 'user-' || u || '@example.com',
+       CASE WHEN u % 50 = 7 THEN jsonb_build_object('user_id', NULL, 'email', NULL, 'groups', '[]'::jsonb,
+                                                     'service_token', 'ci-' || (u % 3))
+            ELSE jsonb_build_object('user_id', 'user-' || u, 'email', 'user-' || u || '@example.com',
                           'groups', CASE u % 5 WHEN 0 THEN '["eng","ml"]'::jsonb WHEN 1 THEN '["eng"]'::jsonb
                                               WHEN 2 THEN '["sales"]'::jsonb ELSE '[]'::jsonb END,
-                          'service_token', NULL),
+                          'service_token', NULL) END,
        jsonb_build_object('team', 'team-' || (u % 25), 'feature', (ARRAY['chat', 'search', 'summary', 'agent',
                           'eval', 'batch'])[1 + (u + m) % 6], 'cf.user_id', 'user-' || u)
-  FROM (SELECT floor($5 * power(random(), 3))::int AS u, floor(12 * power(random(), 1.5))::int AS m,
+  FROM (SELECT $2::timestamptz + random() * $6::interval AS at, floor($5 * power(random(), 3))::int AS u,
+               floor(12 * power(random(), 1.5))::int AS m,
                CASE WHEN random() < 0.97 THEN 200 WHEN random() < 0.5 THEN 429 ELSE 502 END AS s,
                (50 + random() * 4000)::int AS ti, (random() * 800)::int AS to_
           FROM generate_series(1, $3)) g
+ ORDER BY at
 """
 
 
-async def generate(db: Database, rows: int, days: int, now: datetime) -> None:
-    per_day = math.ceil(rows / days)
-    await db.pool.execute("ALTER TABLE request_logs DISABLE TRIGGER analytics_inserted")
-    first = (now - timedelta(days=days)).replace(hour=0, minute=0, second=0, microsecond=0)
-    started = time.perf_counter()
-    for i in range(days):
-        await db.pool.execute(DAY_SQL, ACCOUNT, first + timedelta(days=i), min(per_day, rows - i * per_day),
-                              MODELS, USERS)
-        if i % 10 == 9:
-            print(f"  {min(rows, (i + 1) * per_day):,} rows ({time.perf_counter() - started:.0f} s)", flush=True)
-    await db.pool.execute("ALTER TABLE request_logs ENABLE TRIGGER analytics_inserted")
-    migration = _migration()
-    started = time.perf_counter()
+async def generate(db: Database, rows: int, days: int, users: int, now: datetime) -> None:
+    slices = days * PARTS_PER_DAY
+    per_slice = math.ceil(rows / slices)
+    step = timedelta(days=1) / PARTS_PER_DAY
+    first = now - timedelta(days=days)  # up to now: the partial hours of a query's edges hold rows
     async with db.pool.acquire() as conn:
-        await conn.execute(migration._backfill("hourly", "hour") + migration._backfill("daily", "day"), timeout=3600)
-        for table in ("request_logs", "analytics.hourly", "analytics.daily"):
+        indexes = await conn.fetch(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'request_logs'"
+            " AND indexname <> 'pk_request_logs'")
+        await conn.execute("ALTER TABLE request_logs DROP CONSTRAINT pk_request_logs")
+        for index in indexes:
+            await conn.execute(f"DROP INDEX {index['indexname']}")
+        started = time.perf_counter()
+        written = 0
+        for i in range(slices):
+            count = min(per_slice, rows - written)
+            if count <= 0:
+                break
+            await conn.execute(SLICE_SQL, ACCOUNT, first + i * step, count, MODELS, users, step, timeout=3600)
+            written += count
+            if i % (10 * PARTS_PER_DAY) == 10 * PARTS_PER_DAY - 1:
+                print(f"  {written:,} rows ({time.perf_counter() - started:.0f} s)", flush=True)
+        print(f"  {written:,} rows and their rollups in {time.perf_counter() - started:.0f} s", flush=True)
+        started = time.perf_counter()
+        await conn.execute("ALTER TABLE request_logs ADD CONSTRAINT pk_request_logs PRIMARY KEY (id)", timeout=3600)
+        for index in indexes:
+            await conn.execute(index["indexdef"], timeout=3600)
+        for table in ("request_logs", "analytics.hourly", "analytics.daily", "analytics.hourly_metadata",
+                      "analytics.daily_metadata"):
             await conn.execute(f"VACUUM ANALYZE {table}", timeout=3600)
-    print(f"  rollups summed in {time.perf_counter() - started:.0f} s", flush=True)
+        print(f"  indexes built and tables vacuumed in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def load() -> str:
+    try:
+        return "load average " + " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "load average unknown"
+
+
+CASES: list[tuple[str, str | None, dict[str, Any], int]] = [
+    # group_by, interval, filters, runs divisor (the log-read cases are slow: fewer runs)
+    ("model", None, {}, 1),
+    ("model,cf.user_id", None, {}, 1),
+    ("model,cf.user_id", "day", {}, 1),
+    ("cf.user.groups,model", None, {}, 1),
+    ("metadata.team", None, {}, 1),
+    ("metadata.team", "day", {}, 1),
+    ("", "hour", {}, 1),
+    ("cf.user_id", None, {"model": "gpt-4o", "status_code": 200}, 1),
+    ("model", "day", {"metadata": (("team", "team-3"),)}, 4),
+    ("metadata.team,model", None, {}, 10),
+]
 
 
 async def timings(db: Database, now: datetime, runs: int) -> None:
     start = now - timedelta(days=30)
-    cases = [("model,cf.user_id", None), ("model,cf.user_id", "day"), ("cf.user.groups,model", None),
-             ("metadata.team", "day"), ("", "hour")]
-    print("\n| query (last 30 days) | p50 ms | p95 ms | groups |\n|---|---|---|---|")
-    for group_by, interval in cases:
+    print(f"\n{load()} before the queries")
+    print("\n| query (last 30 days) | reads | p50 ms | p95 ms | runs | groups |\n|---|---|---|---|---|---|")
+    for group_by, interval, filters, divisor in CASES:
         query = AnalyticsQuery(ACCOUNT, start, now, None, tuple(g for g in group_by.split(",") if g),
-                               interval)  # type: ignore[arg-type]
+                               interval, filters=Filters(**filters))  # type: ignore[arg-type]
+        columns, key = _columns(query)
+        reads = path_for(query.filters, columns, key)
         await run(db, query)  # warm
         spent = []
-        for _ in range(runs):
+        n = max(3, runs // divisor)
+        for _ in range(n):
             t = time.perf_counter()
             result = await run(db, query)
             result.to_json()
             spent.append((time.perf_counter() - t) * 1000)
         spent.sort()
         p95 = spent[min(len(spent) - 1, math.ceil(0.95 * len(spent)) - 1)]
-        print(f"| group_by={group_by or '(none)'}{f' interval={interval}' if interval else ''} | "
-              f"{statistics.median(spent):.0f} | {p95:.0f} | {len(result.groups)} |")
+        shown = f"group_by={group_by or '(none)'}{f' interval={interval}' if interval else ''}"
+        shown += "".join(f" {k}={v}" for k, v in filters.items() if k != "metadata")
+        shown += "".join(f" metadata.{k}={v}" for k, v in filters.get("metadata", ()))
+        print(f"| {shown} | {reads} | {statistics.median(spent):,.0f} | {p95:,.0f} | {n} | {len(result.groups)} |",
+              flush=True)
+    print(f"\n{load()} after the queries")
 
 
 async def storage(db: Database) -> None:
     rows = await db.pool.fetch(
         """
-        SELECT c.relname AS name, pg_total_relation_size(c.oid) AS bytes, c.reltuples::bigint AS tuples
+        SELECT n.nspname || '.' || c.relname AS name, pg_total_relation_size(c.oid) AS bytes,
+               c.reltuples::bigint AS tuples
           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE (n.nspname = 'public' AND c.relname = 'request_logs')
             OR (n.nspname = 'analytics' AND c.relkind = 'r')
+         ORDER BY 2 DESC
         """)
     print("\n| table | rows | size with indexes |\n|---|---|---|")
     for r in rows:
@@ -139,22 +177,28 @@ def _row(i: int, now: datetime) -> dict[str, Any]:
     return row
 
 
-async def writer_cost(db: Database, now: datetime, rows: int = 20_000) -> None:
-    """Rows per second through the gateway's log writer, with the rollup trigger and without it."""
-    print("\n| log writer | rows/s |\n|---|---|")
-    for label, enabled in (("with the rollup trigger", True), ("trigger disabled", False), ("with", True)):
-        await db.pool.execute(f"ALTER TABLE request_logs {'ENABLE' if enabled else 'DISABLE'} TRIGGER "
-                              "analytics_inserted")
-        writer = LogWriter(db)
-        for i in range(rows):
-            writer.submit(_row(i, now), None)
-        t = time.perf_counter()
-        await writer.flush()
-        print(f"| {label} | {rows / (time.perf_counter() - t):,.0f} |")
+async def writer_cost(db: Database, now: datetime, rows: int = 20_000, rounds: int = 3) -> None:
+    """Rows per second through the gateway's log writer (batches of 500, one statement each), with the rollup
+    trigger and without it, interleaved in the same run."""
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    offset = 0
+    for _ in range(rounds):
+        for enabled in (True, False):
+            await db.pool.execute(f"ALTER TABLE request_logs {'ENABLE' if enabled else 'DISABLE'} TRIGGER "
+                                  "analytics_inserted")
+            writer = LogWriter(db)
+            for i in range(rows):
+                writer.submit(_row(offset + i, now), None)
+            offset += rows
+            t = time.perf_counter()
+            await writer.flush()
+            rates[enabled].append(rows / (time.perf_counter() - t))
     await db.pool.execute("ALTER TABLE request_logs ENABLE TRIGGER analytics_inserted")
-    t = time.perf_counter()
-    folded = await compact(db)
-    print(f"\ncompaction: {folded:,} deltas in {time.perf_counter() - t:.1f} s")
+    print(f"\n| log writer ({rounds} interleaved rounds of {rows:,} rows) | rows/s, median | each round |"
+          f"\n|---|---|---|")
+    for enabled, label in ((True, "with the rollup trigger"), (False, "trigger disabled")):
+        print(f"| {label} | {statistics.median(rates[enabled]):,.0f} | "
+              f"{' / '.join(f'{r:,.0f}' for r in rates[enabled])} |")
 
 
 def forecast_error(seed: int = 7, trials: int = 200) -> None:
@@ -185,12 +229,12 @@ def forecast_error(seed: int = 7, trials: int = 200) -> None:
           f"flat 7-day average {100 * statistics.mean(flat):.1f} % (p90 {100 * sorted(flat)[int(0.9 * trials)]:.1f} %)")
 
 
-async def measure(url: str, rows: int, days: int, runs: int) -> None:
+async def measure(url: str, rows: int, days: int, users: int, runs: int) -> None:
     now = datetime.now(UTC)
     db = await Database.connect(url, min_size=1, max_size=4)
     try:
-        print(f"generating {rows:,} log rows over {days} days ...", flush=True)
-        await generate(db, rows, days, now)
+        print(f"generating {rows:,} log rows over {days} days, {users} users ...", flush=True)
+        await generate(db, rows, days, users, now)
         await storage(db)
         await timings(db, now, runs)
         await writer_cost(db, now)
@@ -198,20 +242,21 @@ async def measure(url: str, rows: int, days: int, runs: int) -> None:
         await db.close()
 
 
-def main(rows: int, days: int, runs: int) -> None:
+def main(rows: int, days: int, users: int, runs: int) -> None:
     url = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
     if not url:
         raise SystemExit("set TEST_DATABASE_URL (a Postgres server where a throwaway database may be created)")
     forecast_error()
     with database_beside(url, "spendgate_bench_analytics") as bench_url:
         migrate(bench_url)
-        asyncio.run(measure(bench_url, rows, days, runs))
+        asyncio.run(measure(bench_url, rows, days, users, runs))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
-    main(args.rows, args.days, args.runs)
+    main(args.rows, args.days, args.users, args.runs)

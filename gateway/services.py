@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from gateway.analytics import budgets
-from gateway.analytics.store import compact
 from gateway.cache.store import CacheStore
 from gateway.db import Database, embedded_database_url, migrate
 from gateway.gateways import GatewayStore
@@ -62,7 +61,6 @@ class Running:
     auto_topups: AutoTopUps
     sweeper: Periodic
     alert_delivery: Periodic
-    rollup_compaction: Periodic  # the analytics deltas folded into merged rows (gateway/analytics/store.py)
     forecast_alerts: Periodic  # rules whose alert_at has "forecast" (gateway/analytics/budgets.py)
     cache_sweeper: Periodic  # expired cache entries and abandoned claims, deleted (every instance may run it)
 
@@ -143,7 +141,6 @@ class Services:
                 sweeper=Periodic("spendgate-sweeper", "sweeper", sweep, self.settings.sweep_interval_seconds),
                 # the alert outbox (limits.alerts) to the gateways' webhooks; every instance may run it
                 alert_delivery=Periodic("spendgate-alerts", "alert delivery", alerts.deliver_due, 1.0),
-                rollup_compaction=Periodic("spendgate-rollups", "analytics compaction", lambda: compact(db), 5.0),
                 forecast_alerts=Periodic("spendgate-forecasts", "forecast alerts",
                                          lambda: budgets.record_forecast_alerts(db, self.clock()), 60.0),
                 cache_sweeper=Periodic("spendgate-cache-sweeper", "cache sweep", cache.sweep,
@@ -155,7 +152,6 @@ class Services:
                 running.auto_topups.start()
                 running.sweeper.start()
                 running.alert_delivery.start()
-                running.rollup_compaction.start()
                 running.forecast_alerts.start()
                 running.cache_sweeper.start()
             try:
@@ -186,7 +182,7 @@ class Services:
         # (those included) are flushed; only then do the background workers and the pool go.
         await r.settlements.drain(deadline_s=10.0)
         await r.limits.drain()
-        for worker in (r.settlement_retries, r.sweeper, r.alert_delivery, r.rollup_compaction, r.forecast_alerts,
+        for worker in (r.settlement_retries, r.sweeper, r.alert_delivery, r.forecast_alerts,
                        r.cache_sweeper):
             await worker.stop()
         await r.auto_topups.stop()

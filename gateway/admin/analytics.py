@@ -2,8 +2,10 @@
 
 `GET /accounts/{a}/analytics`: `?from=&to=` (ISO 8601 with a zone; default the last 30 days), `?gateway=`,
 `?group_by=` (comma list, gateway/analytics/queries.py), `?interval=hour|day|week`, `?limit=` (default 50, the
-rest summed into one `{"other": true}` group), `?format=csv`. The JSON result adds `forecast`: the burn rate of
-the selection, and when the account's credits run out at the selection's unified-billing rate.
+rest summed into one `{"other": true}` group), `?format=csv`, and the logs API's filters by the same names
+(`?provider=&model=&status_code=&user_id=&email=&group=&service_token=&metadata.<key>=`): every figure, the
+forecast included, is computed from the rows they keep. The JSON result adds `forecast`: the burn rate of the
+selection, and when the account's credits run out at the selection's unified-billing rate.
 
 `GET /accounts/{a}/analytics/anomalies`: `?from=&to=` (days, default the last 7 including today), `?gateway=`.
 """
@@ -20,6 +22,7 @@ from starlette.responses import Response
 from gateway.admin.accounts import ensure_account
 from gateway.admin.api import AdminError, AdminRouter, AdminServices, time_range
 from gateway.admin.gateways import ensure_gateway
+from gateway.admin.logs import status_filter
 from gateway.analytics import anomalies
 from gateway.analytics.forecast import BALANCE_HORIZON, forecast
 from gateway.analytics.queries import (
@@ -31,7 +34,7 @@ from gateway.analytics.queries import (
     parse_group_by,
     run,
 )
-from gateway.analytics.store import segment_sql, segments
+from gateway.analytics.store import Filters, source
 from gateway.errors import LedgerError, QueryError
 from gateway.gateways import valid_id
 
@@ -45,6 +48,14 @@ QUERY = {
     "interval": "hour | day | week: a series per group",
     "limit": f"groups kept, 1-{MAX_LIMIT} (default 50); the rest is one group keyed {{\"other\": true}}",
     "format": "json (default) | csv",
+    "provider": "only this provider's requests",
+    "model": "only this model's requests",
+    "status_code": "only requests answered with this HTTP status",
+    "user_id": "only this user's requests (identity)",
+    "email": "only this email's requests (identity)",
+    "group": "only requests of a user in this group (identity)",
+    "service_token": "only this service token's requests (identity)",
+    "metadata.<key>": "only requests whose metadata value of <key> reads as this (cf.* keys too)",
 }
 
 
@@ -53,6 +64,17 @@ def _gateway(request: Request) -> str | None:
     if gateway is not None and not valid_id(gateway):
         raise AdminError(422, "gateway must be a gateway id", "gateway")
     return gateway
+
+
+def _filters(request: Request) -> Filters:
+    """The logs API's filters (gateway/admin/logs.py), by the same names and read the same way (an empty value is
+    no filter, except for a metadata key, where it matches the empty string)."""
+    q = request.query_params
+    metadata = {key[len("metadata."):]: value for key, value in q.items() if key.startswith("metadata.")}
+    return Filters(provider=q.get("provider") or None, model=q.get("model") or None,
+                   status_code=status_filter(q["status_code"]) if q.get("status_code") else None,
+                   user_id=q.get("user_id") or None, email=q.get("email") or None, group=q.get("group") or None,
+                   service_token=q.get("service_token") or None, metadata=tuple(metadata.items()))
 
 
 def _query(request: Request, account: str, now: datetime) -> AnalyticsQuery:
@@ -68,7 +90,7 @@ def _query(request: Request, account: str, now: datetime) -> AnalyticsQuery:
     try:
         query = AnalyticsQuery(account, start, end, _gateway(request),
                                parse_group_by(request.query_params.get("group_by")), interval,
-                               int(raw_limit))
+                               int(raw_limit), _filters(request))
         query.check()
     except QueryError as exc:
         raise AdminError(422, str(exc), exc.field) from None
@@ -76,27 +98,17 @@ def _query(request: Request, account: str, now: datetime) -> AnalyticsQuery:
 
 
 async def _selection_forecast(services: AdminServices, query: AnalyticsQuery, now: datetime) -> dict[str, Any]:
-    """The selection's (account, gateway) burn rate over the forecast's history; `exhausted_at` for the credits
+    """The selection's (account, gateway, filters) burn rate over the forecast's history; `exhausted_at` for the credits
     at its unified-billing share."""
-    args: list[Any] = [query.account]
-    where = "account_id = $1"
-    if query.gateway is not None:
-        args.append(query.gateway)
-        where += " AND gateway_id = $2"
     start = now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=28)
-    parts = []
-    for seg in segments(start, now):
-        args += [seg.start, seg.end]
-        parts.append(segment_sql(seg, ["at", "billing_mode", "cost_usd"], where, f"${len(args) - 1}", f"${len(args)}"))
-    spend: dict[date, int] = {}
-    unified: dict[date, int] = {}
-    if parts:
-        rows = await services.db.pool.fetch(
-            f"SELECT (date_trunc('day', s.at, 'UTC') AT TIME ZONE 'UTC')::date AS day, sum(s.cost_usd) AS cost, "
-            f"coalesce(sum(s.cost_usd) FILTER (WHERE s.billing_mode = 'unified'), 0) AS unified "
-            f"FROM ({' UNION ALL '.join(parts)}) s GROUP BY 1", *args)
-        spend = {r["day"]: int(r["cost"] * 1_000_000_000) for r in rows}
-        unified = {r["day"]: int(r["unified"] * 1_000_000_000) for r in rows}
+    args: list[Any] = []
+    rows = await services.db.pool.fetch(
+        f"SELECT (date_trunc('day', s.at, 'UTC') AT TIME ZONE 'UTC')::date AS day, sum(s.cost_nano) AS cost, "
+        f"coalesce(sum(s.cost_nano) FILTER (WHERE s.billing_mode = 'unified'), 0) AS unified "
+        f"FROM ({source(query.account, start, now, query.filters, ['billing_mode'], None, args)}) s GROUP BY 1",
+        *args)
+    spend: dict[date, int] = {r["day"]: int(r["cost"]) for r in rows}
+    unified: dict[date, int] = {r["day"]: int(r["unified"]) for r in rows}
     try:
         available = (await services.ledger.balance(query.account)).available_nano
     except LedgerError:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from gateway.analytics.store import Segment, segment_sql, segments
+from gateway.analytics.store import Filters, source
 from gateway.db import Database
 from gateway.errors import QueryError
 
@@ -69,6 +69,11 @@ class AnalyticsQuery:
     group_by: tuple[str, ...] = ()
     interval: Interval | None = None
     limit: int = 50
+    filters: Filters = field(default_factory=Filters)  # the gateway is `gateway`, not filters.gateway
+
+    def __post_init__(self) -> None:
+        if self.filters.gateway != self.gateway:
+            object.__setattr__(self, "filters", replace(self.filters, gateway=self.gateway))
 
     @classmethod
     def default_range(cls, now: datetime) -> tuple[datetime, datetime]:
@@ -196,50 +201,51 @@ def series_starts(q: AnalyticsQuery) -> list[datetime]:
 # -- SQL -------------------------------------------------------------------------------------------------------
 
 
-def _source(q: AnalyticsQuery, columns: list[str], args: list[Any]) -> str:
-    """The rows of [start, end) from log and rollups, as one UNION ALL (placeholders appended to `args`)."""
-    where = "account_id = $1"
-    if q.gateway is not None:
-        args.append(q.gateway)
-        where += f" AND gateway_id = ${len(args)}"
-    parts = []
-    for seg in segments(q.start, q.end, daily=q.interval != "hour"):
-        args += [seg.start, seg.end]
-        parts.append(segment_sql(seg, columns, where, f"${len(args) - 1}", f"${len(args)}"))
-    if not parts:  # an empty range: a source with no rows
-        empty = Segment("raw", q.start, q.start)
-        parts.append(segment_sql(empty, columns, f"{where} AND false", "'-infinity'", "'-infinity'"))
-    return "\nUNION ALL\n".join(parts)
+def _columns(q: AnalyticsQuery) -> tuple[list[str], str | None]:
+    """The source columns the grouping needs, and the metadata key read as `meta` (one key: the metadata rollups
+    may answer; several: the log's `metadata`)."""
+    keys = [name[len("metadata."):] for name in q.group_by if name.startswith("metadata.")]
+    columns: list[str] = []
+    for name in q.group_by:
+        column = ("meta" if len(keys) == 1 else "metadata") if name.startswith("metadata.") else COLUMNS[name]
+        if column not in columns:
+            columns.append(column)
+    return columns, keys[0] if len(keys) == 1 else None
 
 
-def _dimension_sql(name: str, args: list[Any]) -> str:
+def _dimension_sql(name: str, columns: list[str], args: list[Any]) -> str:
     if name.startswith("metadata."):
+        if "meta" in columns:
+            return "s.meta"
         args.append(name[len("metadata."):])
-        return f"s.metadata -> ${len(args)}::text"
+        return f"nullif(s.metadata -> ${len(args)}::text, 'null'::jsonb)"
     if name == "cf.user.groups":
         return "grp.name"
     return f"s.{COLUMNS[name]}"
 
 
-SUM_SQL = ", ".join(f"sum({f}) AS {f}" for f in FIGURES)
-NONZERO = " OR ".join(f"sum({f}) <> 0" for f in FIGURES)
+SUMMED = ("requests", "errors", "tokens_in", "tokens_out", "tokens_cache_read", "tokens_cache_write", "cost_nano")
+SUM_SQL = ", ".join(f"sum({f}) AS {f}" for f in SUMMED)
+NONZERO = " OR ".join(f"sum({f}) <> 0" for f in SUMMED)
+
+
+def _figures(row: Any) -> dict[str, Any]:
+    out = {name: row[name] for name in FIGURES[:-1]}
+    out["cost_usd"] = Decimal(int(row["cost_nano"])).scaleb(-9)
+    return out
 
 
 async def run(db: Database, q: AnalyticsQuery) -> Result:
     q.check()
-    args: list[Any] = [q.account]
-    columns = ["at", *FIGURES]
-    for name in q.group_by:
-        column = "metadata" if name.startswith("metadata.") else COLUMNS[name]
-        if column not in columns:
-            columns.append(column)
-    source = _source(q, columns, args)
-    dims = [_dimension_sql(name, args) for name in q.group_by]
+    args: list[Any] = []
+    columns, metadata_key = _columns(q)
+    source_sql = source(q.account, q.start, q.end, q.filters, columns, metadata_key, args,
+                        daily=q.interval != "hour")
+    dims = [_dimension_sql(name, columns, args) for name in q.group_by]
     lateral = ""
     if "cf.user.groups" in q.group_by:
-        # each distinct group of the request once; a request without groups in the null group
-        lateral = ("CROSS JOIN LATERAL (SELECT DISTINCT g.name FROM jsonb_array_elements_text("
-                   "coalesce(s.groups, '[null]'::jsonb)) AS g(name)) AS grp")
+        # each group of the request once (the names are distinct); a request without groups in the null group
+        lateral = "CROSS JOIN LATERAL unnest(coalesce(s.groups, ARRAY[NULL]::text[])) AS grp(name)"
     aliases = [f"d{i}" for i in range(len(dims))]
     bucket = "NULL::timestamptz"
     if q.interval:
@@ -252,14 +258,14 @@ async def run(db: Database, q: AnalyticsQuery) -> Result:
     partition = f"PARTITION BY {', '.join(aliases)}" if aliases else ""
     kept = "".join(f"CASE WHEN rank <= {limit}::bigint THEN {alias} END AS {alias}, " for alias in aliases)
     sql = f"""
-WITH s AS ({source}),
+WITH s AS ({source_sql}),
 base AS (
     SELECT {dim_select}{bucket} AS bucket, {SUM_SQL}
       FROM s {lateral}
      GROUP BY {dim_list}bucket
     HAVING {NONZERO}
 ), totals AS (
-    SELECT *, sum(cost_usd) OVER w AS group_cost, sum(requests) OVER w AS group_requests FROM base
+    SELECT *, sum(cost_nano) OVER w AS group_cost, sum(requests) OVER w AS group_requests FROM base
     WINDOW w AS ({partition})
 ), ranked AS (
     SELECT *, dense_rank() OVER (ORDER BY group_cost DESC, group_requests DESC{"".join(f", {a}" for a in aliases)})
@@ -280,18 +286,19 @@ SELECT least(rank, {limit}::bigint + 1) AS slot, {kept}bucket, {SUM_SQL}
             key = ({"other": True} if slot > q.limit else
                    {name: row[alias] for name, alias in zip(q.group_by, aliases, strict=True)})
             group = groups[slot] = Group(key, series={} if q.interval else None)
-        group.figures.add(row)
+        figures = _figures(row)
+        group.figures.add(figures)
         if group.series is not None:
-            group.series.setdefault(row["bucket"], Figures()).add(row)
+            group.series.setdefault(row["bucket"], Figures()).add(figures)
     ordered = [groups[slot] for slot in sorted(groups)]
+    totals = Figures()
     if "cf.user.groups" in q.group_by:  # a request in two groups counts in both: the totals are summed apart
-        totals = Figures()
-        total_args: list[Any] = [q.account]
-        total = await db.pool.fetchrow(f"SELECT {SUM_SQL} FROM ({_source(q, columns, total_args)}) s", *total_args)
+        total_args: list[Any] = []
+        total_source = source(q.account, q.start, q.end, q.filters, [], None, total_args)
+        total = await db.pool.fetchrow(f"SELECT {SUM_SQL} FROM ({total_source}) s", *total_args)
         if total["requests"] is not None:
-            totals.add(total)
+            totals.add(_figures(total))
     else:
-        totals = Figures()
         for group in ordered:
             for name in FIGURES:
                 setattr(totals, name, getattr(totals, name) + getattr(group.figures, name))

@@ -1,73 +1,32 @@
-"""The rollups' one writer besides the triggers: compaction. And the rows a query reads, from the right table.
+"""Where an analytics query reads its rows: the narrow rollups, the metadata rollups, or the log itself.
 
-Compaction folds the hourly deltas (rows the triggers on `request_logs` wrote) into one merged hourly row and one
-daily row per key, in one statement: a query's snapshot sees either the deltas or what they became, never both,
-so its sums stay equal to the log at every moment. One compaction runs at a time (an advisory lock); several
-instances may all try.
+The rollups (gateway/analytics/schema.py, migration 0025) are kept by statement-level triggers on `request_logs`
+in the log statement's own transaction, so a query's snapshot sees a log row and its share of the rollups
+together or not at all: the sums equal the log at every moment.
 
-A query's time range [from, to) is read in pieces (`segments`): whole days from `daily` (plus the deltas of those
-days not compacted yet), whole hours from `hourly`, and the partial hours at either edge from `request_logs`
-itself, so that any range, aligned or not, sums exactly the log rows whose `created_at` falls inside it.
+A query's time range [from, to) is read in pieces (`segments`): whole days from a daily rollup, whole hours from
+an hourly one, and the partial hours at either edge from `request_logs` itself (a BRIN index on `created_at`),
+so that any range, aligned or not, sums exactly the log rows whose `created_at` falls inside it.
+
+Which rollup (`source`): the narrow ones (`hourly`, `daily`) whenever the query needs no metadata; the metadata
+ones when it needs one client metadata key and, besides, at most the gateway (the requests without that key are
+the narrow rollup's sums less the key's values'); otherwise the log rows of the whole range.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
-
-from gateway.analytics.schema import DIMENSIONS, SUMS
-from gateway.db import Database
-
-COMPACTION_LOCK = 0x414E414C59  # "ANALY"
-COMPACTION_BATCH = 50_000
-
-_DIMS = ", ".join(DIMENSIONS)
-_ADD = ", ".join(f"{s} = t.{s} + EXCLUDED.{s}" for s in SUMS)
-_SUMS = ", ".join(f"sum({s})" for s in SUMS)
-
-COMPACT = f"""
-WITH moved AS (
-    DELETE FROM analytics.hourly
-     WHERE ctid = ANY(ARRAY(SELECT ctid FROM analytics.hourly WHERE NOT merged ORDER BY start LIMIT $1))
-    RETURNING *
-), hours AS (
-    INSERT INTO analytics.hourly AS t (account_id, start, dims, merged, {_DIMS}, {", ".join(SUMS)})
-    SELECT account_id, start, dims, true, {_DIMS}, {_SUMS} FROM moved
-     GROUP BY account_id, start, dims, {_DIMS} ORDER BY account_id, start, dims
-    ON CONFLICT (account_id, start, dims) WHERE merged DO UPDATE SET {_ADD}
-    RETURNING 1
-), days AS (
-    INSERT INTO analytics.daily AS t (account_id, start, dims, {_DIMS}, {", ".join(SUMS)})
-    SELECT account_id, date_trunc('day', start, 'UTC'), dims, {_DIMS}, {_SUMS} FROM moved
-     GROUP BY account_id, date_trunc('day', start, 'UTC'), dims, {_DIMS} ORDER BY 1, 2, 3
-    ON CONFLICT (account_id, start, dims) DO UPDATE SET {_ADD}
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM hours) AS hours,
-       (SELECT count(*) FROM days) AS days
-"""
-
-
-async def compact(db: Database, batch: int = COMPACTION_BATCH) -> int:
-    """Fold deltas into merged rows until none are left (at most `batch` per transaction). Returns how many
-    deltas were folded; 0 also when another compaction holds the lock."""
-    folded = 0
-    while True:
-        async with db.pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", COMPACTION_LOCK):
-                return folded
-            row = await conn.fetchrow(COMPACT, batch)
-        folded += int(row["moved"])
-        if row["moved"] < batch:
-            return folded
-
-
-# -- what a query reads ----------------------------------------------------------------------------------------
+from typing import Any, Literal
 
 Table = Literal["daily", "hourly", "raw"]
 
-# A log row as the rollups hold it (the same expressions as the triggers of migration 0021).
+SUM_COLUMNS = ("requests", "errors", "tokens_in", "tokens_out", "tokens_cache_read", "tokens_cache_write",
+               "cost_nano")
+CF_KEYS = "ARRAY['cf.user_id', 'cf.user.email', 'cf.user.groups', 'cf.service_token']"
+
+# A log row as the rollups hold it (the expressions of migration 0025's triggers).
 RAW_COLUMNS = {
     "at": "created_at",
     "gateway_id": "gateway_id", "provider": "provider", "model": "model", "billing_mode": "billing_mode",
@@ -75,16 +34,21 @@ RAW_COLUMNS = {
     "user_id": "nullif(identity->>'user_id', '')",
     "email": "nullif(identity->>'email', '')",
     "groups": "CASE WHEN jsonb_typeof(identity->'groups') = 'array' AND identity->'groups' <> '[]'::jsonb "
-              "THEN identity->'groups' END",
+              "THEN ARRAY(SELECT DISTINCT g FROM jsonb_array_elements_text(identity->'groups') AS g ORDER BY 1) END",
     "service_token": "nullif(identity->>'service_token', '')",
-    "metadata": "CASE WHEN jsonb_typeof(metadata) = 'object' THEN metadata - ARRAY['cf.user_id', 'cf.user.email', "
-                "'cf.user.groups', 'cf.service_token'] ELSE '{}'::jsonb END",
+    # the client's metadata (the cf.* keys repeat the identity): read from the log only
+    "metadata": f"CASE WHEN jsonb_typeof(metadata) = 'object' THEN metadata - {CF_KEYS} ELSE '{{}}'::jsonb END",
     "requests": "1::bigint", "errors": "(NOT success)::int::bigint",
     "tokens_in": "coalesce(tokens_in, 0)::bigint", "tokens_out": "coalesce(tokens_out, 0)::bigint",
     "tokens_cache_read": "coalesce(tokens_cache_read, 0)::bigint",
     "tokens_cache_write": "coalesce(tokens_cache_write, 0)::bigint",
+    "cost_nano": "(coalesce(cost_usd, 0) * 1000000000)::bigint",
     "cost_usd": "coalesce(cost_usd, 0)::numeric",
 }
+# The same in a rollup row (a sum over its rows).
+ROLLUP_COLUMNS = {name: name for name in RAW_COLUMNS} | {"at": "start", "cost_usd": "cost_nano * 0.000000001"}
+NARROW_DIMENSIONS = ("gateway_id", "provider", "model", "billing_mode", "status_code", "user_id", "email", "groups",
+                     "service_token")
 
 
 @dataclass(frozen=True)
@@ -130,14 +94,155 @@ def segments(start: datetime, end: datetime, *, daily: bool = True) -> list[Segm
 
 
 def segment_sql(segment: Segment, columns: list[str], where: str, start: str, end: str) -> str:
-    """One segment's rows: `columns` (names of RAW_COLUMNS) for the account and filter `where` (on the rollup
-    column names, valid on the log too) between the placeholders `start` and `end`."""
-    if segment.table == "raw":
+    """One segment's rows: `columns` (names of RAW_COLUMNS) for the account and filter `where` (on the narrow
+    rollup's column names, valid on the log too) between the placeholders `start` and `end`. A segment that needs
+    `metadata` is read from the log."""
+    if segment.table == "raw" or "metadata" in columns:
         select = ", ".join(f"{RAW_COLUMNS[c]} AS {c}" for c in columns)
         return f"SELECT {select} FROM request_logs WHERE {where} AND created_at >= {start} AND created_at < {end}"
-    select = ", ".join("start AS at" if c == "at" else c for c in columns)
-    sql = f"SELECT {select} FROM analytics.{segment.table} WHERE {where} AND start >= {start} AND start < {end}"
-    if segment.table == "daily":  # the deltas of those days that are not compacted yet
-        sql += (f" UNION ALL SELECT {select} FROM analytics.hourly WHERE NOT merged AND {where} "
-                f"AND start >= {start} AND start < {end}")
-    return sql
+    select = ", ".join(f"{ROLLUP_COLUMNS[c]} AS {c}" for c in columns)
+    return f"SELECT {select} FROM analytics.{segment.table} WHERE {where} AND start >= {start} AND start < {end}"
+
+
+# -- filtered sources ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Rows kept: each filter set must match (the names and semantics of the logs API's filters)."""
+
+    gateway: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    status_code: int | None = None
+    user_id: str | None = None
+    email: str | None = None
+    group: str | None = None
+    service_token: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()  # (key, value): the value as text (`metadata->>key`), cf.* included
+
+    def narrow(self) -> dict[str, Any]:
+        """The filters on the narrow rollup's dimensions (gateway aside): column -> value."""
+        return {name: value for name in ("provider", "model", "status_code", "user_id", "email", "service_token")
+                if (value := getattr(self, name)) is not None}
+
+
+Path = Literal["narrow", "metadata", "raw"]
+
+
+def path_for(filters: Filters, columns: list[str], metadata_key: str | None) -> Path:
+    """Which tables answer: `columns` the dimension columns needed besides `at` and the sums ("meta" for the value of
+    `metadata_key`)."""
+    keys = {k for k, _ in filters.metadata} | ({metadata_key} if metadata_key is not None else set())
+    if "metadata" in columns:
+        return "raw"
+    if not keys:
+        return "narrow"
+    if (len(keys) == 1 and not next(iter(keys)).startswith("cf.") and set(columns) <= {"gateway_id", "meta"}
+            and not filters.narrow() and filters.group is None and len(filters.metadata) <= 1):
+        return "metadata"
+    return "raw"
+
+
+class _Args:
+    def __init__(self, args: list[Any]) -> None:
+        self.args = args
+
+    def add(self, value: Any) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+
+def _where(kind: Literal["rollup", "raw", "metadata"], filters: Filters, p: _Args, account: str,
+           metadata_key: str | None) -> str:
+    out = [f"account_id = {p.add(account)}"]
+    if filters.gateway is not None:
+        out.append(f"gateway_id = {p.add(filters.gateway)}")
+    if kind == "metadata":
+        assert metadata_key is not None
+        out.append(f"key = {p.add(metadata_key)}")
+        for _, value in filters.metadata:
+            out.append(f"value #>> '{{}}' = {p.add(value)}")
+        return " AND ".join(out)
+    col = RAW_COLUMNS if kind == "raw" else ROLLUP_COLUMNS
+    for name, value in filters.narrow().items():
+        out.append(f"{col[name]} = {p.add(value)}")
+    if filters.group is not None:
+        if kind == "raw":  # as the logs API: a string element of identity.groups
+            out.append(f"jsonb_exists(identity->'groups', {p.add(filters.group)})")
+        else:
+            out.append(f"{p.add(filters.group)} = ANY(groups)")
+    if kind == "raw":
+        for key, value in filters.metadata:
+            out.append(_metadata_match(key, value, p))
+    return " AND ".join(out)
+
+
+def _metadata_match(key: str, value: str, p: _Args) -> str:
+    """`metadata->>key = value`, with a containment test the GIN index on `metadata` can answer first: every row
+    whose value reads as `value` holds it as that string or as the JSON it parses as."""
+    candidates: list[Any] = [{key: value}]
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = None
+    if parsed is not None and not isinstance(parsed, str):
+        candidates.append({key: parsed})
+    contains = " OR ".join(f"metadata @> {p.add(c)}::jsonb" for c in candidates)
+    return f"({contains}) AND metadata->>{p.add(key)}::text = {p.add(value)}"
+
+
+def source(account: str, start: datetime, end: datetime, filters: Filters, columns: list[str],
+           metadata_key: str | None, args: list[Any], *, daily: bool = True) -> str:
+    """The rows of [start, end) kept by `filters`, as one UNION ALL with the columns `at`, `columns` (narrow
+    dimension names, and "meta": the value of `metadata_key`, JSON null as none) and the sums SUM_COLUMNS. The
+    placeholders are appended to `args`."""
+    p = _Args(args)
+    path = path_for(filters, columns, metadata_key)
+    sums = ", ".join(SUM_COLUMNS)
+    parts = []
+
+    def raw(lo: datetime, hi: datetime) -> str:
+        where = _where("raw", filters, p, account, metadata_key)
+        select = ["created_at AS at"]
+        for c in columns:
+            if c == "meta":
+                select.append(f"nullif(metadata -> {p.add(metadata_key)}::text, 'null'::jsonb) AS meta")
+            else:
+                select.append(f"{RAW_COLUMNS[c]} AS {c}")
+        select += [f"{RAW_COLUMNS[s]} AS {s}" for s in SUM_COLUMNS]
+        return (f"SELECT {', '.join(select)} FROM request_logs WHERE {where} "
+                f"AND created_at >= {p.add(lo)} AND created_at < {p.add(hi)}")
+
+    if path == "raw":
+        return raw(start, end) if start < end else raw(start, start)
+    for seg in segments(start, end, daily=daily):
+        if seg.table == "raw":
+            parts.append(raw(seg.start, seg.end))
+            continue
+        if path == "narrow":
+            where = _where("rollup", filters, p, account, metadata_key)
+            select = ", ".join(["start AS at", *columns, sums])
+            parts.append(f"SELECT {select} FROM analytics.{seg.table} WHERE {where} "
+                         f"AND start >= {p.add(seg.start)} AND start < {p.add(seg.end)}")
+            continue
+        # metadata: the key's values; without a filter on it, the requests without it too (all less the values)
+        key = metadata_key if metadata_key is not None else filters.metadata[0][0]
+        where = _where("metadata", filters, p, account, key)
+        lo, hi = p.add(seg.start), p.add(seg.end)
+
+        def pick(meta: str, sign: str = "") -> str:
+            return ", ".join(["start AS at", *(meta if c == "meta" else c for c in columns),
+                              *(f"{sign}{s}" for s in SUM_COLUMNS)])
+
+        parts.append(f"SELECT {pick('value')} FROM analytics.{seg.table}_metadata "
+                     f"WHERE {where} AND start >= {lo} AND start < {hi}")
+        if not filters.metadata:
+            parts.append(f"SELECT {pick('NULL::jsonb', '-')} FROM analytics.{seg.table}_metadata "
+                         f"WHERE {where} AND start >= {lo} AND start < {hi}")
+            narrow = _where("rollup", filters, p, account, key)
+            parts.append(f"SELECT {pick('NULL::jsonb')} FROM analytics.{seg.table} "
+                         f"WHERE {narrow} AND start >= {lo} AND start < {hi}")
+    if not parts:  # an empty range
+        return raw(start, start)
+    return "\nUNION ALL\n".join(parts)

@@ -19,6 +19,7 @@ and counted (`dropped`), with a process log line that names its request id and t
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import re
@@ -26,14 +27,29 @@ import time
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import JSONB
 
 from gateway.db import Database, unavailable
 from gateway.logs.schema import COLUMNS, request_logs
 
 log = logging.getLogger("spendgate.logs")
 
+# A batch is one statement (a column array per parameter), so the statement-level trigger that keeps the
+# analytics rollups (migration 0025) sums the batch at once. jsonb values go as text: an array parameter would
+# read a JSON list as a dimension of the array.
+_JSONB = frozenset(c.name for c in request_logs.columns if isinstance(c.type, JSONB))
+_DIALECT: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
+_TYPES = {c.name: "text" if c.name in _JSONB else c.type.compile(dialect=_DIALECT) for c in request_logs.columns}
+_ARRAYS = ", ".join(f"${i + 1}::{_TYPES[c]}[]" for i, c in enumerate(COLUMNS))
 INSERT = (f"INSERT INTO request_logs ({', '.join(COLUMNS)}) "
-          f"VALUES ({', '.join(f'${i + 1}' for i in range(len(COLUMNS)))}) ON CONFLICT (id) DO NOTHING")
+          f"SELECT {', '.join(f'{c}::jsonb' if c in _JSONB else c for c in COLUMNS)} "
+          f"FROM unnest({_ARRAYS}) AS u({', '.join(COLUMNS)}) ON CONFLICT (id) DO NOTHING")
+
+
+def _json_text(value: Any) -> str | None:
+    """A jsonb value as the pool's codec would send it (gateway/db.py)."""
+    return None if value is None else json.dumps(value, separators=(",", ":"), default=str)
 
 Item = tuple[dict[str, Any], dict[str, Any] | None]  # (row, the gateway's log_retention)
 
@@ -340,8 +356,10 @@ class LogWriter:
                     if room[key] == 0:
                         continue
                     room[key] -= 1
-                rows.append([row[c] for c in COLUMNS])
-            await conn.executemany(INSERT, rows)
+                rows.append(row)
+            if rows:
+                await conn.execute(INSERT, *([_json_text(r[c]) for r in rows] if c in _JSONB else [r[c] for r in rows]
+                                             for c in COLUMNS))
             self.written += len(rows)
             for (account, gateway), retention in by_gateway.items():
                 if retention and retention.get("strategy") == "DELETE_OLDEST":
