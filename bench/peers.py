@@ -516,9 +516,14 @@ def git(*argv: str) -> str:
     return done.stdout.decode(errors="replace").strip()
 
 
-def source_tree(running: Running, rev: str | None) -> tuple[Path, str]:
-    """Where Spendgate and the fake upstream run from, and what to call that code: the working tree, or with
-    --rev that revision exported (`git archive`) to the scratch directory, untouched by edits in progress."""
+def source_tree(running: Running, rev: str | None, source: Path | None = None) -> tuple[Path, str]:
+    """Where Spendgate and the fake upstream run from, and what to call that code: the working tree, with --rev
+    that revision exported (`git archive`) to the scratch directory, untouched by edits in progress, or with
+    --source a directory holding such a tree (two of them compare two versions of the code back to back)."""
+    if source is not None:
+        if not (source / "gateway" / "app.py").is_file():
+            raise SystemExit(f"--source {source}: no gateway/app.py there")
+        return source.resolve(), f"dir:{source}"
     if not rev:
         try:
             dirty = git("status", "--porcelain", "--untracked-files=no", "gateway", "harness/fakes")
@@ -623,7 +628,7 @@ async def portkey(running: Running, upstream_url: str, upstream: Proc, args: arg
 
 async def run(running: Running, args: argparse.Namespace) -> int:
     port = free_port()
-    args.source, args.source_version = source_tree(running, args.rev)
+    args.source, args.source_version = source_tree(running, args.rev, args.source_dir)
     upstream = running.start("upstream", [PY, "-c", UPSTREAM.format(port=port)],
                              clean_env(PYTHONPATH=str(args.source)), cwd=args.source)
     await wait_up(f"http://127.0.0.1:{port}/", upstream)
@@ -684,6 +689,9 @@ def main() -> None:
                         help="where the peers are installed and reused")
     parser.add_argument("--rev", help="run Spendgate and the fake upstream from this git revision (exported to the "
                         "scratch directory) instead of the working tree")
+    parser.add_argument("--source", dest="source_dir", type=Path,
+                        help="run Spendgate and the fake upstream from this directory (a tree like the repository's) "
+                        "instead of the working tree")
     parser.add_argument("--litellm-version", default=LITELLM_VERSION)
     parser.add_argument("--portkey-version", default=PORTKEY_VERSION)
     args = parser.parse_args()

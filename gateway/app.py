@@ -138,12 +138,12 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
 
     app = Starlette(
         routes=[
+            Mount("/v1", app=_Chain(services)),  # first: nearly every request is one (no other route overlaps it)
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", services.metrics.endpoint),
             Mount("/admin", app=admin_app(services)),
             Mount("/dashboard", app=dashboard_app(services)),
-            Mount("/v1", app=_Chain(services)),
         ],
         lifespan=lifespan,
     )

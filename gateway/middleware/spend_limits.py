@@ -4,9 +4,10 @@ For every request with a known target (provider and model), the layer asks its `
 (billing mode, tenant, worst-case cost; see gateway/providers/estimate.py), checks identity policies (403), and in
 one round trip reserves the estimate in every matching bucket and, on unified billing, as a credit hold. Then:
 
-- all granted: call inward; `cf-aig-budget-remaining` goes on the response; after the response body has fully
-  passed — or the client went away, or the inner app raised — the reservation is settled with the actual cost
-  (from the Exchange), once, in a `finally`;
+- all granted: call inward; `cf-aig-budget-remaining` goes on the response; the reservation is settled with the
+  actual cost (from the Exchange), once: a whole JSON answer just before its body goes out (its cost is known by
+  then, and the client's next call must find this one settled), anything else after the response body has fully
+  passed — or the client went away, or the inner app raised — in a `finally`;
 - a `block` rule would overflow: 429 "Spending limit exceeded" naming the rule and its bucket;
 - only `fallback_model` rules would overflow: the planner re-targets the request to the fallback model
   (`exchange.step` + 1) and the layer reserves against the fallback's own rules, up to `MAX_FALLBACKS` steps;
@@ -35,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -134,9 +135,13 @@ class SpendLimits:
         self.settlements.opened(outcome.reservation_id, lambda: self.planner.actual_nano(exchange, settled_plan))
         now = self.clock()
         rate_headers = rates.headers(rates.tightest(outcome, now), now)
-        try:
-            await self.app(scope, receive, self._with_budget_header(send, remaining, rate_headers))
-        finally:
+        settled = False
+
+        async def settle() -> None:
+            nonlocal settled
+            if settled:
+                return
+            settled = True
             actual = self.planner.actual_nano(exchange, plan)
             if exchange.cost_usd is None and actual:
                 # answered, but no price for what it used: charged its reservation, and the log says so (one number
@@ -145,6 +150,12 @@ class SpendLimits:
             # shielded: a call cancelled at the shutdown deadline still settles (Settlements.drain waits for it)
             await asyncio.shield(self.settlements.settle(outcome.reservation_id, actual, self.clock(),
                                                          tokens=actual_tokens(exchange)))
+
+        try:
+            await self.app(scope, receive,
+                           _settling_whole_answers(self._with_budget_header(send, remaining, rate_headers), settle))
+        finally:
+            await settle()  # every other answer, and every call that ended without one (once: see `settled`)
 
     async def _reserve(self, exchange: Exchange, plan: Plan) -> Outcome | None:
         """None: nothing to reserve (no rule matched and no credit to hold, or the cost is unknown and no rate limit
@@ -227,6 +238,31 @@ class SpendLimits:
             rule=rule.raw.get("name", rule.name), rule_id=rule.id, bucket=_bucket_json(tightest.line.key),
             spent_nano=tightest.spent_nano, pending_nano=tightest.pending_nano, reserved_nano=reserved,
             limit_nano=rule.budget_nano, resets_at=resets, refused_at=now)
+
+
+def _settling_whole_answers(send: Send, settle: Callable[[], Awaitable[None]]) -> Send:
+    """Settle a whole answer before its body goes out, so that the client's next call finds this one settled (and
+    is not refused for a reservation still pending near a limit). A whole answer is a 2xx that is not an event stream
+    and comes in one body message: the router records its usage and cost before it sends it. Anything else (a
+    stream, a JSON answer too large to hold, an error, a call that ends without an answer) settles when the call
+    ends; `settle` runs once either way."""
+    first_body: bool | None = None  # the next body message is the answer's first, of a 2xx that is not a stream
+
+    async def sender(message: Message) -> None:
+        nonlocal first_body
+        if message["type"] == "http.response.start":
+            first_body = 200 <= message["status"] < 300 and not _event_stream(message.get("headers", []))
+        elif message["type"] == "http.response.body" and first_body:
+            first_body = False
+            if not message.get("more_body", False):
+                await settle()
+        await send(message)
+
+    return sender
+
+
+def _event_stream(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(name.lower() == b"content-type" and b"text/event-stream" in value.lower() for name, value in headers)
 
 
 def _bucket_json(key: str) -> Any:
