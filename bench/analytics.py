@@ -31,7 +31,7 @@ from gateway.analytics.queries import AnalyticsQuery, _columns, run
 from gateway.analytics.store import Filters, path_for
 from gateway.db import Database, migrate
 from gateway.logs.schema import COLUMNS
-from gateway.logs.writer import LogWriter
+from gateway.logs.writer import _JSONB, INSERT, LogWriter, _json_text
 from harness.pg import database_beside
 
 ACCOUNT = "bench"
@@ -179,9 +179,19 @@ def _row(i: int, now: datetime) -> dict[str, Any]:
 
 async def writer_cost(db: Database, now: datetime, rows: int = 20_000, rounds: int = 3) -> None:
     """Rows per second through the gateway's log writer (batches of 500, one statement each), with the rollup
-    trigger and without it, interleaved in the same run."""
-    rates: dict[bool, list[float]] = {True: [], False: []}
+    trigger and without it, interleaved in the same run; and the same for the writer's INSERT statement alone
+    (the batches' parameters built beforehand: the database's side only)."""
+    rates: dict[tuple[str, bool], list[float]] = {}
     offset = 0
+
+    def batches(first: int) -> list[list[list[Any]]]:
+        out = []
+        for b in range(first, first + rows, 500):
+            items = [_row(i, now) for i in range(b, b + 500)]
+            out.append([[_json_text(r[c]) for r in items] if c in _JSONB else [r[c] for r in items]
+                        for c in COLUMNS])
+        return out
+
     for _ in range(rounds):
         for enabled in (True, False):
             await db.pool.execute(f"ALTER TABLE request_logs {'ENABLE' if enabled else 'DISABLE'} TRIGGER "
@@ -192,13 +202,23 @@ async def writer_cost(db: Database, now: datetime, rows: int = 20_000, rounds: i
             offset += rows
             t = time.perf_counter()
             await writer.flush()
-            rates[enabled].append(rows / (time.perf_counter() - t))
+            rates.setdefault(("writer", enabled), []).append(rows / (time.perf_counter() - t))
+            prepared = batches(offset)
+            offset += rows
+            async with db.pool.acquire() as conn:
+                t = time.perf_counter()
+                for params in prepared:
+                    async with conn.transaction():
+                        await conn.execute(INSERT, *params)
+                rates.setdefault(("statement", enabled), []).append(rows / (time.perf_counter() - t))
     await db.pool.execute("ALTER TABLE request_logs ENABLE TRIGGER analytics_inserted")
-    print(f"\n| log writer ({rounds} interleaved rounds of {rows:,} rows) | rows/s, median | each round |"
-          f"\n|---|---|---|")
-    for enabled, label in ((True, "with the rollup trigger"), (False, "trigger disabled")):
-        print(f"| {label} | {statistics.median(rates[enabled]):,.0f} | "
-              f"{' / '.join(f'{r:,.0f}' for r in rates[enabled])} |")
+    print(f"\n| {rounds} interleaved rounds of {rows:,} rows, batches of 500 | rollup trigger | rows/s, median | "
+          f"each round |\n|---|---|---|---|")
+    for what, label in (("writer", "`LogWriter.flush`"), ("statement", "its INSERT statement alone")):
+        for enabled in (True, False):
+            got = rates[(what, enabled)]
+            print(f"| {label} | {'on' if enabled else 'off'} | {statistics.median(got):,.0f} | "
+                  f"{' / '.join(f'{r:,.0f}' for r in got)} |")
 
 
 def forecast_error(seed: int = 7, trials: int = 200) -> None:

@@ -277,7 +277,16 @@ SELECT least(rank, {limit}::bigint + 1) AS slot, {kept}bucket, {SUM_SQL}
  GROUP BY {", ".join(str(i) for i in range(1, len(aliases) + 3))}
  ORDER BY slot, bucket
 """
-    rows = await db.pool.fetch(sql, *args)
+    async with db.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        # JIT compiling these plans costs more than it saves (a few hundred thousand rollup rows at most); one
+        # snapshot for the groups and the totals
+        await conn.execute("SET LOCAL jit = off")
+        rows = await conn.fetch(sql, *args)
+        total = None
+        if "cf.user.groups" in q.group_by:  # a request in two groups counts in both: the totals are summed apart
+            total_args: list[Any] = []
+            total_source = source(q.account, q.start, q.end, q.filters, [], None, total_args)
+            total = await conn.fetchrow(f"SELECT {SUM_SQL} FROM ({total_source}) s", *total_args)
     groups: dict[int, Group] = {}
     for row in rows:
         slot = row["slot"]
@@ -292,10 +301,7 @@ SELECT least(rank, {limit}::bigint + 1) AS slot, {kept}bucket, {SUM_SQL}
             group.series.setdefault(row["bucket"], Figures()).add(figures)
     ordered = [groups[slot] for slot in sorted(groups)]
     totals = Figures()
-    if "cf.user.groups" in q.group_by:  # a request in two groups counts in both: the totals are summed apart
-        total_args: list[Any] = []
-        total_source = source(q.account, q.start, q.end, q.filters, [], None, total_args)
-        total = await db.pool.fetchrow(f"SELECT {SUM_SQL} FROM ({total_source}) s", *total_args)
+    if total is not None:
         if total["requests"] is not None:
             totals.add(_figures(total))
     else:

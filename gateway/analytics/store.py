@@ -33,8 +33,10 @@ RAW_COLUMNS = {
     "status_code": "status_code",
     "user_id": "nullif(identity->>'user_id', '')",
     "email": "nullif(identity->>'email', '')",
-    "groups": "CASE WHEN jsonb_typeof(identity->'groups') = 'array' AND identity->'groups' <> '[]'::jsonb "
-              "THEN ARRAY(SELECT DISTINCT g FROM jsonb_array_elements_text(identity->'groups') AS g ORDER BY 1) END",
+    "groups": "CASE WHEN jsonb_typeof(identity->'groups') IS DISTINCT FROM 'array' OR identity->'groups' = '[]'::jsonb "
+              "THEN NULL "
+              "WHEN jsonb_array_length(identity->'groups') = 1 THEN ARRAY[identity->'groups'->>0] "
+              "ELSE ARRAY(SELECT DISTINCT g FROM jsonb_array_elements_text(identity->'groups') AS g ORDER BY 1) END",
     "service_token": "nullif(identity->>'service_token', '')",
     # the client's metadata (the cf.* keys repeat the identity): read from the log only
     "metadata": f"CASE WHEN jsonb_typeof(metadata) = 'object' THEN metadata - {CF_KEYS} ELSE '{{}}'::jsonb END",
@@ -232,7 +234,7 @@ def source(account: str, start: datetime, end: datetime, filters: Filters, colum
         lo, hi = p.add(seg.start), p.add(seg.end)
 
         def pick(meta: str, sign: str = "") -> str:
-            return ", ".join(["start AS at", *(meta if c == "meta" else c for c in columns),
+            return ", ".join(["start AS at", *(f"{meta} AS meta" if c == "meta" else c for c in columns),
                               *(f"{sign}{s}" for s in SUM_COLUMNS)])
 
         parts.append(f"SELECT {pick('value')} FROM analytics.{seg.table}_metadata "

@@ -88,8 +88,9 @@ CHANGED_ROWS = """
     SELECT c.sign, c.account_id, c.created_at, c.gateway_id, c.provider, c.model, c.billing_mode, c.status_code,
            nullif(c.identity->>'user_id', '') AS user_id,
            nullif(c.identity->>'email', '') AS email,
-           CASE WHEN jsonb_typeof(c.identity->'groups') = 'array' AND c.identity->'groups' <> '[]'::jsonb
-                THEN ARRAY(SELECT DISTINCT g FROM jsonb_array_elements_text(c.identity->'groups') AS g ORDER BY 1)
+           CASE WHEN jsonb_typeof(c.identity->'groups') IS DISTINCT FROM 'array' OR c.identity->'groups' = '[]'::jsonb THEN NULL
+                WHEN jsonb_array_length(c.identity->'groups') = 1 THEN ARRAY[c.identity->'groups'->>0]
+                ELSE ARRAY(SELECT DISTINCT g FROM jsonb_array_elements_text(c.identity->'groups') AS g ORDER BY 1)
            END AS groups,
            nullif(c.identity->>'service_token', '') AS service_token,
            CASE WHEN jsonb_typeof(c.metadata) = 'object' THEN c.metadata END AS metadata,
