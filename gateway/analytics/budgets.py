@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from gateway.analytics.forecast import BALANCE_HORIZON, HISTORY_DAYS, Forecast, forecast
-from gateway.analytics.store import segment_sql, segments
+from gateway.analytics.store import Filters, source
 from gateway.db import Database
 from gateway.limits.buckets import bucket_status
 from gateway.limits.rules import Rule, parse_rule
@@ -40,14 +40,19 @@ async def rule_histories(db: Database, account: str, gateway: str, rule: Rule,
                          now: datetime) -> dict[str, dict[date, int]]:
     """Daily spend (nano-USD) of each bucket key of `rule` over the forecast's history, today included."""
     names = sorted({d.name for d in rule.dimensions})
+    keys = [name[len("metadata."):] for name in names if name.startswith("metadata.")]
     exprs: list[str] = []
-    columns = ["at", "cost_usd"]
-    args: list[Any] = [account, gateway]
+    columns: list[str] = []
+    args: list[Any] = []
     for name in names:
         if name.startswith("metadata."):
-            args.append(name[len("metadata."):])
-            exprs.append(f"s.metadata -> ${len(args)}::text")
-            column = "metadata"
+            if len(keys) == 1:  # the metadata rollups may answer (gateway/analytics/store.py)
+                exprs.append("s.meta")
+                column = "meta"
+            else:
+                args.append(name[len("metadata."):])
+                exprs.append(f"nullif(s.metadata -> ${len(args)}::text, 'null'::jsonb)")
+                column = "metadata"
         elif name in ("provider", "model"):
             exprs.append("s.provider" if name == "provider" else "s.provider || '/' || s.model")
             column = "provider"
@@ -58,23 +63,18 @@ async def rule_histories(db: Database, account: str, gateway: str, rule: Rule,
             exprs.append(f"s.{column}")
         if column not in columns:
             columns.append(column)
-    parts = []
-    for seg in segments(history_start(now), now):
-        args += [seg.start, seg.end]
-        parts.append(segment_sql(seg, columns, "account_id = $1 AND gateway_id = $2", f"${len(args) - 1}",
-                                 f"${len(args)}"))
-    if not parts:
-        return {}
+    rows_sql = source(account, history_start(now), now, Filters(gateway=gateway), columns,
+                      keys[0] if len(keys) == 1 else None, args)
     selected = "".join(f", {e} AS d{i}" for i, e in enumerate(exprs))
     grouped = "".join(f", {i + 3}" for i in range(len(exprs)))
     rows = await db.pool.fetch(
-        f"SELECT (date_trunc('day', s.at, 'UTC') AT TIME ZONE 'UTC')::date AS day, sum(s.cost_usd) AS cost{selected}"
-        f" FROM ({' UNION ALL '.join(parts)}) s GROUP BY 1{grouped}", *args)
+        f"SELECT (date_trunc('day', s.at, 'UTC') AT TIME ZONE 'UTC')::date AS day, sum(s.cost_nano) AS cost"
+        f"{selected} FROM ({rows_sql}) s GROUP BY 1{grouped}", *args)
     out: dict[str, dict[date, int]] = defaultdict(lambda: defaultdict(int))
     for row in rows:
         attributes = {name: row[f"d{i}"] for i, name in enumerate(names)}
         for key in rule.bucket_keys(attributes):
-            out[key][row["day"]] += int(row["cost"] * 1_000_000_000)
+            out[key][row["day"]] += int(row["cost"])
     return out
 
 

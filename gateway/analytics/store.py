@@ -24,7 +24,6 @@ Table = Literal["daily", "hourly", "raw"]
 
 SUM_COLUMNS = ("requests", "errors", "tokens_in", "tokens_out", "tokens_cache_read", "tokens_cache_write",
                "cost_nano")
-CF_KEYS = "ARRAY['cf.user_id', 'cf.user.email', 'cf.user.groups', 'cf.service_token']"
 
 # A log row as the rollups hold it (the expressions of migration 0025's triggers).
 RAW_COLUMNS = {
@@ -38,8 +37,8 @@ RAW_COLUMNS = {
               "WHEN jsonb_array_length(identity->'groups') = 1 THEN ARRAY[identity->'groups'->>0] "
               "ELSE ARRAY(SELECT DISTINCT g FROM jsonb_array_elements_text(identity->'groups') AS g ORDER BY 1) END",
     "service_token": "nullif(identity->>'service_token', '')",
-    # the client's metadata (the cf.* keys repeat the identity): read from the log only
-    "metadata": f"CASE WHEN jsonb_typeof(metadata) = 'object' THEN metadata - {CF_KEYS} ELSE '{{}}'::jsonb END",
+    # the metadata (cf.* keys included, as spend-limit rules see it): read from the log only
+    "metadata": "metadata",
     "requests": "1::bigint", "errors": "(NOT success)::int::bigint",
     "tokens_in": "coalesce(tokens_in, 0)::bigint", "tokens_out": "coalesce(tokens_out, 0)::bigint",
     "tokens_cache_read": "coalesce(tokens_cache_read, 0)::bigint",

@@ -220,3 +220,32 @@ async def test_invalid_filters_name_the_parameter(admin: httpx.AsyncClient, acco
 
 def test_figures_are_the_names_of_the_api() -> None:
     assert FIGURES[-1] == "cost_usd"
+
+
+@pytest.mark.parametrize("scope", [
+    {"metadata.team": {"split": True}},  # one key: the metadata rollups
+    {"metadata.team": {"split": True}, "model": {"split": True}},  # with another dimension: the log
+    {"metadata.team": {"split": True}, "metadata.env": {"split": True}},  # two keys: the log
+    {"cf.user.groups": {"split": True}, "provider": {"equals": "openai"}},  # the narrow rollups
+])
+async def test_rule_histories_equal_the_log(account: str, db: Database, scope: dict[str, Any]) -> None:
+    from gateway.analytics.budgets import rule_histories
+    from gateway.limits.rules import parse_rule
+
+    rows = traffic(account, seed=53, count=400)
+    await write(db, rows)
+    rule = parse_rule("00000000-0000-0000-0000-000000000001",
+                      {"name": "r", "budget_usd": "10", "window": "daily", "scope": scope})
+    got = await rule_histories(db, account, "prod", rule, NOW)
+    wanted: dict[str, dict[Any, int]] = defaultdict(lambda: defaultdict(int))
+    start = NOW.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=28)
+    for row in rows:
+        if row["gateway_id"] != "prod" or not start <= row["created_at"] < NOW:
+            continue
+        identity = row["identity"] or {}
+        attributes = {"provider": row["provider"], "model": f"{row['provider']}/{row['model']}",
+                      "cf.user.groups": sorted(set(identity.get("groups") or [])) or None,
+                      **{f"metadata.{k}": v for k, v in row["metadata"].items()}}
+        for key in rule.bucket_keys(attributes):
+            wanted[key][row["created_at"].date()] += int((row["cost_usd"] or 0) * 1_000_000_000)
+    assert {k: dict(v) for k, v in got.items()} == {k: dict(v) for k, v in wanted.items()}
