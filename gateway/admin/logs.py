@@ -45,7 +45,8 @@ def log_view(row: Any) -> dict[str, Any]:
                      "from": "ISO time", "to": "ISO time", "user_id": "identity", "email": "identity",
                      "service_token": "identity", "group": "identity group",
                      "metadata.<key>": "a metadata value (also cf.* keys)",
-                     "guardrail": "a category a guardrail found (pii.email, secret.aws, ...)"})
+                     "guardrail": "a category a guardrail found (pii.email, secret.aws, ...)",
+                     "cached": "true|false (answered from the response cache)"})
 async def list_logs(request: Request, services: AdminServices, account: str, gateway: str) -> Page:
     await ensure_gateway(services, account, gateway)
     q = request.query_params
@@ -63,6 +64,10 @@ async def list_logs(request: Request, services: AdminServices, account: str, gat
     query.group = q.get("group") or None
     query.metadata = {key.removeprefix("metadata."): value for key, value in q.items()
                       if key.startswith("metadata.")}
+    if q.get("cached"):
+        if q["cached"] not in ("true", "false"):
+            raise AdminError(422, "cached must be true or false", "cached")
+        query.cached = q["cached"] == "true"
     if q.get("guardrail"):
         if q["guardrail"] not in CATEGORIES:
             raise AdminError(422, f"guardrail must be one of {', '.join(CATEGORIES)}", "guardrail")

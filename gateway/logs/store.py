@@ -34,6 +34,7 @@ class LogQuery:
     group: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)  # metadata key (cf.* included) -> value
     guardrail: str | None = None  # a category a guardrail found, in the prompt or the response
+    cached: bool | None = None  # answered from the response cache, or not
     after: tuple[datetime, uuid.UUID] | None = None  # the (created_at, id) of the last row of the previous page
     limit: int = 100
 
@@ -71,6 +72,8 @@ async def search(db: Database, q: LogQuery) -> list[Any]:
         add(f"metadata->>${len(args)}::text = ?", value)
     if q.guardrail is not None:
         add("(jsonb_exists(guardrails->'prompt', ?) OR jsonb_exists(guardrails->'response', ?))", q.guardrail)
+    if q.cached is not None:
+        add("cached = ?", q.cached)
     if q.after is not None:
         args += list(q.after)
         where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")

@@ -104,7 +104,21 @@ def _seed(stack_url: str, idp: IdP, operator: Operator) -> Seeded:
     _send(f"{base}/research/openai/chat/completions", chat("gpt-4o", 300),
           {**_usage(300), **who(alice, team="research"), "Authorization": "Bearer sk-alice-own"}, 200)
 
-    seeded = Seeded(stack_url, account, {"g": 9, "research": 1}, operator)
+    # the checks gateway: a response cache, a guardrail that redacts e-mail addresses in prompts, and a rate limit of
+    # two requests a minute. The first call is redacted and stored, the same call again is a cache hit (it counts as
+    # a request), the third is refused by the rate limit
+    with operator.admin() as admin:
+        assert admin.post(f"/accounts/{account}/gateways", json={
+            "id": "checks", "cache_ttl": 600, "guardrails": {"prompt": {"pii.email": "redact"}},
+            "rate_limits": [{"name": "two-a-minute", "limit": 2, "interval_s": 60}]}).status_code == 201
+    mail = {"model": "gpt-4o-mini", "max_tokens": 20,
+            "messages": [{"role": "user", "content": "Write to ann.lee@example.com about the invoice"}]}
+    own = {**_usage(20), **who(bob, team="billing"), "Authorization": "Bearer sk-bob-own"}
+    _send(f"{base}/checks/openai/chat/completions", mail, own, 200)
+    _send(f"{base}/checks/openai/chat/completions", mail, own, 200)
+    _send(f"{base}/checks/openai/chat/completions", {**mail, "max_tokens": 21}, own, 429)
+
+    seeded = Seeded(stack_url, account, {"g": 9, "research": 1, "checks": 3}, operator)
     for gateway, expected in seeded.gateways.items():
         eventually_sync(lambda g=gateway: seeded.get(f"/accounts/{account}/gateways/{g}/logs")["result"],
                         until=lambda rows, n=expected: len(rows) == n, what=f"the logs of gateway {gateway}")

@@ -250,7 +250,7 @@ async def test_anomalies_page(browser: Browser) -> None:
 
 async def test_log_explorer_filters_and_opens_one_request(browser: Browser) -> None:
     s = browser.seeded
-    page = await browser.open(f"/dashboard/logs?account={s.account}", "09-logs")
+    page = await browser.open(f"/dashboard/logs?account={s.account}&gateway=g", "09-logs")
     logs = s.get(f"/accounts/{s.account}/gateways/g/logs", limit=50)["result"]
     assert await page.locator("[data-testid=log-row]").count() == len(logs) == s.gateways["g"]
     assert [await r.get_attribute("data-log-id") for r in await page.locator("[data-testid=log-row]").all()] == [
@@ -304,6 +304,48 @@ async def test_log_explorer_filters_and_opens_one_request(browser: Browser) -> N
     assert await page2.inner_text("[data-testid=detail-cost]") == "not charged"
     assert "Spending limit exceeded" in await page2.inner_text("main")
     await page2.close()
+    await page.close()
+
+
+async def test_log_explorer_shows_the_cache_rate_limits_and_guardrails(browser: Browser) -> None:
+    s = browser.seeded
+    page = await browser.open(f"/dashboard/logs?account={s.account}&gateway=checks", "15-logs-checks")
+    logs = s.get(f"/accounts/{s.account}/gateways/checks/logs")["result"]
+    assert [r["cached"] for r in logs] == [False, True, False]  # newest first: refused, hit, miss
+    rows = page.locator("[data-testid=log-row]")
+    assert [await r.get_attribute("data-log-id") for r in await rows.all()] == [r["id"] for r in logs]
+    refused, hit, miss = [await rows.nth(i).inner_text() for i in range(3)]
+    assert "rate limited" in refused and "cache hit" not in refused and "pii.email redacted (prompt)" in refused
+    assert "cache hit" in hit and "pii.email redacted (prompt)" in hit
+    assert "pii.email redacted (prompt)" in miss and "cache hit" not in miss
+    assert [r["guardrails"] for r in logs] == [{"prompt": {"pii.email": "redact"}}] * 3  # checked before the limit
+
+    # cache hits only: the API's filter, through the page
+    await page.select_option("[data-testid=filter-cached]", "true")
+    async with page.expect_navigation():
+        await page.click("[data-testid=apply]")
+    await page.wait_for_selector("body[data-ready]")
+    hits = s.get(f"/accounts/{s.account}/gateways/checks/logs", cached="true")["result"]
+    assert [await r.get_attribute("data-log-id") for r in await page.locator("[data-testid=log-row]").all()] == [
+        r["id"] for r in hits] == [logs[1]["id"]]
+
+    # one guardrail category, and the detail of the hit
+    await page.select_option("[data-testid=filter-cached]", "")
+    await page.fill("[data-testid=filter-guardrail]", "pii.email")
+    async with page.expect_navigation():
+        await page.click("[data-testid=apply]")
+    await page.wait_for_selector("body[data-ready]")
+    found = s.get(f"/accounts/{s.account}/gateways/checks/logs", guardrail="pii.email")["result"]
+    assert [await r.get_attribute("data-log-id") for r in await page.locator("[data-testid=log-row]").all()] == [
+        r["id"] for r in found] == [r["id"] for r in logs]
+    detail = await browser.open(f"/dashboard/logs/checks/{logs[1]['id']}?account={s.account}", "16-one-cache-hit")
+    assert (await detail.inner_text("[data-testid=detail-cache]")).startswith("hit")
+    assert await detail.inner_text("[data-testid=detail-guardrails]") == "pii.email redacted in the prompt"
+    assert await detail.inner_text("[data-testid=detail-cost]") == usd_text(logs[1]["cost_usd"])
+    await detail.close()
+    limited = await browser.open(f"/dashboard/logs/checks/{logs[0]['id']}?account={s.account}", "17-rate-limited")
+    assert (await limited.inner_text("[data-testid=detail-rate]")).startswith("refused")
+    await limited.close()
     await page.close()
 
 

@@ -575,7 +575,37 @@
   const FILTERS = [
     ["provider", "Provider", "any"], ["model", "Model", "any"], ["user_id", "User id", "any"],
     ["email", "Email", "any"], ["group", "Group", "any"], ["service_token", "Service token", "any"],
+    ["guardrail", "Guardrail found", "any category"],
   ];
+
+  /** What the gateway's own checks did to a request: a cache hit, a rate limit, guardrail findings. */
+  const RATE_LIMITED = "Rate limit exceeded";
+  const SIDE = { prompt: "prompt", response: "answer" };
+  const ACTION = { flag: "flagged", redact: "redacted", block: "blocked" };
+
+  function guardrailFindings(l) {
+    const found = [];
+    for (const side of ["prompt", "response"]) {
+      for (const [category, action] of Object.entries((l.guardrails || {})[side] || {})) {
+        found.push({ side, category, action });
+      }
+    }
+    return found;
+  }
+
+  function checkBadges(l) {
+    const badges = [];
+    if (l.cached) badges.push(h("span", { class: "badge ok", "data-testid": "check-cache",
+      title: "answered from the response cache: nothing went upstream" }, "cache hit"));
+    if (l.status_code === 429 && l.error === RATE_LIMITED) badges.push(h("span", { class: "badge bad",
+      "data-testid": "check-rate", title: "refused by one of the gateway's rate limits" }, "rate limited"));
+    for (const f of guardrailFindings(l)) {
+      badges.push(h("span", { class: "badge " + (f.action === "block" ? "bad" : "warn"), "data-testid": "check-guardrail",
+        title: "a guardrail found " + f.category + " in the " + SIDE[f.side] }, f.category + " " + ACTION[f.action] +
+        " (" + SIDE[f.side] + ")"));
+    }
+    return badges.length ? h("span", { class: "checks" }, badges) : h("span", { class: "muted" }, "—");
+  }
 
   function filterFields(values) {
     return FILTERS.map(([name, label, placeholder]) => field(label, input(name, values[name], { placeholder,
@@ -904,8 +934,8 @@
   const STATUS_CLASS = (code) => (code >= 500 ? "bad" : code >= 400 ? "warn" : "ok");
 
   async function logsPage() {
-    const values = currentValues(["gateway", "range", "from", "to", "status_code", "success", "cursor", "meta_key",
-      "meta_value", ...FILTERS.map((f) => f[0])]);
+    const values = currentValues(["gateway", "range", "from", "to", "status_code", "success", "cached", "cursor",
+      "meta_key", "meta_value", ...FILTERS.map((f) => f[0])]);
     let gateways;
     try {
       gateways = await loadGateways();
@@ -924,7 +954,9 @@
         field("Status", input("status_code", values.status_code, { placeholder: "e.g. 429", inputmode: "numeric",
           "data-testid": "filter-status", size: 5 })),
         field("Outcome", select("success", [["", "Any"], ["true", "Succeeded"], ["false", "Failed or refused"]],
-          values.success, { "data-testid": "filter-success" }))),
+          values.success, { "data-testid": "filter-success" })),
+        field("Cache", select("cached", [["", "Any"], ["true", "Cache hits"], ["false", "Not from the cache"]],
+          values.cached, { "data-testid": "filter-cached" }))),
       h("div", { class: "row" }, filterFields(values), metadataField(values)),
       h("div", { class: "row actions" }, h("button", { type: "submit", class: "primary", "data-testid": "apply" }, "Apply"),
         h("a", { href: withAccount(BASE + "/logs"), class: "button-link" }, "Reset")));
@@ -932,7 +964,8 @@
       event.preventDefault();
       const v = formValues(form);
       navigate(Object.assign({ gateway: v.gateway, range: v.range, from: v.range === "custom" ? v.from : null,
-        to: v.range === "custom" ? v.to : null, status_code: v.status_code, success: v.success, cursor: null,
+        to: v.range === "custom" ? v.to : null, status_code: v.status_code, success: v.success, cached: v.cached,
+        cursor: null,
         meta_key: v.meta_key, meta_value: v.meta_value },
       Object.fromEntries(FILTERS.map(([name]) => [name, v[name] || null]))));
     });
@@ -944,7 +977,7 @@
       return;
     }
     const q = Object.assign({ from: r.from, to: r.to, status_code: values.status_code, success: values.success,
-      cursor: values.cursor, limit: 50 }, filterQuery(values));
+      cached: values.cached, cursor: values.cursor, limit: 50 }, filterQuery(values));
     let page;
     try {
       page = await api(acct() + "/gateways/" + enc(gateway) + "/logs", { query: q });
@@ -969,6 +1002,7 @@
       { label: "Time", cell: (l) => link("/logs/" + enc(gateway) + "/" + enc(l.id), when(l.created_at, true),
         { "data-testid": "log-link" }) },
       { label: "Status", cell: (l) => h("span", { class: "badge " + STATUS_CLASS(l.status_code) }, String(l.status_code)) },
+      { label: "Checks", cell: checkBadges },
       { label: "Provider / model", cell: (l) => [h("span", { class: "muted" }, l.provider || "—", " / "), l.model || "—",
         l.step ? h("span", { class: "badge warn", title: "served by fallback number " + l.step }, "fallback " + l.step) : null] },
       { label: "Who", cell: (l) => identityText(l.identity) },
@@ -1061,7 +1095,16 @@
         card("Zero data retention", facts([
           ["Applied", l.zdr_applied ? "yes" : "no", "detail-zdr"],
           ["Why", l.zdr_reason],
-        ], "detail-zdr-facts"))),
+        ], "detail-zdr-facts")),
+        card("Cache, rate limits and guardrails", facts([
+          ["Response cache", l.cached ? "hit: answered from the cache, nothing went upstream" : "not from the cache",
+            "detail-cache"],
+          ["Rate limits", l.status_code === 429 && l.error === RATE_LIMITED ? "refused: no room in a rate limit"
+            : "not refused by a rate limit", "detail-rate"],
+          ["Guardrails", guardrailFindings(l).length
+            ? guardrailFindings(l).map((f) => f.category + " " + ACTION[f.action] + " in the " + SIDE[f.side]).join("; ")
+            : "nothing found", "detail-guardrails"],
+        ], "detail-checks"))),
       card("Metadata", metadata.length ? facts(metadata.map(([k, v]) => [k, typeof v === "string" ? v : JSON.stringify(v)]),
         "detail-metadata") : empty("No metadata.", "Clients add it with the cf-aig-metadata header.")),
       card("Payloads", (l.request_body === undefined && l.response_body === undefined) ||
