@@ -1,12 +1,25 @@
 """Proxy benchmark: a fake OpenAI upstream on loopback, the gateway in front, 64 concurrent clients.
 
     .venv/bin/python bench/proxy.py [--seconds 15] [--concurrency 64]
+    .venv/bin/python bench/proxy.py --clients [--seconds 5] [--concurrency 32] [--rounds 2]
 
 Upstream and gateway each run in their own process (uvicorn, one worker); the load comes from this process
 (aiohttp). For each mode (json, sse) it calls the upstream directly, then through the gateway, and prints
 {"bench":"proxy","mode":"json|sse","direct_rps":N,"gateway_rps":N,"overhead_p50_ms":x,"overhead_p99_ms":y}
 where overhead = gateway latency percentile - direct latency percentile. Requests use a pass-through key, the
 path of a BYOK client (no ledger writes).
+
+`--clients` measures the upstream client alone, in this process, against the same fake upstream: the CPU time per
+call (process time over the window / calls) and calls/s of each way the router could send a call and read its
+answer whole (JSON, and SSE read to its end), rounds interleaved:
+
+  httpx+aiohttp-transport  `client.send(client.build_request(...), stream=True)` on the gateway's client
+  direct                   what the router does (gateway/providers/upstream.py `prepare`): the client's aiohttp
+                           session, the answer wrapped in an httpx.Response
+  aiohttp                  the session alone, no httpx.Response: the floor of the direct way
+  httpx-default            httpx's own transport (httpcore), for the record
+
+{"bench":"proxy_clients","client":"direct","mode":"json","cpu_ms_per_call":x,"calls_per_s":N,"round":1,...}
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -174,14 +188,104 @@ async def run(database_url: str, seconds: float, concurrency: int, chain: bool) 
                 proc.kill()
 
 
+async def _window(call: Callable[[bytes], Awaitable[bytes]], body: bytes, seconds: float,
+                  concurrency: int) -> tuple[int, float, float]:
+    """(calls made, process CPU seconds, wall seconds) of `concurrency` workers calling for `seconds`."""
+    calls = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal calls
+        while time.perf_counter() < deadline:
+            await call(body)
+            calls += 1
+
+    cpu, began = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return calls, time.process_time() - cpu, time.perf_counter() - began
+
+
+async def clients(seconds: float, concurrency: int, rounds: int) -> None:
+    import httpx
+
+    from gateway.providers import upstream as upstream_client
+    from gateway.providers.router import make_client
+
+    port = free_port()
+    upstream = spawn(UPSTREAM, port, {})
+    base = f"http://127.0.0.1:{port}/v1"
+    url = f"{base}/chat/completions"
+    headers = {"authorization": "Bearer sk-bench", "content-type": "application/json", "accept-encoding": "identity"}
+    client = make_client()
+    plain = httpx.AsyncClient(limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000))
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000), auto_decompress=False)
+    try:
+        await wait_up(f"http://127.0.0.1:{port}/")
+
+        async def read(response: httpx.Response) -> bytes:
+            data = bytearray()
+            async for chunk in response.aiter_raw():
+                data += chunk
+            await response.aclose()
+            return bytes(data)
+
+        async def via_httpx(body: bytes) -> bytes:
+            return await read(await client.send(client.build_request("POST", url, headers=headers, content=body),
+                                                stream=True))
+
+        async def via_direct(body: bytes) -> bytes:
+            return await read(await upstream_client.prepare(client, "POST", base, url, dict(headers), body)())
+
+        async def via_aiohttp(body: bytes) -> bytes:
+            async with session.post(url, headers=headers, data=body, allow_redirects=False) as r:
+                data = bytearray()
+                async for chunk in r.content.iter_any():
+                    data += chunk
+                return bytes(data)
+
+        async def via_httpcore(body: bytes) -> bytes:
+            return await read(await plain.send(plain.build_request("POST", url, headers=headers, content=body),
+                                               stream=True))
+
+        ways = {"httpx+aiohttp-transport": via_httpx, "direct": via_direct, "aiohttp": via_aiohttp,
+                "httpx-default": via_httpcore}
+        for round_ in range(1, rounds + 1):
+            for mode in ("json", "sse"):
+                body = json.dumps({"model": "gpt-4o-mini", "stream": mode == "sse",
+                                   "messages": [{"role": "user", "content": "benchmark the client"}]}).encode()
+                for name, call in ways.items():
+                    first = await call(body)
+                    if (b"data: [DONE]" in first) != (mode == "sse") or b"chatcmpl-fake" not in first:
+                        raise RuntimeError(f"{name} {mode}: not the fake's answer: {first[:200]!r}")
+                    await asyncio.gather(*(call(body) for _ in range(concurrency)))  # warm: connections
+                    calls, cpu, elapsed = await _window(call, body, seconds, concurrency)
+                    emit({"bench": "proxy_clients", "client": name, "mode": mode, "round": round_,
+                          "cpu_ms_per_call": round(cpu * 1000 / calls, 3), "calls_per_s": round(calls / elapsed, 1),
+                          "calls": calls, "concurrency": concurrency, "seconds": seconds})
+    finally:
+        await client.aclose()
+        await plain.aclose()
+        await session.close()
+        upstream.terminate()
+        try:
+            upstream.wait(10)
+        except subprocess.TimeoutExpired:
+            upstream.kill()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=None, help="per window (default 15; --clients: 5)")
+    parser.add_argument("--concurrency", type=int, default=None, help="clients (default 64; --clients: 32)")
     parser.add_argument("--chain", action="store_true", help="gateway token + JWT + metadata + logging on")
+    parser.add_argument("--clients", action="store_true", help="the upstream client options alone (see above)")
+    parser.add_argument("--rounds", type=int, default=2, help="--clients: interleaved rounds")
     args = parser.parse_args()
+    if args.clients:
+        asyncio.run(clients(args.seconds or 5, args.concurrency or 32, args.rounds))
+        return
     with fresh_database() as url:
-        asyncio.run(run(url, args.seconds, args.concurrency, args.chain))
+        asyncio.run(run(url, args.seconds or 15, args.concurrency or 64, args.chain))
 
 
 if __name__ == "__main__":
