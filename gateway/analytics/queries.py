@@ -235,12 +235,12 @@ def _figures(row: Any) -> dict[str, Any]:
     return out
 
 
-async def run(db: Database, q: AnalyticsQuery) -> Result:
-    q.check()
+def build(q: AnalyticsQuery) -> tuple[str, list[Any], list[str]]:
+    """The groups' statement, its arguments and the aliases of the group_by dimensions in its rows."""
     args: list[Any] = []
     columns, metadata_key = _columns(q)
     source_sql = source(q.account, q.start, q.end, q.filters, columns, metadata_key, args,
-                        daily=q.interval != "hour")
+                        daily=q.interval != "hour", weekly=q.interval in (None, "week"))
     dims = [_dimension_sql(name, columns, args) for name in q.group_by]
     lateral = ""
     if "cf.user.groups" in q.group_by:
@@ -277,6 +277,12 @@ SELECT least(rank, {limit}::bigint + 1) AS slot, {kept}bucket, {SUM_SQL}
  GROUP BY {", ".join(str(i) for i in range(1, len(aliases) + 3))}
  ORDER BY slot, bucket
 """
+    return sql, args, aliases
+
+
+async def run(db: Database, q: AnalyticsQuery) -> Result:
+    q.check()
+    sql, args, aliases = build(q)
     async with db.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         # JIT compiling these plans costs more than it saves (a few hundred thousand rollup rows at most); one
         # snapshot for the groups and the totals
@@ -285,7 +291,7 @@ SELECT least(rank, {limit}::bigint + 1) AS slot, {kept}bucket, {SUM_SQL}
         total = None
         if "cf.user.groups" in q.group_by:  # a request in two groups counts in both: the totals are summed apart
             total_args: list[Any] = []
-            total_source = source(q.account, q.start, q.end, q.filters, [], None, total_args)
+            total_source = source(q.account, q.start, q.end, q.filters, [], None, total_args, weekly=True)
             total = await conn.fetchrow(f"SELECT {SUM_SQL} FROM ({total_source}) s", *total_args)
     groups: dict[int, Group] = {}
     for row in rows:

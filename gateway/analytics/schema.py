@@ -1,9 +1,9 @@
 """The analytics rollups, in schema `analytics` (migration 0025 creates them and the statement-level triggers on
 `request_logs` that keep them, in the log statement's own transaction).
 
-- `hourly` and `daily`: per account, bucket start and the common dimensions (gateway, provider, model, billing
-  mode, status code, user id, email, groups as the sorted distinct names, service token), the sums of requests,
-  errors and tokens and the cost in integer nano-USD (`cost_nano`: the log's cost has 9 decimals, so it is exact).
+- `hourly`, `daily` and `weekly` (ISO weeks, from Monday 00:00 UTC): per account, bucket start and the common
+  dimensions (gateway, provider, model, billing mode, status code, user id, email, groups as the sorted distinct
+  names, service token), the sums of requests, errors and tokens and the cost in integer nano-USD (`cost_nano`: the log's cost has 9 decimals, so it is exact).
   `dims` is the md5 of the dimension values (as one row's text, where NULL and '' differ); (account_id, start,
   dims) is the key. Each row is its key's whole sum (a key left at zero requests is deleted).
 - `hourly_metadata` and `daily_metadata`: per account, bucket start, gateway, client metadata key (not `cf.*`)
@@ -63,5 +63,6 @@ def _table(name: str, columns: list[sa.Column[Any]]) -> sa.Table:
 
 hourly = _table("hourly", _dimensions())
 daily = _table("daily", _dimensions())
+weekly = _table("weekly", _dimensions())
 hourly_metadata = _table("hourly_metadata", _metadata_columns())
 daily_metadata = _table("daily_metadata", _metadata_columns())

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-Table = Literal["daily", "hourly", "raw"]
+Table = Literal["weekly", "daily", "hourly", "raw"]
 
 SUM_COLUMNS = ("requests", "errors", "tokens_in", "tokens_out", "tokens_cache_read", "tokens_cache_write",
                "cost_nano")
@@ -48,15 +48,30 @@ RAW_COLUMNS = {
 }
 # The same in a rollup row (a sum over its rows).
 ROLLUP_COLUMNS = {name: name for name in RAW_COLUMNS} | {"at": "start", "cost_usd": "cost_nano * 0.000000001"}
+SUMMABLE = frozenset(SUM_COLUMNS) | {"cost_usd"}
 NARROW_DIMENSIONS = ("gateway_id", "provider", "model", "billing_mode", "status_code", "user_id", "email", "groups",
                      "service_token")
 
 
 @dataclass(frozen=True)
 class Segment:
+    """The rows of one table between `start` and `end`, added (`sign` 1) or subtracted (-1)."""
+
     table: Table
     start: datetime
     end: datetime
+    sign: int = 1
+
+
+HOUR, DAY, WEEK = timedelta(hours=1), timedelta(days=1), timedelta(days=7)
+_FINER: dict[Table, Table] = {"weekly": "daily", "daily": "hourly"}
+
+
+def _floor(at: datetime, step: timedelta) -> datetime:
+    if step == HOUR:
+        return at.replace(minute=0, second=0, microsecond=0)
+    day = at.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day if step == DAY else day - timedelta(days=day.weekday())  # ISO weeks start on Monday (UTC)
 
 
 def _ceil(at: datetime, step: timedelta) -> datetime:
@@ -64,29 +79,50 @@ def _ceil(at: datetime, step: timedelta) -> datetime:
     return floor if floor == at else floor + step
 
 
-def _floor(at: datetime, step: timedelta) -> datetime:
-    if step == timedelta(hours=1):
-        return at.replace(minute=0, second=0, microsecond=0)
-    return at.replace(hour=0, minute=0, second=0, microsecond=0)
+def _level(start: datetime, end: datetime, table: Table, step: timedelta, fine: timedelta) -> list[Segment]:
+    """[start, end), both on `fine` boundaries, from `table` (buckets of `step`) and the finer table: whole buckets
+    from `table`; a partial bucket at either edge from the finer table, or as its whole bucket less the finer rows
+    of the rest of it, whichever reads fewer finer buckets."""
+    finer = _FINER[table]
+    b1, b2 = _ceil(start, step), _floor(end, step)
+    if b1 > b2:  # inside one bucket
+        return [Segment(finer, start, end)]
+    out = []
+    if start < b1:
+        if (b1 - start) <= (start - (b1 - step)):
+            out.append(Segment(finer, start, b1))
+        else:
+            out += [Segment(table, b1 - step, b1), Segment(finer, b1 - step, start, -1)]
+    if b1 < b2:
+        out.append(Segment(table, b1, b2))
+    if b2 < end:
+        if (end - b2) <= (b2 + step - end):
+            out.append(Segment(finer, b2, end))
+        else:
+            out += [Segment(table, b2, b2 + step), Segment(finer, end, b2 + step, -1)]
+    return out
 
 
-def segments(start: datetime, end: datetime, *, daily: bool = True) -> list[Segment]:
-    """[start, end) (UTC) in pieces read from the log, the hourly and the daily rollups. `daily=False`: no daily
-    piece (an hourly series)."""
-    hour, day = timedelta(hours=1), timedelta(days=1)
+def segments(start: datetime, end: datetime, *, daily: bool = True, weekly: bool = False) -> list[Segment]:
+    """[start, end) (UTC) in pieces read from the log and the rollups, some subtracted. `daily=False`: hours only
+    (an hourly series); `weekly`: whole ISO weeks from the weekly rollup (not for a daily series)."""
     if end <= start:
         return []
-    h1, h2 = _ceil(start, hour), _floor(end, hour)
+    h1, h2 = _ceil(start, HOUR), _floor(end, HOUR)
     if h1 >= h2:
         return [Segment("raw", start, end)]
     out = [Segment("raw", start, h1)] if start < h1 else []
-    d1, d2 = _ceil(h1, day), _floor(h2, day)
-    if daily and d1 < d2:
-        if h1 < d1:
-            out.append(Segment("hourly", h1, d1))
-        out.append(Segment("daily", d1, d2))
-        if d2 < h2:
-            out.append(Segment("hourly", d2, h2))
+    if daily:
+        days = _level(h1, h2, "daily", DAY, HOUR)
+        if weekly:
+            expanded = []
+            for seg in days:
+                if seg.table == "daily" and seg.sign == 1 and seg.end - seg.start > DAY:
+                    expanded += _level(seg.start, seg.end, "weekly", WEEK, DAY)
+                else:
+                    expanded.append(seg)
+            days = expanded
+        out += days
     else:
         out.append(Segment("hourly", h1, h2))
     if h2 < end:
@@ -101,7 +137,9 @@ def segment_sql(segment: Segment, columns: list[str], where: str, start: str, en
     if segment.table == "raw" or "metadata" in columns:
         select = ", ".join(f"{RAW_COLUMNS[c]} AS {c}" for c in columns)
         return f"SELECT {select} FROM request_logs WHERE {where} AND created_at >= {start} AND created_at < {end}"
-    select = ", ".join(f"{ROLLUP_COLUMNS[c]} AS {c}" for c in columns)
+    sign = "-" if segment.sign < 0 else ""
+    select = ", ".join(f"{sign}{ROLLUP_COLUMNS[c]} AS {c}" if c in SUMMABLE else f"{ROLLUP_COLUMNS[c]} AS {c}"
+                       for c in columns)
     return f"SELECT {select} FROM analytics.{segment.table} WHERE {where} AND start >= {start} AND start < {end}"
 
 
@@ -194,13 +232,13 @@ def _metadata_match(key: str, value: str, p: _Args) -> str:
 
 
 def source(account: str, start: datetime, end: datetime, filters: Filters, columns: list[str],
-           metadata_key: str | None, args: list[Any], *, daily: bool = True) -> str:
+           metadata_key: str | None, args: list[Any], *, daily: bool = True, weekly: bool = False) -> str:
     """The rows of [start, end) kept by `filters`, as one UNION ALL with the columns `at`, `columns` (narrow
-    dimension names, and "meta": the value of `metadata_key`, JSON null as none) and the sums SUM_COLUMNS. The
-    placeholders are appended to `args`."""
+    dimension names, and "meta": the value of `metadata_key`, JSON null as none) and the sums SUM_COLUMNS (some
+    rows subtracted: their sums negative). `daily=False`: no piece coarser than an hour; `weekly=False`: none
+    coarser than a day. The placeholders are appended to `args`."""
     p = _Args(args)
     path = path_for(filters, columns, metadata_key)
-    sums = ", ".join(SUM_COLUMNS)
     parts = []
 
     def raw(lo: datetime, hi: datetime) -> str:
@@ -217,32 +255,33 @@ def source(account: str, start: datetime, end: datetime, filters: Filters, colum
 
     if path == "raw":
         return raw(start, end) if start < end else raw(start, start)
-    for seg in segments(start, end, daily=daily):
+    for seg in segments(start, end, daily=daily, weekly=weekly and path == "narrow"):
         if seg.table == "raw":
             parts.append(raw(seg.start, seg.end))
             continue
+        plus, minus = ("", "-") if seg.sign > 0 else ("-", "")
+        lo, hi = p.add(seg.start), p.add(seg.end)
         if path == "narrow":
             where = _where("rollup", filters, p, account, metadata_key)
-            select = ", ".join(["start AS at", *columns, sums])
+            select = ", ".join(["start AS at", *columns, *(f"{plus}{s}" for s in SUM_COLUMNS)])
             parts.append(f"SELECT {select} FROM analytics.{seg.table} WHERE {where} "
-                         f"AND start >= {p.add(seg.start)} AND start < {p.add(seg.end)}")
+                         f"AND start >= {lo} AND start < {hi}")
             continue
         # metadata: the key's values; without a filter on it, the requests without it too (all less the values)
         key = metadata_key if metadata_key is not None else filters.metadata[0][0]
         where = _where("metadata", filters, p, account, key)
-        lo, hi = p.add(seg.start), p.add(seg.end)
 
-        def pick(meta: str, sign: str = "") -> str:
+        def pick(meta: str, sign: str) -> str:
             return ", ".join(["start AS at", *(f"{meta} AS meta" if c == "meta" else c for c in columns),
                               *(f"{sign}{s}" for s in SUM_COLUMNS)])
 
-        parts.append(f"SELECT {pick('value')} FROM analytics.{seg.table}_metadata "
+        parts.append(f"SELECT {pick('value', plus)} FROM analytics.{seg.table}_metadata "
                      f"WHERE {where} AND start >= {lo} AND start < {hi}")
         if not filters.metadata:
-            parts.append(f"SELECT {pick('NULL::jsonb', '-')} FROM analytics.{seg.table}_metadata "
+            parts.append(f"SELECT {pick('NULL::jsonb', minus)} FROM analytics.{seg.table}_metadata "
                          f"WHERE {where} AND start >= {lo} AND start < {hi}")
             narrow = _where("rollup", filters, p, account, key)
-            parts.append(f"SELECT {pick('NULL::jsonb')} FROM analytics.{seg.table} "
+            parts.append(f"SELECT {pick('NULL::jsonb', plus)} FROM analytics.{seg.table} "
                          f"WHERE {narrow} AND start >= {lo} AND start < {hi}")
     if not parts:  # an empty range
         return raw(start, start)

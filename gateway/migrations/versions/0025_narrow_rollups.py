@@ -2,18 +2,19 @@
 metadata included), so a day held almost as many keys as requests, and a row-level trigger wrote one delta per
 log row. Now:
 
-- `analytics.hourly` and `analytics.daily`: per account, bucket start and the common dimensions only (gateway,
-  provider, model, billing mode, status code, user id, email, groups as a sorted text array of the distinct
-  names, service token), the sums of requests, errors and tokens and the cost in integer nano-USD (`cost_nano`;
-  the log's cost has 9 decimals, so this is exact). `dims` is the md5 of the dimension values: the key is
-  (account_id, start, dims), its primary key; each row is the merged sum of its key (no deltas, no compaction).
+- `analytics.hourly`, `analytics.daily` and `analytics.weekly` (ISO weeks, from Monday 00:00 UTC): per account,
+  bucket start and the common dimensions only (gateway, provider, model, billing mode, status code, user id,
+  email, groups as a sorted text array of the distinct names, service token), the sums of requests, errors and
+  tokens and the cost in integer nano-USD (`cost_nano`; the log's cost has 9 decimals, so this is exact). `dims`
+  is the md5 of the dimension values: the key is (account_id, start, dims), its primary key; each row is the
+  whole sum of its key (no deltas, no compaction).
 - `analytics.hourly_metadata` and `analytics.daily_metadata`: per account, bucket start, gateway, client
   metadata key (not `cf.*`) and value (JSON null left out), the same sums. A request counts once per key.
 - Statement-level triggers on `request_logs` with transition tables: an INSERT (the log writer inserts a batch in
-  one statement) sums its rows per key in one statement and adds them (INSERT ... ON CONFLICT DO UPDATE, keys in
-  order, so concurrent writers lock them in the same order); a DELETE subtracts, an UPDATE does both; keys left at
-  zero requests are deleted; TRUNCATE empties the rollups. All in the log statement's own transaction: the rollups
-  equal the log at every snapshot.
+  one statement) sums its rows per key and adds them to the five tables in one statement (INSERT ... ON CONFLICT
+  DO UPDATE, keys in order, so concurrent writers lock them in the same order); a DELETE subtracts, an UPDATE
+  does both; keys left at zero requests are deleted; TRUNCATE empties the rollups. All in the log statement's
+  own transaction: the rollups equal the log at every snapshot.
 - The rollups are summed from the rows the log already holds.
 
 The downgrade puts back 0021's tables and triggers (summed from the log, as 0021 did).
@@ -81,7 +82,23 @@ CREATE TABLE analytics.{level}_metadata (
     value JSONB NOT NULL,{SUM_COLUMNS},
     CONSTRAINT pk_{level}_metadata PRIMARY KEY (account_id, start, dims)
 ) WITH (fillfactor = 80);
-""" for level in ("hourly", "daily"))
+""" for level in ("hourly", "daily")) + f"""
+CREATE TABLE analytics.weekly (
+    account_id TEXT NOT NULL,
+    start TIMESTAMP WITH TIME ZONE NOT NULL,
+    dims UUID NOT NULL,
+    gateway_id TEXT NOT NULL,
+    provider TEXT,
+    model TEXT,
+    billing_mode TEXT,
+    status_code INTEGER,
+    user_id TEXT,
+    email TEXT,
+    groups TEXT[],
+    service_token TEXT,{SUM_COLUMNS},
+    CONSTRAINT pk_weekly PRIMARY KEY (account_id, start, dims)
+) WITH (fillfactor = 80);
+"""
 
 # One changed log row (alias c, with its `sign`) as the rollups hold it.
 CHANGED_ROWS = """
@@ -114,7 +131,7 @@ def _upserts(source: str) -> str:
     sums = ", ".join(SUMS)
     summed = ", ".join(SUMMED)
     parts = []
-    for level, unit in (("hourly", "hour"), ("daily", "day")):
+    for level, unit in (("hourly", "hour"), ("daily", "day"), ("weekly", "week")):
         parts.append(f"""
     INSERT INTO analytics.{level} AS t (account_id, start, dims, {dims}, {sums})
     SELECT account_id, start, md5(row({dims})::text)::uuid, {dims}, {summed}
@@ -122,6 +139,8 @@ def _upserts(source: str) -> str:
      GROUP BY account_id, start, {dims}
      ORDER BY 1, 2, 3
     ON CONFLICT (account_id, start, dims) DO UPDATE SET {ADD}""")
+        if level == "weekly":
+            continue
         parts.append(f"""
     INSERT INTO analytics.{level}_metadata AS t (account_id, start, dims, gateway_id, key, value, {sums})
     SELECT account_id, start, md5(row(gateway_id, key, value)::text)::uuid, gateway_id, key, value, {summed}
@@ -138,8 +157,8 @@ def _upserts(source: str) -> str:
 def _emptied(source: str) -> str:
     """Delete the keys of the hours and days `source` touched that no log row is left in."""
     out = []
-    for level, unit in (("hourly", "hour"), ("daily", "day")):
-        for table in (level, f"{level}_metadata"):
+    for level, unit in (("hourly", "hour"), ("daily", "day"), ("weekly", "week")):
+        for table in (level, f"{level}_metadata") if level != "weekly" else (level,):
             out.append(f"""
     DELETE FROM analytics.{table} t
      USING (SELECT DISTINCT account_id, date_trunc('{unit}', created_at, 'UTC') AS start FROM ({source}) c) k
@@ -166,7 +185,7 @@ SCHEMA = (
     + """
 CREATE FUNCTION analytics.log_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    TRUNCATE analytics.hourly, analytics.daily, analytics.hourly_metadata, analytics.daily_metadata;
+    TRUNCATE analytics.hourly, analytics.daily, analytics.weekly, analytics.hourly_metadata, analytics.daily_metadata;
     RETURN NULL;
 END
 $$;
@@ -209,6 +228,7 @@ DROP FUNCTION analytics.log_rows_updated();
 DROP FUNCTION analytics.log_truncated();
 DROP TABLE analytics.hourly;
 DROP TABLE analytics.daily;
+DROP TABLE analytics.weekly;
 DROP TABLE analytics.hourly_metadata;
 DROP TABLE analytics.daily_metadata;
 """
