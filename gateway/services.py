@@ -22,6 +22,7 @@ from gateway.db import Database, embedded_database_url, migrate
 from gateway.gateways import GatewayStore
 from gateway.ledger import AutoTopUps, Ledger
 from gateway.limits.alerts import AlertDelivery
+from gateway.limits.pruning import prune_rate_buckets
 from gateway.limits.reservations import Limits
 from gateway.limits.settlements import Settlements
 from gateway.limits.store import LimitStore
@@ -126,9 +127,11 @@ class Services:
 
             async def sweep() -> None:
                 """Release what dead instances left behind: overdue reservations (their holds with them), then any
-                overdue hold. Every instance runs it; SKIP LOCKED and the settle-once guards make that safe."""
+                overdue hold; and delete rate-limit buckets that can no longer count. Every instance runs it; SKIP
+                LOCKED, the settle-once guards and deleting only what nothing holds make that safe."""
                 await sweep_limits.expire_overdue()
                 await ledger.expire_due()
+                await prune_rate_buckets(db, self.clock())
 
             running = Running(
                 db=db, gateways=gateways, ledger=ledger, providers=ProviderStore(db, gateways),

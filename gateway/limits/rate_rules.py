@@ -112,6 +112,11 @@ def rate_rules(account: str, gateway: str, setting: list[dict[str, Any]]) -> tup
 _RULES: dict[tuple[str, str, int], tuple[list[dict[str, Any]], tuple[RateRule, ...]]] = {}
 
 
+def rules_of(account: str, gateway: str, setting: list[dict[str, Any]]) -> tuple[RateRule, ...]:
+    """The rules of a stored (valid) setting, not cached (for background work that reads every gateway)."""
+    return tuple(_rule(account, gateway, spec) for spec in setting)
+
+
 def _rule(account: str, gateway: str, spec: dict[str, Any]) -> RateRule:
     identity = "\x00".join((account, gateway, spec["name"], spec["unit"], str(spec["interval_s"]),
                             spec["technique"]))
