@@ -131,6 +131,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=_json_dumps, decoder=_json_loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What the pool runs on a connection given back, after asyncpg rolled back any open transaction: nothing.
+    asyncpg's default (`UNLISTEN *; RESET ALL; CLOSE ALL; SELECT pg_advisory_unlock_all()`) is a second round trip
+    and a second statement for the server after every `pool.fetch`, on every reservation, settlement and log
+    batch. The gateway's pooled connections keep no session state to undo: the config listener has a connection
+    of its own, advisory locks are transaction-scoped (`pg_advisory_xact_lock`), settings are `SET LOCAL`, no
+    cursor outlives its transaction (tests/test_db_sessions.py keeps it so)."""
+
+
 def _json_dumps(value: Any) -> str:
     import json
 
@@ -180,7 +189,7 @@ class Database:
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 20) -> Database:
         pool = await asyncpg.create_pool(
-            url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
+            url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session, command_timeout=30
         )
         assert pool is not None
         return cls(pool, url)
