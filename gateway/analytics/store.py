@@ -79,28 +79,30 @@ def _ceil(at: datetime, step: timedelta) -> datetime:
     return floor if floor == at else floor + step
 
 
-def _level(start: datetime, end: datetime, table: Table, step: timedelta, fine: timedelta) -> list[Segment]:
-    """[start, end), both on `fine` boundaries, from `table` (buckets of `step`) and the finer table: whole buckets
-    from `table`; a partial bucket at either edge from the finer table, or as its whole bucket less the finer rows
-    of the rest of it, whichever reads fewer finer buckets."""
+def _level(start: datetime, end: datetime, table: Table, step: timedelta) -> list[Segment]:
+    """[start, end), both on the finer table's boundaries, from `table` (buckets of `step`) and the finer table:
+    whole buckets from `table` (first, as one piece); a partial bucket at either edge from the finer table, or as
+    its whole bucket (in that first piece) less the finer rows of the rest of it, whichever reads fewer finer
+    buckets."""
     finer = _FINER[table]
     b1, b2 = _ceil(start, step), _floor(end, step)
     if b1 > b2:  # inside one bucket
         return [Segment(finer, start, end)]
     out = []
+    c1, c2 = b1, b2
     if start < b1:
         if (b1 - start) <= (start - (b1 - step)):
             out.append(Segment(finer, start, b1))
         else:
-            out += [Segment(table, b1 - step, b1), Segment(finer, b1 - step, start, -1)]
-    if b1 < b2:
-        out.append(Segment(table, b1, b2))
+            c1 = b1 - step
+            out.append(Segment(finer, c1, start, -1))
     if b2 < end:
         if (end - b2) <= (b2 + step - end):
             out.append(Segment(finer, b2, end))
         else:
-            out += [Segment(table, b2, b2 + step), Segment(finer, end, b2 + step, -1)]
-    return out
+            c2 = b2 + step
+            out.append(Segment(finer, end, c2, -1))
+    return ([Segment(table, c1, c2)] if c1 < c2 else []) + out
 
 
 def segments(start: datetime, end: datetime, *, daily: bool = True, weekly: bool = False) -> list[Segment]:
@@ -113,12 +115,12 @@ def segments(start: datetime, end: datetime, *, daily: bool = True, weekly: bool
         return [Segment("raw", start, end)]
     out = [Segment("raw", start, h1)] if start < h1 else []
     if daily:
-        days = _level(h1, h2, "daily", DAY, HOUR)
+        days = _level(h1, h2, "daily", DAY)
         if weekly:
             expanded = []
             for seg in days:
                 if seg.table == "daily" and seg.sign == 1 and seg.end - seg.start > DAY:
-                    expanded += _level(seg.start, seg.end, "weekly", WEEK, DAY)
+                    expanded += _level(seg.start, seg.end, "weekly", WEEK)
                 else:
                     expanded.append(seg)
             days = expanded
@@ -127,6 +129,19 @@ def segments(start: datetime, end: datetime, *, daily: bool = True, weekly: bool
         out.append(Segment("hourly", h1, h2))
     if h2 < end:
         out.append(Segment("raw", h2, end))
+    return _cancelled(out)
+
+
+def _cancelled(pieces: list[Segment]) -> list[Segment]:
+    """`pieces` without the pairs that add and subtract the same rows (a day a partial day's complement adds and a
+    partial week's complement subtracts)."""
+    out: list[Segment] = []
+    for piece in pieces:
+        opposite = Segment(piece.table, piece.start, piece.end, -piece.sign)
+        if opposite in out:
+            out.remove(opposite)
+        else:
+            out.append(piece)
     return out
 
 

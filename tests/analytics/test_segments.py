@@ -42,12 +42,18 @@ def test_signed_pieces_cover_the_range_exactly_once() -> None:
 
 
 def test_a_mostly_full_day_or_week_is_read_whole_less_the_rest() -> None:
-    # from Tuesday 02:30 to a Thursday 21:10, four weeks later
+    # from a Tuesday 02:30 to a Thursday 21:10, four weeks later
     start = datetime(2026, 11, 3, 2, 30, tzinfo=UTC)
     end = datetime(2026, 12, 3, 21, 10, tzinfo=UTC)
     pieces = segments(start, end, weekly=True)
-    assert Segment("daily", datetime(2026, 11, 3, tzinfo=UTC), datetime(2026, 11, 4, tzinfo=UTC)) in pieces
-    assert Segment("hourly", datetime(2026, 11, 3, tzinfo=UTC), datetime(2026, 11, 3, 3, tzinfo=UTC), -1) in pieces
-    assert Segment("weekly", datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 9, tzinfo=UTC)) in pieces
-    assert Segment("daily", datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 4, tzinfo=UTC), -1) in pieces
-    assert Segment("hourly", datetime(2026, 12, 3, 21, tzinfo=UTC), datetime(2026, 12, 4, tzinfo=UTC), -1) in pieces
+    # the days from Tuesday (its first three hours less) to Thursday (its last three hours less): whole weeks from
+    # Monday to Monday less that first Monday and less the Friday to Sunday after
+    assert sorted(pieces, key=lambda p: (p.table, p.start)) == [
+        Segment("daily", datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC), -1),
+        Segment("daily", datetime(2026, 12, 4, tzinfo=UTC), datetime(2026, 12, 7, tzinfo=UTC), -1),
+        Segment("hourly", datetime(2026, 11, 3, tzinfo=UTC), datetime(2026, 11, 3, 3, tzinfo=UTC), -1),
+        Segment("hourly", datetime(2026, 12, 3, 21, tzinfo=UTC), datetime(2026, 12, 4, tzinfo=UTC), -1),
+        Segment("raw", start, datetime(2026, 11, 3, 3, tzinfo=UTC)),
+        Segment("raw", datetime(2026, 12, 3, 21, tzinfo=UTC), end),
+        Segment("weekly", datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 12, 7, tzinfo=UTC)),
+    ]
