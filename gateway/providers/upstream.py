@@ -6,9 +6,12 @@ router's calls to providers, one per request, skip httpx's client layer: `prepar
 transport's aiohttp session with what the transport would have been given (httpx's default headers under the
 call's own, the client's timeouts, no redirects, no decompression) and wraps the answer in the
 same `httpx.Response` with the same exception mapping, so everything downstream reads one type. What that skips
-per call: building an `httpx.Request` (URL parsing, header models), httpx's cookie jar (the aiohttp session keeps
-its own, as before), the auth and redirect machinery: about half the client's CPU per call (bench/proxy.py
-`--clients`, bench/README.md).
+per call: building an `httpx.Request` (URL parsing, header models), httpx's cookie jar, the auth and redirect
+machinery: about half the client's CPU per call (bench/proxy.py `--clients`, bench/README.md).
+
+No cookies, either way: one shared client serves every tenant, so a cookie a provider set on one tenant's call
+must never go with another's. The aiohttp session has a jar that keeps nothing, and httpx's jar refuses every
+cookie.
 
 A call the direct path cannot send exactly as httpx would goes through `client.send` as before: a client that is
 not an `UpstreamClient` (a test's `httpx.MockTransport`), proxies from the environment (httpx mounts transports of
@@ -18,6 +21,7 @@ its own for them), a header that is not ASCII (httpx refuses it), or a base URL 
 from __future__ import annotations
 
 import functools
+import http.cookiejar
 import urllib.request
 from collections.abc import Awaitable, Callable
 
@@ -30,13 +34,24 @@ TIMEOUT = httpx.Timeout(30.0, read=600.0, pool=30.0)
 _EXTENSIONS_HTTP11 = {"http_version": b"HTTP/1.1"}
 
 
+class _CookielessTransport(AiohttpTransport):
+    """httpx-aiohttp's transport, its session built without a cookie jar (aiohttp's keeps every cookie of a named
+    host and sends it back on every later call there)."""
+
+    def get_client(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(keepalive_timeout=self.limits.keepalive_expiry, ssl=self.ssl_context,
+                                         limit=self.limits.max_connections or 0)
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+
 class UpstreamClient(httpx.AsyncClient):
-    """httpx's API over an aiohttp session, which the router also uses directly (`prepare`)."""
+    """httpx's API over an aiohttp session, which the router also uses directly (`prepare`). Keeps no cookies."""
 
     def __init__(self, max_connections: int = 1000) -> None:
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self.transport = AiohttpTransport(limits=limits)
-        super().__init__(transport=self.transport, timeout=TIMEOUT)
+        self.transport = _CookielessTransport(limits=limits)
+        super().__init__(transport=self.transport, timeout=TIMEOUT,
+                         cookies=http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[])))
         # what the transport would turn the client's timeout into (httpx_aiohttp: connect <- pool)
         self.aiohttp_timeout = aiohttp.ClientTimeout(sock_connect=TIMEOUT.connect, sock_read=TIMEOUT.read,
                                                      connect=TIMEOUT.pool)
