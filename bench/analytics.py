@@ -113,6 +113,8 @@ CASES: list[tuple[str, str | None, dict[str, Any], int]] = [
     ("model", None, {}, 1),
     ("model,cf.user_id", None, {}, 1),
     ("model,cf.user_id", "day", {}, 1),
+    ("model", "day", {}, 1),
+    ("cf.user_id", "week", {}, 1),
     ("cf.user.groups,model", None, {}, 1),
     ("metadata.team", None, {}, 1),
     ("metadata.team", "day", {}, 1),

@@ -15,7 +15,9 @@ log row. Now:
   DO UPDATE, keys in order, so concurrent writers lock them in the same order); a DELETE subtracts, an UPDATE
   does both; keys left at zero requests are deleted; TRUNCATE empties the rollups. All in the log statement's
   own transaction: the rollups equal the log at every snapshot.
-- The rollups are summed from the rows the log already holds.
+- The rollups are summed from the rows the log already holds. The BRIN index on `request_logs.created_at` (the
+  partial hours at a query's edges) summarizes a filled page range soon (`autosummarize`), not at the next
+  vacuum.
 
 The downgrade puts back 0021's tables and triggers (summed from the log, as 0021 did).
 
@@ -234,8 +236,13 @@ DROP TABLE analytics.daily_metadata;
 """
 
 
+# The BRIN index the partial hours at a query's edges are read through: a page range the log writer has just
+# filled is summarized soon (autovacuum's work item) rather than at the next vacuum; until then every query scans it.
+AUTOSUMMARIZE = "ALTER INDEX ix_request_logs_created_at SET (autosummarize = on);\n"
+
+
 def upgrade() -> None:
-    run_script(DROP_0021 + SCHEMA + BACKFILL)
+    run_script(DROP_0021 + SCHEMA + BACKFILL + AUTOSUMMARIZE)
 
 
 # -- the downgrade: 0021's rollups, as 0021 installed them ------------------------------------------------------
@@ -381,4 +388,5 @@ SELECT account_id, start, md5(row({dims})::text)::uuid{merged[1]}, {dims},
 
 
 def downgrade() -> None:
-    run_script(DROP_0025 + OLD_SCHEMA + _old_backfill("hourly", "hour") + _old_backfill("daily", "day"))
+    run_script(DROP_0025 + OLD_SCHEMA + _old_backfill("hourly", "hour") + _old_backfill("daily", "day")
+               + "ALTER INDEX ix_request_logs_created_at RESET (autosummarize);")
