@@ -1,4 +1,4 @@
-"""The reservation functions keep their planner settings (migration 0026): a batch's lookups go through indexes
+"""The reservation functions keep their planner settings (migrations 0026, 0027): a batch's lookups go through indexes
 whatever the statistics say. A migration that replaces either function must set them again."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from gateway.db import Database
 
-SETTINGS = {"enable_seqscan=off", "enable_bitmapscan=off", "enable_hashjoin=off"}
+SETTINGS = {"enable_seqscan=off", "enable_bitmapscan=off", "enable_hashjoin=off", "plan_cache_mode=force_generic_plan"}
 
 
 async def test_the_functions_carry_their_planner_settings(db: Database) -> None:
