@@ -208,6 +208,27 @@ async def test_spend_page_shows_the_analytics_and_filters(browser: Browser) -> N
     assert await page.locator("[data-testid=log-row]").count() == bob["requests"] == 2
     await page.close()
 
+    # narrowed to one model and one metadata value: every figure is the API's with the same filters, which are the
+    # logs API's and cover the same rows
+    page = await browser.open(f"/dashboard/spend?account={s.account}&gateway=g&group_by=cf.user_id", None)
+    await page.fill("[data-testid=filter-model]", "gpt-4o-mini")
+    await page.fill("[data-testid=filter-meta-key]", "team")
+    await page.fill("[data-testid=filter-meta-value]", "search")
+    async with page.expect_navigation():
+        await page.click("[data-testid=apply]")
+    await page.wait_for_selector("body[data-ready]")
+    await browser.shoot(page, "06b-spend-filtered")
+    path, query = browser.last_call("/analytics")
+    assert (query["model"], query["metadata.team"], query["gateway"]) == ("gpt-4o-mini", "search", "g")
+    data = s.get(path, **query)["result"]
+    rows = s.get(f"/accounts/{s.account}/gateways/g/logs", model="gpt-4o-mini", limit=100,
+                 **{"metadata.team": "search"})["result"]
+    assert data["totals"]["requests"] == len(rows) > 0
+    assert sum(Decimal(r["cost_usd"] or 0) for r in rows) == Decimal(data["totals"]["cost_usd"])
+    assert await page.inner_text("[data-testid=total-cost]") == usd_text(data["totals"]["cost_usd"])
+    assert await texts(page, "[data-testid=group-cost]") == [usd_text(g["cost_usd"]) for g in data["groups"]]
+    await page.close()
+
 
 async def test_rules_page_shows_every_bucket(browser: Browser) -> None:
     s = browser.seeded

@@ -607,8 +607,11 @@
     return badges.length ? h("span", { class: "checks" }, badges) : h("span", { class: "muted" }, "—");
   }
 
-  function filterFields(values) {
-    return FILTERS.map(([name, label, placeholder]) => field(label, input(name, values[name], { placeholder,
+  // the analytics API takes the logs API's filters, but for the guardrails
+  const SPEND_FILTERS = FILTERS.filter(([name]) => name !== "guardrail");
+
+  function filterFields(values, filters = FILTERS) {
+    return filters.map(([name, label, placeholder]) => field(label, input(name, values[name], { placeholder,
       "data-testid": "filter-" + name, autocomplete: "off" })));
   }
 
@@ -620,9 +623,9 @@
         autocomplete: "off" })));
   }
 
-  function filterQuery(values) {
+  function filterQuery(values, filters = FILTERS) {
     const q = {};
-    for (const [name] of FILTERS) if (values[name]) q[name] = values[name];
+    for (const [name] of filters) if (values[name]) q[name] = values[name];
     if (values.meta_key && values.meta_value) q["metadata." + values.meta_key] = values.meta_value;
     return q;
   }
@@ -637,7 +640,8 @@
 
   async function spendPage() {
     const r = rangeFromQuery("30d");
-    const values = currentValues(["gateway", "group_by", "meta_group", "interval"]);
+    const values = currentValues(["gateway", "group_by", "meta_group", "interval", "meta_key", "meta_value",
+      ...SPEND_FILTERS.map((f) => f[0])]);
     const groupBy = values.group_by || "model";
     const interval = values.interval || (r.range === "24h" ? "hour" : r.range === "90d" ? "week" : "day");
     const gateways = await loadGateways().catch(() => []);
@@ -654,17 +658,19 @@
         field("Stack by", groupSelect), metaGroupField,
         field("Bars per", select("interval", [["hour", "Hour"], ["day", "Day"], ["week", "Week"]], interval,
           { "data-testid": "filter-interval" }))),
+      h("div", { class: "row" }, filterFields(values, SPEND_FILTERS), metadataField(values)),
       h("div", { class: "row actions" }, h("button", { type: "submit", class: "primary", "data-testid": "apply" }, "Apply"),
         h("a", { href: withAccount(BASE + "/spend"), class: "button-link" }, "Reset"),
-        h("span", { class: "muted small", "data-testid": "filter-note" }, "To narrow spend to one provider, model, person " +
-          "or metadata value, stack by it, or open its requests from the table below (the request logs filter by " +
-          "all of them).")));
+        h("span", { class: "muted small", "data-testid": "filter-note" }, "Filters narrow every figure on this page " +
+          "(totals, groups, chart, CSV and the spend rate), as they narrow the request logs.")));
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       const v = formValues(form);
       navigate({ range: v.range, from: v.range === "custom" ? v.from : null,
         to: v.range === "custom" ? v.to : null, gateway: v.gateway, group_by: v.group_by,
-        meta_group: v.group_by === "metadata" ? v.meta_group : null, interval: v.interval });
+        meta_group: v.group_by === "metadata" ? v.meta_group : null, interval: v.interval,
+        meta_key: v.meta_key || null, meta_value: v.meta_value || null,
+        ...Object.fromEntries(SPEND_FILTERS.map(([name]) => [name, v[name] || null])) });
     });
 
     const results = h("div", {}, h("p", { class: "loading" }, "Loading…"));
@@ -677,7 +683,8 @@
         "clients send in cf-aig-metadata."));
       return;
     }
-    const q = { from: r.from, to: r.to, gateway: values.gateway, group_by: dimension, interval, limit: 8 };
+    const q = Object.assign({ from: r.from, to: r.to, gateway: values.gateway, group_by: dimension, interval,
+      limit: 8 }, filterQuery(values, SPEND_FILTERS));
     let data;
     try {
       data = (await api(acct() + "/analytics", { query: q })).result;
