@@ -104,8 +104,9 @@ class SpendStack:
         return self.operator.credits(account)
 
     def settled(self) -> None:
-        """Wait until this gateway holds no reservation: a call's settlement commits after its answer reached the
-        client, so a test that reads balances or buckets right after an answer waits for it first."""
+        """Wait until this gateway holds no unsettled reservation: a JSON answer is settled before its body goes
+        out, but a stream's settlement (and a refused call's release) commits after the client has its last byte,
+        so a test that reads balances or buckets right after an answer waits for it first."""
         def holds_open() -> float:
             text = httpx.get(self.gateway.url + "/metrics").text
             line = next(line for line in text.splitlines() if line.startswith("spendgate_holds_open "))
