@@ -220,7 +220,7 @@ def test_a_cli_token_and_key_work_on_a_running_gateway_and_its_logs_read_back(
 
     listed = ok(run("logs", "list", account, "secure"))
     assert listed.splitlines()[0].split() == ["TIME", "STATUS", "PROVIDER", "MODEL", "TOKENS", "IN/OUT", "COST",
-                                              "USD", "PAID", "BY", "ID"]
+                                              "USD", "PAID", "BY", "GUARDRAILS", "ID"]
     logs = rows(listed)
     assert [r[1] for r in logs] == ["200", "401"]  # newest first
     assert logs[0][2:4] == ["openai", "gpt-4o-mini"]
