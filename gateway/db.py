@@ -164,6 +164,11 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+def rows_affected(status: str) -> int:
+    """How many rows a command changed, from asyncpg's status string (`DELETE 3`, `UPDATE 0`, `INSERT 0 1`)."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
 def unavailable(exc: BaseException) -> bool:
     """Is this exception the database being unreachable (answer 503, retry later), not a bug or bad data?"""
     return isinstance(exc, UNAVAILABLE)

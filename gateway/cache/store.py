@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
-from gateway.db import Database
+from gateway.db import Database, rows_affected
 
 FILLING: Final = "filling"
 SWEEP_BATCH = 1000
@@ -93,7 +93,7 @@ class CacheStore:
         """Delete every entry of the gateway (claims in progress too: their answers will not be stored)."""
         status = await self.db.pool.execute(
             "DELETE FROM cache.entries WHERE account_id = $1 AND gateway_id = $2", account, gateway)
-        return int(status.split()[-1])
+        return rows_affected(status)
 
     async def sweep(self, *, now: datetime | None = None) -> int:
         """Delete expired entries and abandoned claims, a batch per transaction (SKIP LOCKED: several instances
@@ -101,7 +101,7 @@ class CacheStore:
         swept = 0
         while True:
             status = await self.db.pool.execute(_SWEEP, now, SWEEP_BATCH)
-            deleted = int(status.split()[-1])
+            deleted = rows_affected(status)
             swept += deleted
             if deleted < SWEEP_BATCH:
                 return swept

@@ -17,7 +17,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from gateway.db import Database
+from gateway.db import Database, rows_affected
 from gateway.limits.rate_rules import MAX_INTERVAL_S, rules_of
 
 _PRUNE = """
@@ -49,11 +49,7 @@ async def prune_rate_buckets(db: Database, now: datetime) -> int:
             keep.append(rule.interval.length + (rule.interval.slice_length if rule.interval.sliding else timedelta()))
     deleted = 0
     if ids:
-        deleted += _count(await db.pool.execute(_PRUNE, ids, keep, now))
+        deleted += rows_affected(await db.pool.execute(_PRUNE, ids, keep, now))
     longest = timedelta(seconds=MAX_INTERVAL_S) * 2
-    deleted += _count(await db.pool.execute(_PRUNE_GONE, ids, now, longest))
+    deleted += rows_affected(await db.pool.execute(_PRUNE_GONE, ids, now, longest))
     return deleted
-
-
-def _count(status: str) -> int:
-    return int(status.rsplit(" ", 1)[-1])
