@@ -14,16 +14,10 @@ from gateway.ledger.ledger import AutoTopUp, Ledger, SpendingLimit
 from gateway.ledger.payments import AutoTopUps
 from gateway.limits.invariants import assert_all_invariants
 from gateway.limits.reservations import HoldRequest, Limits, bucket_lines
-from gateway.limits.rules import Rule, parse_rule
 from tests.ledger.helpers import funded_tenant
+from tests.limits.test_batched import rule
 
 USD = 1_000_000_000
-
-
-def rule(budget: str, **spec: object) -> Rule:
-    data: dict[str, object] = {"name": "r", "budget_usd": budget, "window": "daily", "window_type": "fixed"}
-    data.update(spec)
-    return parse_rule(str(uuid.uuid4()), data)
 
 
 async def test_many_tenants_holds_in_batches_with_sweepers_and_top_ups(db: Database) -> None:

@@ -1067,6 +1067,7 @@
     }
     const identity = l.identity || {};
     const metadata = Object.entries(l.metadata || {});
+    const findings = guardrailFindings(l);
     replace(main, h("p", {}, back),
       pageHeader(h("span", {}, (l.provider || "?") + " / " + (l.model || "?"), " ",
         h("span", { class: "badge " + STATUS_CLASS(l.status_code), "data-testid": "detail-status" }, String(l.status_code))),
@@ -1108,8 +1109,8 @@
             "detail-cache"],
           ["Rate limits", l.status_code === 429 && l.error === RATE_LIMITED ? "refused: no room in a rate limit"
             : "not refused by a rate limit", "detail-rate"],
-          ["Guardrails", guardrailFindings(l).length
-            ? guardrailFindings(l).map((f) => f.category + " " + ACTION[f.action] + " in the " + SIDE[f.side]).join("; ")
+          ["Guardrails", findings.length
+            ? findings.map((f) => f.category + " " + ACTION[f.action] + " in the " + SIDE[f.side]).join("; ")
             : "nothing found", "detail-guardrails"],
         ], "detail-checks"))),
       card("Metadata", metadata.length ? facts(metadata.map(([k, v]) => [k, typeof v === "string" ? v : JSON.stringify(v)]),
