@@ -102,7 +102,7 @@ def rate_rules(account: str, gateway: str, setting: list[dict[str, Any]]) -> tup
     hit = _RULES.get(key)
     if hit is not None and hit[0] is setting:
         return hit[1]
-    rules = tuple(_rule(account, gateway, spec) for spec in setting)
+    rules = rules_of(account, gateway, setting)
     if len(_RULES) >= 1024:
         del _RULES[next(iter(_RULES))]
     _RULES[key] = (setting, rules)  # keeps the setting alive, so that its id is not reused meanwhile
