@@ -42,14 +42,15 @@ from gateway.limits.reservations import HoldRequest, Limits
 USD = 1_000_000_000
 
 
-async def run(url: str, seconds: float, workers: int, mode: str) -> dict[str, object]:
+async def run(url: str, seconds: float, workers: int, mode: str, max_inflight: int = Limits.MAX_INFLIGHT
+              ) -> dict[str, object]:
     db = await Database.connect(url, min_size=workers, max_size=workers)
     ledger = Ledger(db)
     tenant = f"bench-hot-{mode}"
     await db.pool.execute("INSERT INTO accounts (id) VALUES ($1)", tenant)
     await ledger.open_tenant(tenant)
     await ledger.top_up(tenant, 10_000_000 * USD, f"bench-seed-{mode}")
-    limits = Limits(db)
+    limits = Limits(db, max_inflight=max_inflight)
     latencies: list[float] = []
     refused = 0
     deadline = time.perf_counter() + seconds
@@ -103,6 +104,7 @@ async def run(url: str, seconds: float, workers: int, mode: str) -> dict[str, ob
         "invariants": "ok" if not violations else violations,
         "refused": refused,
         "workers": workers,
+        **({"max_inflight": max_inflight} if mode == "batched" else {}),
         "seconds": seconds,
     }
 
@@ -155,10 +157,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--workers", type=int, default=32)
     parser.add_argument("--mode", choices=["batched", "single", "both"], default="batched")
+    parser.add_argument("--max-inflight", type=int, default=Limits.MAX_INFLIGHT,
+                        help="batches in flight per direction (the gateway's default: %(default)s)")
     args = parser.parse_args()
     modes = ["batched", "single"] if args.mode == "both" else [args.mode]
     with fresh_database() as url:
-        records = [asyncio.run(run(url, args.seconds, args.workers, mode)) for mode in modes]
+        records = [asyncio.run(run(url, args.seconds, args.workers, mode, args.max_inflight)) for mode in modes]
         for record in records:
             emit(record)
         emit(asyncio.run(commit_rate(url, args.seconds, args.workers, float(str(records[0]["requests_per_s"])))))

@@ -574,6 +574,8 @@ async def spendgate(running: Running, upstream_url: str, upstream: Proc, args: a
             ("unified+5rules", unified, metadata),  # no client key: the gateway's own, billed to credits
         ]
         for setup, account, headers in setups:
+            if setup not in args.setups:
+                continue
             target = Target("spendgate", setup, f"{base}/v1/{account}/default/openai/chat/completions", headers,
                             [proc.pid], version, name)
             await measure(target, upstream, args)
@@ -685,6 +687,8 @@ def main() -> None:
                         default=["direct", "spendgate", "litellm", "portkey"])
     parser.add_argument("--modes", type=csv(str, {"json", "sse"}), default=["json", "sse"])
     parser.add_argument("--connections", type=csv(int), default=[1, 32])
+    parser.add_argument("--setups", type=csv(str, {"byok", "unified+5rules"}), default=["byok", "unified+5rules"],
+                        help="Spendgate's setups to measure")
     parser.add_argument("--peers-dir", type=Path, default=ROOT / "bench" / ".peers",
                         help="where the peers are installed and reused")
     parser.add_argument("--rev", help="run Spendgate and the fake upstream from this git revision (exported to the "

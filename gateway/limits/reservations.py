@@ -17,8 +17,11 @@ counts: None, money (the request's estimate, settled to its actual cost); `reque
 hold are granted together or not at all.
 
 Batching: every reservation, with or without a unified-billing credit hold, and later its settlement, goes through
-a `_Batcher`: while `max_inflight` calls are in flight, new ones wait, and each call that returns sends everything
-waiting (up to `max_batch`) as one call: one round trip and one commit for all of them. A hot bucket (one user, an
+a `_Batcher`: while `max_inflight` calls are in flight (one per direction by default), new ones wait, and each call
+that returns sends everything waiting (up to `max_batch`) as one call: one round trip and one commit for all of them.
+One in flight rather than two: a second batch of the same hot rows would only wait for the first one's locks, and
+the requests it took would have made the next batch larger (bench/ledger.py --max-inflight: 3.26x against 2.82x
+the server's single-row commit rate). A hot bucket (one user, an
 unscoped rule) or a hot tenant's credits row is locked until each commit is flushed, so one request per transaction
 serialises every request on that flush; batched, one flush serves all that arrived meanwhile. A request still makes
 exactly one reserve call and one settle call.
@@ -337,7 +340,7 @@ class _Batcher:
 
 class Limits:
     MAX_BATCH = 64
-    MAX_INFLIGHT = 2
+    MAX_INFLIGHT = 1
 
     def __init__(self, db: Database, *, max_batch: int = MAX_BATCH, max_inflight: int = MAX_INFLIGHT) -> None:
         self.db = db

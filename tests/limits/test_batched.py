@@ -38,7 +38,7 @@ async def test_two_instances_burst_over_shared_and_split_buckets(db: Database) -
         rule("30", scope={"cf.user.groups": {"split": True}}, alert_at=[0.5]),
         rule("1", action="monitor", window="weekly"),
     ]
-    instances = [Limits(db), Limits(db, max_inflight=1)]
+    instances = [Limits(db, max_inflight=2), Limits(db)]  # two batches in flight at once, and one
     users = [("alice", ["eng"]), ("bob", ["eng", "ops"]), ("carol", [])]
     served = refused = 0
 
