@@ -26,9 +26,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -268,9 +271,18 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
             if settings.workers > 1:
                 # each worker process builds its own app (and pool) from the environment
                 os.environ["DATABASE_URL"] = url
-                uvicorn.run("gateway.app:create_app", factory=True, workers=settings.workers, **options)
+                uvicorn.run("gateway.serve:served_app", factory=True, workers=settings.workers, **options)
             else:
-                from gateway.app import create_app
-
-                uvicorn.run(create_app(settings), **options)
+                uvicorn.run(served_app(settings), **options)
     return 0
+
+
+def served_app(settings: Settings | None = None) -> Starlette:
+    """The app as `spendgate serve` runs it: this process is the gateway's own, so its garbage collector is set
+    for serving once the app has started (gateway/collector.py)."""
+    from gateway.app import create_app
+    from gateway.collector import after_start
+
+    app = create_app(settings)
+    app.state.services.on_start(after_start)
+    return app
