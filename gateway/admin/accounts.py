@@ -22,10 +22,10 @@ from gateway.admin.api import (
     time_range,
     usd_field,
 )
-from gateway.analytics.budgets import credits_forecast
+from gateway.analytics.budgets import credits_forecast, spending_limit_forecast
 from gateway.errors import LedgerError
 from gateway.gateways import ID_PATTERN, valid_id
-from gateway.ledger import AutoTopUp, Ledger, SpendingLimit
+from gateway.ledger import AutoTopUp, SpendingLimit
 from gateway.money import usd_str
 
 router = AdminRouter("accounts and credits")
@@ -170,26 +170,32 @@ LIMIT_BODY = {"type": "object", "required": ["amount_usd", "duration"],
                                                          "7 days or 30 days (`sliding` is read as `rolling`)"}}}
 
 
-async def limit_view(ledger: Ledger, account: str) -> dict[str, Any] | None:
-    bal = await ledger.balance(account)
+async def limit_view(services: AdminServices, account: str) -> dict[str, Any] | None:
+    """The spending limit, what its window has spent and holds, and its forecast (gateway/analytics/budgets.py:
+    when the limit is reached at the current rate of usage, before the window resets)."""
+    bal = await services.ledger.balance(account)
     limit = bal.spending_limit
     if limit is None:
         return None
-    spent = await ledger.spending_limit_usage(account) or 0
+    now = services.clock()
+    spent = await services.ledger.spending_limit_usage(account, now=now) or 0
+    remaining = max(0, limit.amount_nano - spent - bal.pending_nano)
+    forecast = await spending_limit_forecast(services.db, account, limit.duration, limit.strategy, remaining, now)
     return {
         "amount_usd": usd_str(limit.amount_nano),
         "duration": limit.duration,
         "strategy": limit.strategy,
         "spent_usd": usd_str(spent),
         "pending_usd": usd_str(bal.pending_nano),
-        "remaining_usd": usd_str(max(0, limit.amount_nano - spent - bal.pending_nano)),
+        "remaining_usd": usd_str(remaining),
+        "forecast": forecast.to_json(),
     }
 
 
 @router.route("GET", "/accounts/{account}/billing/spending-limit", "The unified-billing spending limit (or null)")
 async def get_spending_limit(request: Request, services: AdminServices, account: str) -> dict[str, Any] | None:
     await ensure_account(services, account)
-    return await limit_view(services.ledger, account)
+    return await limit_view(services, account)
 
 
 @router.route("PUT", "/accounts/{account}/billing/spending-limit", "Set the unified-billing spending limit",
@@ -202,7 +208,7 @@ async def put_spending_limit(request: Request, services: AdminServices, account:
     strategy = STRATEGY_NAMES[str_field(data, "strategy", choices=tuple(STRATEGY_NAMES), required=False) or "fixed"]
     assert amount is not None
     await services.ledger.set_spending_limit(account, SpendingLimit(amount, duration, strategy))  # type: ignore[arg-type]
-    return await limit_view(services.ledger, account)
+    return await limit_view(services, account)
 
 
 @router.route("DELETE", "/accounts/{account}/billing/spending-limit", "Remove the spending limit")

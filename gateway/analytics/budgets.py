@@ -125,6 +125,24 @@ async def credits_forecast(db: Database, account: str, available_nano: int, now:
     return forecast(await credit_usage(db, account, now), now, available_nano, now + BALANCE_HORIZON)
 
 
+async def spending_limit_forecast(db: Database, account: str, duration: str, strategy: str, remaining_nano: int,
+                                  now: datetime) -> Forecast:
+    """The account spending limit's forecast: the credits' usage history walked like a bucket's, a fixed window
+    (calendar day, week or month, UTC) until it resets, a rolling one for one window length with the usage of one
+    window ago ageing out meanwhile (the ledger counts rolling usage in hourly slices; the walk, in days, is an
+    estimate of it)."""
+    history = await credit_usage(db, account, now)
+    window = Window(duration, "fixed" if strategy == "fixed" else "rolling")  # type: ignore[arg-type]
+    leaving = None
+    if window.type == "rolling":
+        back = ROLLING_LENGTH[window.name]
+
+        def leaving(day: date) -> float:
+            return float(history.get(day - back, 0))
+
+    return forecast(history, now, remaining_nano, _until(window, now), leaving)
+
+
 # -- the "forecast" alert --------------------------------------------------------------------------------------
 
 

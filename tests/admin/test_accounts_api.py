@@ -96,7 +96,9 @@ async def test_auto_topup_and_spending_limit_endpoints(admin: httpx.AsyncClient,
         limit = await admin.put(f"/accounts/{account}/billing/spending-limit",
                                 json={"amount_usd": "100", "duration": "weekly", "strategy": strategy})
         assert limit.json()["result"] == {"amount_usd": "100.00", "duration": "weekly", "strategy": "rolling",
-                                          "spent_usd": "0.00", "pending_usd": "0.00", "remaining_usd": "100.00"}
+                                          "spent_usd": "0.00", "pending_usd": "0.00", "remaining_usd": "100.00",
+                                          "forecast": {"rate_usd_per_day": "0.00", "exhausted_at": None,
+                                                       "method": "trend-weekday-28d"}}
         shown = await admin.get(f"/accounts/{account}/billing/spending-limit")
         assert shown.json()["result"]["strategy"] == "rolling"
         assert await db.pool.fetchval("SELECT spend_limit_strategy FROM ledger.accounts WHERE code = 'credits' "

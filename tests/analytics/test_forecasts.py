@@ -12,6 +12,7 @@ from gateway.analytics.anomalies import percentile
 from gateway.analytics.budgets import record_forecast_alerts
 from gateway.analytics.forecast import exhaustion, fit, forecast
 from gateway.db import Database
+from gateway.ledger import Ledger
 from gateway.limits.rules import parse_rule
 from tests.analytics.conftest import NOW, Clock, log_row, write
 
@@ -97,6 +98,48 @@ async def test_credits_carry_a_forecast(admin: httpx.AsyncClient, account: str, 
     await admin.post(f"/accounts/{account}/credits/topups", json={"amount_usd": "50", "idempotency_key": "k"})
     credits = (await admin.get(f"/accounts/{account}/credits")).json()["result"]
     assert credits["forecast"]["exhausted_at"] is None  # nothing spends them
+
+
+async def test_the_account_spending_limit_carries_a_forecast(admin: httpx.AsyncClient, account: str, db: Database,
+                                                             clock: Clock) -> None:
+    """$4 of unified-billing usage on each of the last 28 days and at 01:00 today (a Wednesday): a weekly calendar
+    limit of $20 has $8 left (Monday, Tuesday, today), reached two days from now at $4 a day; a daily one resets
+    first; a rolling week lets a day's $4 age out as each day passes, so $28 with $0 left is reached now."""
+    await admin.post(f"/accounts/{account}/credits/topups", json={"amount_usd": "1000", "idempotency_key": "seed"})
+    ledger = Ledger(db)
+    today = NOW.replace(hour=1, minute=0, second=0)
+    for days_ago in range(29):
+        at = today - timedelta(days=days_ago)
+        hold = uuid.uuid4()
+        assert (await ledger.hold(hold, account, 4 * USD, at + timedelta(minutes=15), now=at)).ok
+        await ledger.settle(hold, 4 * USD, now=at)
+
+    put = await admin.put(f"/accounts/{account}/billing/spending-limit",
+                          json={"amount_usd": "20", "duration": "weekly", "strategy": "fixed"})
+    limit = put.json()["result"]
+    assert (limit["spent_usd"], limit["remaining_usd"]) == ("12.00", "8.00")
+    assert limit["forecast"] == {"rate_usd_per_day": "4.00", "exhausted_at": "2026-11-20T15:37:12Z",
+                                 "method": "trend-weekday-28d"}
+    assert (await admin.get(f"/accounts/{account}/billing/spending-limit")).json()["result"] == limit
+
+    daily = (await admin.put(f"/accounts/{account}/billing/spending-limit",
+                             json={"amount_usd": "20", "duration": "daily", "strategy": "fixed"})).json()["result"]
+    assert daily["remaining_usd"] == "16.00" and daily["forecast"]["exhausted_at"] is None  # it resets first
+
+    rolling = (await admin.put(f"/accounts/{account}/billing/spending-limit",
+                               json={"amount_usd": "30", "duration": "weekly", "strategy": "rolling"})).json()["result"]
+    # the last 7 days: today's $4 and the six days before (7 days ago at 01:00 is out of the window)
+    assert (rolling["spent_usd"], rolling["remaining_usd"]) == ("28.00", "2.00")
+    assert rolling["forecast"]["exhausted_at"] is None  # $4 a day in, $4 a day ageing out
+    full = (await admin.put(f"/accounts/{account}/billing/spending-limit",
+                            json={"amount_usd": "28", "duration": "weekly", "strategy": "rolling"})).json()["result"]
+    assert full["remaining_usd"] == "0.00" and full["forecast"]["exhausted_at"] == "2026-11-18T15:37:12Z"
+
+    clock.now = NOW + timedelta(days=1)  # Thursday: Thursday's usage has not come, $8 left at $4 a day
+    later = (await admin.put(f"/accounts/{account}/billing/spending-limit",
+                             json={"amount_usd": "20", "duration": "weekly", "strategy": "fixed"})).json()["result"]
+    assert later["spent_usd"] == "12.00"
+    assert later["forecast"]["exhausted_at"] == "2026-11-21T15:37:12Z"
 
 
 def test_percentiles_interpolate() -> None:

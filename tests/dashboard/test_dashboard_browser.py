@@ -165,6 +165,23 @@ async def test_credits_page_shows_the_ledger_and_tops_up(browser: Browser) -> No
     await browser.shoot(page, "04-credits-topped-up")
     await page.close()
 
+    # the account spending limit's card, with its forecast
+    with s.admin() as admin:
+        put = admin.put(f"/accounts/{s.account}/billing/spending-limit",
+                        json={"amount_usd": "1000", "duration": "weekly", "strategy": "fixed"})
+        assert put.status_code == 200, put.text
+    try:
+        limit = s.get(f"/accounts/{s.account}/billing/spending-limit")["result"]
+        page = await browser.open(f"/dashboard/?account={s.account}")
+        shown = await page.inner_text("[data-testid=limit-forecast]")
+        assert usd_text(limit["forecast"]["rate_usd_per_day"]) in shown
+        assert ("the limit is reached" in shown) == (limit["forecast"]["exhausted_at"] is not None)
+        await browser.shoot(page, "04b-credits-spending-limit")
+        await page.close()
+    finally:
+        with s.admin() as admin:
+            admin.delete(f"/accounts/{s.account}/billing/spending-limit")
+
 
 async def test_spend_page_shows_the_analytics_and_filters(browser: Browser) -> None:
     s = browser.seeded

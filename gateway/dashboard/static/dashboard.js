@@ -470,6 +470,17 @@
       message);
   }
 
+  function limitForecast(limit) {
+    const f = limit.forecast;
+    if (!f) return null;
+    const text = f.exhausted_at
+      ? h("span", { class: "forecast warn", "data-testid": "limit-forecast" }, "At ", usd(f.rate_usd_per_day),
+        "/day, the limit is reached ", when(f.exhausted_at))
+      : h("span", { class: "forecast ok", "data-testid": "limit-forecast" }, "At ", usd(f.rate_usd_per_day),
+        "/day, ", limit.strategy === "fixed" ? "not reached before the window resets" : "not reached at this rate");
+    return h("div", { class: "forecast-row" }, h("span", { class: "muted" }, "Forecast: "), text);
+  }
+
   async function renderLimit(limitCard) {
     try {
       const limit = (await api(acct() + "/billing/spending-limit")).result;
@@ -485,7 +496,8 @@
           "rolling window", ")"),
         meter(limit.spent_usd, limit.pending_usd, limit.amount_usd),
         h("div", { class: "stats" }, stat("Spent", usd(limit.spent_usd)), stat("Held", usd(limit.pending_usd)),
-          stat("Remaining", usd(limit.remaining_usd))));
+          stat("Remaining", usd(limit.remaining_usd))),
+        limitForecast(limit));
     } catch (err) {
       replace(limitCard, h("h2", {}, "Account spending limit"), errorBox("the spending limit", err));
     }
