@@ -37,9 +37,9 @@ Postgres processes: the backends connected to its database plus the server's own
 checkpointer...); backends of other databases (other work on a shared server) are reported apart in
 `pg_other_dbs_cpu_ms`. `machine_busy_cores` and `unattributed_cpu_ms` say how much else ran during the window.
 A last line, {"bench":"peers","summary":true,...}, repeats req/s and serving CPU per request (gateway + its
-Postgres) per mode/connections. A gateway that cannot be installed, started or verified gets a line with
-"skipped": true and the reason; the others still run. Every process started here is stopped at the end, also on
-Ctrl-C, SIGTERM and errors.
+Postgres) per mode/connections, and Spendgate's unified-billing req/s over its BYOK req/s (`unified_over_byok`).
+A gateway that cannot be installed, started or verified gets a line with "skipped": true and the reason; the
+others still run. Every process started here is stopped at the end, also on Ctrl-C, SIGTERM and errors.
 """
 
 from __future__ import annotations
@@ -667,6 +667,10 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out["rps"].setdefault(key, {})[name] = row["rps"]
         serving = row["gateway_cpu_ms"] + row.get("postgres_cpu_ms", 0)
         out["serving_cpu_ms"].setdefault(key, {})[name] = round(serving, 3)
+    for key, rates in out["rps"].items():  # unified billing against the BYOK pass-through, same run
+        if rates.get("spendgate byok") and "spendgate unified+5rules" in rates:
+            out.setdefault("unified_over_byok", {})[key] = round(
+                rates["spendgate unified+5rules"] / rates["spendgate byok"], 3)
     return out
 
 
