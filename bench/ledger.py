@@ -42,15 +42,15 @@ from gateway.limits.reservations import HoldRequest, Limits
 USD = 1_000_000_000
 
 
-async def run(url: str, seconds: float, workers: int, mode: str, max_inflight: int = Limits.MAX_INFLIGHT
-              ) -> dict[str, object]:
+async def run(url: str, seconds: float, workers: int, mode: str, max_inflight: int = Limits.MAX_INFLIGHT,
+              stall_after: float = Limits.STALL_AFTER) -> dict[str, object]:
     db = await Database.connect(url, min_size=workers, max_size=workers)
     ledger = Ledger(db)
     tenant = f"bench-hot-{mode}"
     await db.pool.execute("INSERT INTO accounts (id) VALUES ($1)", tenant)
     await ledger.open_tenant(tenant)
     await ledger.top_up(tenant, 10_000_000 * USD, f"bench-seed-{mode}")
-    limits = Limits(db, max_inflight=max_inflight)
+    limits = Limits(db, max_inflight=max_inflight, stall_after=stall_after)
     latencies: list[float] = []
     refused = 0
     deadline = time.perf_counter() + seconds
@@ -104,7 +104,7 @@ async def run(url: str, seconds: float, workers: int, mode: str, max_inflight: i
         "invariants": "ok" if not violations else violations,
         "refused": refused,
         "workers": workers,
-        **({"max_inflight": max_inflight} if mode == "batched" else {}),
+        **({"max_inflight": max_inflight, "stall_after": stall_after} if mode == "batched" else {}),
         "seconds": seconds,
     }
 
@@ -158,11 +158,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=32)
     parser.add_argument("--mode", choices=["batched", "single", "both"], default="batched")
     parser.add_argument("--max-inflight", type=int, default=Limits.MAX_INFLIGHT,
-                        help="batches in flight per direction (the gateway's default: %(default)s)")
+                        help="at most this many batches in flight per direction (the gateway's default: %(default)s)")
+    parser.add_argument("--stall-after", type=float, default=Limits.STALL_AFTER,
+                        help="seconds a batch runs before the next may go beside it (0: at once; the gateway's "
+                             "default: %(default)s)")
     args = parser.parse_args()
     modes = ["batched", "single"] if args.mode == "both" else [args.mode]
     with fresh_database() as url:
-        records = [asyncio.run(run(url, args.seconds, args.workers, mode, args.max_inflight)) for mode in modes]
+        records = [asyncio.run(run(url, args.seconds, args.workers, mode, args.max_inflight, args.stall_after))
+                   for mode in modes]
         for record in records:
             emit(record)
         emit(asyncio.run(commit_rate(url, args.seconds, args.workers, float(str(records[0]["requests_per_s"])))))

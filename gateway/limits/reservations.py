@@ -17,11 +17,12 @@ counts: None, money (the request's estimate, settled to its actual cost); `reque
 hold are granted together or not at all.
 
 Batching: every reservation, with or without a unified-billing credit hold, and later its settlement, goes through
-a `_Batcher`: while `max_inflight` calls are in flight (one per direction by default), new ones wait, and each call
-that returns sends everything waiting (up to `max_batch`) as one call: one round trip and one commit for all of them.
-One in flight rather than two: a second batch of the same hot rows would only wait for the first one's locks, and
-the requests it took would have made the next batch larger (bench/ledger.py --max-inflight: 3.26x against 2.82x
-the server's single-row commit rate). A hot bucket (one user, an
+a `_Batcher`: while a call is in flight, new ones wait, and each call that returns sends everything waiting (up to
+`max_batch`) as one call: one round trip and one commit for all of them. One in flight rather than two: a second
+batch of the same hot rows would only wait for the first one's locks, and the requests it took would have made the
+next batch larger (bench/ledger.py --max-inflight: 3.35x against 2.77x the server's single-row commit rate). But a
+call stalled on a lock must not hold every other tenant back: after `stall_after` another call goes (up to
+`max_inflight`). A hot bucket (one user, an
 unscoped rule) or a hot tenant's credits row is locked until each commit is flushed, so one request per transaction
 serialises every request on that flush; batched, one flush serves all that arrived meanwhile. A request still makes
 exactly one reserve call and one settle call.
@@ -260,19 +261,28 @@ class Settled:
 
 
 class _Batcher:
-    """Concurrent calls coalesced: at most `max_inflight` SQL calls at a time, each carrying every item that
-    waited for it (up to `max_batch`), answers (or an item's own exception) in item order. A caller cancelled
-    while its item waits is dropped from the queue; one cancelled after its item was sent gets its answer passed
-    to `orphan`."""
+    """Concurrent calls coalesced: one SQL call at a time, each carrying every item that waited for it (up to
+    `max_batch`), answers (or an item's own exception) in item order. A caller cancelled while its item waits is
+    dropped from the queue; one cancelled after its item was sent gets its answer passed to `orphan`.
+
+    A call that takes longer than `stall_after` seconds (waiting for a row lock another transaction holds: an
+    operator's change to the tenant's spending limit, a top-up, another instance's batch; or retrying a refused
+    batch one item at a time) no longer holds everything that arrives after it: another call goes, and another
+    after each `stall_after` it still runs, up to `max_inflight` in flight. Unrelated tenants then pass a stalled
+    one. `stall_after=0`: up to `max_inflight` at once, without waiting."""
 
     def __init__(self, call: Callable[[list[Item]], Awaitable[list[Answer | Exception]]], *, max_batch: int,
-                 max_inflight: int, orphan: Callable[[Item, Answer], None] | None = None) -> None:
+                 max_inflight: int, stall_after: float = 0.0,
+                 orphan: Callable[[Item, Answer], None] | None = None) -> None:
         self._call = call
         self.max_batch = max_batch
         self.max_inflight = max_inflight
+        self.stall_after = stall_after
         self._orphan = orphan
         self._queue: deque[tuple[Item, asyncio.Future[Answer]]] = deque()
         self._inflight = 0
+        self._newest_sent = 0.0  # loop time the newest call in flight was sent
+        self._wake: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.calls = 0  # SQL calls made, for tests and metrics
         self.items = 0
@@ -283,8 +293,24 @@ class _Batcher:
         self._dispatch()
         return await future
 
+    def _stalled(self) -> bool:
+        """Whether another call may go while others are in flight; if not yet, look again when it may."""
+        if not self._inflight or not self.stall_after:
+            return True
+        loop = asyncio.get_running_loop()
+        waited = loop.time() - self._newest_sent
+        if waited >= self.stall_after:
+            return True
+        if self._wake is None:
+            self._wake = loop.call_later(self.stall_after - waited, self._woken)
+        return False
+
+    def _woken(self) -> None:
+        self._wake = None
+        self._dispatch()
+
     def _dispatch(self) -> None:
-        while self._queue and self._inflight < self.max_inflight:
+        while self._queue and self._inflight < self.max_inflight and self._stalled():
             batch: list[tuple[Item, asyncio.Future[Answer]]] = []
             ids: set[uuid.UUID] = set()
             later: list[tuple[Item, asyncio.Future[Answer]]] = []
@@ -303,6 +329,7 @@ class _Batcher:
             if not batch:
                 return
             self._inflight += 1
+            self._newest_sent = asyncio.get_running_loop().time()
             task = asyncio.create_task(self._run(batch), name="spendgate-limits-batch")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -340,14 +367,17 @@ class _Batcher:
 
 class Limits:
     MAX_BATCH = 64
-    MAX_INFLIGHT = 1
+    MAX_INFLIGHT = 4
+    STALL_AFTER = 0.05  # seconds; a batch takes ~6 ms at 32 concurrent requests on the development machine
 
-    def __init__(self, db: Database, *, max_batch: int = MAX_BATCH, max_inflight: int = MAX_INFLIGHT) -> None:
+    def __init__(self, db: Database, *, max_batch: int = MAX_BATCH, max_inflight: int = MAX_INFLIGHT,
+                 stall_after: float = STALL_AFTER) -> None:
         self.db = db
         self.max_batch = max_batch
         self._reserves = _Batcher(self._reserve_batch, max_batch=max_batch, max_inflight=max_inflight,
-                                  orphan=self._release_orphan)
-        self._settles = _Batcher(self._settle_batch, max_batch=max_batch, max_inflight=max_inflight)
+                                  stall_after=stall_after, orphan=self._release_orphan)
+        self._settles = _Batcher(self._settle_batch, max_batch=max_batch, max_inflight=max_inflight,
+                                 stall_after=stall_after)
         self._orphans: set[asyncio.Task[Any]] = set()
 
     async def _reserve_batch(self, items: list[Item]) -> list[Answer | Exception]:

@@ -38,7 +38,7 @@ async def test_two_instances_burst_over_shared_and_split_buckets(db: Database) -
         rule("30", scope={"cf.user.groups": {"split": True}}, alert_at=[0.5]),
         rule("1", action="monitor", window="weekly"),
     ]
-    instances = [Limits(db, max_inflight=2), Limits(db)]  # two batches in flight at once, and one
+    instances = [Limits(db, max_inflight=2, stall_after=0), Limits(db)]  # two batches in flight at once, and one
     users = [("alice", ["eng"]), ("bob", ["eng", "ops"]), ("carol", [])]
     served = refused = 0
 
@@ -203,4 +203,39 @@ async def test_a_batch_the_server_refuses_is_retried_one_by_one(db: Database) ->
         True, True, "InvalidParameterValueError", True]
     assert await spent_by_key(db, r) == {"{}": (3 * USD, USD)}
     assert (await limits.settle(outcomes[2].reservation_id, USD, now=NOW)).ok
+    await assert_all_invariants(db)
+
+
+async def test_a_batch_stalled_on_a_lock_does_not_hold_other_tenants_back(db: Database) -> None:
+    """Tenant A's credits row is locked by another transaction (an operator changing its spending limit, say):
+    A's reservation waits for it. Tenant B's, arriving meanwhile, goes in another batch once A's has waited
+    `stall_after`, and is answered while A still waits; with one batch allowed in flight it waits for A's lock."""
+    (_, a), (_, b) = await funded_tenant(db, 10, "stall-a"), await funded_tenant(db, 10, "stall-b")
+    loop = asyncio.get_running_loop()
+
+    async def b_waits(limits: Limits, lock_s: float) -> tuple[float, bool]:
+        blocker = await db.pool.acquire()
+        locked = blocker.transaction()
+        await locked.start()
+        await blocker.execute("SELECT 1 FROM ledger.accounts WHERE code = 'credits' AND owner = $1 FOR UPDATE", a)
+
+        async def release() -> None:
+            await asyncio.sleep(lock_s)
+            await locked.rollback()
+            await db.pool.release(blocker)
+
+        releasing = asyncio.create_task(release())
+        first = asyncio.create_task(limits.reserve([], USD // 100, hold=HoldRequest(a, USD // 100)))
+        await asyncio.sleep(0.1)
+        start = loop.time()
+        second = await asyncio.wait_for(limits.reserve([], USD // 100, hold=HoldRequest(b, USD // 100)), 10)
+        waited, a_waiting = loop.time() - start, not first.done()
+        await releasing
+        assert (await first).ok and second.ok
+        return waited, a_waiting
+
+    waited, a_waiting = await b_waits(Limits(db), lock_s=1.5)
+    assert waited < 0.5 and a_waiting
+    waited, _ = await b_waits(Limits(db, max_inflight=1), lock_s=1.0)
+    assert waited >= 0.8  # the same without the second batch: B waited for A's lock
     await assert_all_invariants(db)

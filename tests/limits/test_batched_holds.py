@@ -28,7 +28,7 @@ async def test_many_tenants_holds_in_batches_with_sweepers_and_top_ups(db: Datab
     await ledger.set_spending_limit(tenants[2], SpendingLimit(12 * USD, "daily", "fixed"))
     rules = [rule("100000"), rule("100000", window_type="rolling", scope={"metadata.user": {"split": True}}),
              rule("100000", scope={"metadata.tenant": {"split": True}}, alert_at=[0.5])]
-    instances = [Limits(db, max_inflight=2), Limits(db, max_inflight=3), Limits(db)]
+    instances = [Limits(db, max_inflight=2, stall_after=0), Limits(db, max_inflight=3, stall_after=0), Limits(db)]
     errors: list[BaseException] = []
     granted = {t: 0 for t in tenants}
     refusals: dict[str, int] = {}
