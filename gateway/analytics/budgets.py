@@ -26,9 +26,14 @@ IDENTITY_COLUMNS = {"cf.user_id": "user_id", "cf.user.email": "email", "cf.user.
                     "cf.service_token": "service_token"}
 
 
-def history_start(now: datetime) -> datetime:
+def history_start(now: datetime, window: Window | None = None) -> datetime:
+    """Where a forecast's history starts: the method's 28 days, or more for a rolling window whose walk lets the
+    spend of one window ago (30 days for a monthly one) age out day by day."""
     day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return day - timedelta(days=HISTORY_DAYS)
+    days = HISTORY_DAYS
+    if window is not None and window.type == "rolling":
+        days = max(days, ROLLING_LENGTH[window.name].days + 1)
+    return day - timedelta(days=days)
 
 
 def canonical(key: Any) -> str:
@@ -63,7 +68,7 @@ async def rule_histories(db: Database, account: str, gateway: str, rule: Rule,
             exprs.append(f"s.{column}")
         if column not in columns:
             columns.append(column)
-    rows_sql = source(account, history_start(now), now, Filters(gateway=gateway), columns,
+    rows_sql = source(account, history_start(now, rule.window), now, Filters(gateway=gateway), columns,
                       keys[0] if len(keys) == 1 else None, args)
     selected = "".join(f", {e} AS d{i}" for i, e in enumerate(exprs))
     grouped = "".join(f", {i + 3}" for i in range(len(exprs)))
@@ -127,12 +132,21 @@ async def credits_forecast(db: Database, account: str, available_nano: int, now:
 
 async def spending_limit_forecast(db: Database, account: str, duration: str, strategy: str, remaining_nano: int,
                                   now: datetime) -> Forecast:
-    """The account spending limit's forecast: the credits' usage history walked like a bucket's, a fixed window
+    """The account spending limit's forecast, from the usage the limit itself counts (the ledger's hourly usage
+    slices of the tenant: settled usage, excess and cache-hit charges), walked like a bucket's: a fixed window
     (calendar day, week or month, UTC) until it resets, a rolling one for one window length with the usage of one
     window ago ageing out meanwhile (the ledger counts rolling usage in hourly slices; the walk, in days, is an
     estimate of it)."""
-    history = await credit_usage(db, account, now)
     window = Window(duration, "fixed" if strategy == "fixed" else "rolling")  # type: ignore[arg-type]
+    rows = await db.pool.fetch(
+        """
+        SELECT (date_trunc('day', u.hour, 'UTC') AT TIME ZONE 'UTC')::date AS day, sum(u.spent)::bigint AS spent
+          FROM ledger.usage_hourly u
+         WHERE u.tenant = $1 AND u.hour >= $2
+         GROUP BY 1
+        """,
+        account, history_start(now, window))
+    history = {r["day"]: r["spent"] for r in rows}
     leaving = None
     if window.type == "rolling":
         back = ROLLING_LENGTH[window.name]

@@ -100,12 +100,21 @@ async def test_credits_carry_a_forecast(admin: httpx.AsyncClient, account: str, 
     assert credits["forecast"]["exhausted_at"] is None  # nothing spends them
 
 
+async def limited(admin: httpx.AsyncClient, account: str) -> None:
+    """A spending limit set before the history is made: the ledger keeps usage slices only while one is set (and
+    rebuilds them from the real clock's last 31 days when one is first set, which a test's fixed clock is not)."""
+    put = await admin.put(f"/accounts/{account}/billing/spending-limit",
+                          json={"amount_usd": "100000", "duration": "monthly", "strategy": "fixed"})
+    assert put.status_code == 200, put.text
+
+
 async def test_the_account_spending_limit_carries_a_forecast(admin: httpx.AsyncClient, account: str, db: Database,
                                                              clock: Clock) -> None:
     """$4 of unified-billing usage on each of the last 28 days and at 01:00 today (a Wednesday): a weekly calendar
     limit of $20 has $8 left (Monday, Tuesday, today), reached two days from now at $4 a day; a daily one resets
     first; a rolling week lets a day's $4 age out as each day passes, so $28 with $0 left is reached now."""
     await admin.post(f"/accounts/{account}/credits/topups", json={"amount_usd": "1000", "idempotency_key": "seed"})
+    await limited(admin, account)
     ledger = Ledger(db)
     today = NOW.replace(hour=1, minute=0, second=0)
     for days_ago in range(29):
@@ -140,6 +149,44 @@ async def test_the_account_spending_limit_carries_a_forecast(admin: httpx.AsyncC
                              json={"amount_usd": "20", "duration": "weekly", "strategy": "fixed"})).json()["result"]
     assert later["spent_usd"] == "12.00"
     assert later["forecast"]["exhausted_at"] == "2026-11-21T15:37:12Z"
+
+
+async def test_the_spending_limit_forecast_reads_what_the_limit_counts(admin: httpx.AsyncClient, account: str,
+                                                                      db: Database, clock: Clock) -> None:
+    """Each past day $1 is held and $3 used: $1 from the hold, the excess from the credits and, once they have run
+    out (the last day), billed to the account's receivable. The limit counts all of it, and so does its forecast's
+    rate (the credits' debits alone would say less)."""
+    await admin.post(f"/accounts/{account}/credits/topups", json={"amount_usd": "40", "idempotency_key": "seed"})
+    await limited(admin, account)
+    ledger = Ledger(db)
+    for days_ago in range(1, 15):
+        at = NOW.replace(hour=1) - timedelta(days=days_ago)
+        hold = uuid.uuid4()
+        assert (await ledger.hold(hold, account, USD, at + timedelta(minutes=15), now=at)).ok
+        await ledger.settle(hold, 3 * USD, now=at)
+    limit = (await admin.put(f"/accounts/{account}/billing/spending-limit",
+                             json={"amount_usd": "100", "duration": "monthly", "strategy": "fixed"})).json()["result"]
+    assert limit["spent_usd"] == "42.00"  # 14 days of $3, more than the $40 of credits
+    assert limit["forecast"]["rate_usd_per_day"] == "3.00"
+
+
+async def test_a_rolling_month_lets_the_usage_of_30_days_ago_age_out(admin: httpx.AsyncClient, account: str,
+                                                                    db: Database, clock: Clock) -> None:
+    """$1 a day, every day, against a rolling 30 days with $0.50 left: as much ages out each day as comes in, so it
+    is never reached (the usage of 29 and 30 days ago is history too, beyond the method's 28 days)."""
+    await admin.post(f"/accounts/{account}/credits/topups", json={"amount_usd": "100", "idempotency_key": "seed"})
+    await limited(admin, account)
+    ledger = Ledger(db)
+    for days_ago in range(32):
+        at = NOW.replace(hour=1) - timedelta(days=days_ago)
+        hold = uuid.uuid4()
+        assert (await ledger.hold(hold, account, USD, at + timedelta(minutes=15), now=at)).ok
+        await ledger.settle(hold, USD, now=at)
+    limit = (await admin.put(f"/accounts/{account}/billing/spending-limit", json={
+        "amount_usd": "30.50", "duration": "monthly", "strategy": "rolling"})).json()["result"]
+    assert (limit["spent_usd"], limit["remaining_usd"]) == ("30.00", "0.50")
+    assert limit["forecast"]["rate_usd_per_day"] == "1.00"
+    assert limit["forecast"]["exhausted_at"] is None
 
 
 def test_percentiles_interpolate() -> None:
