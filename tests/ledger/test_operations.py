@@ -162,6 +162,23 @@ async def test_sweeper_expires_overdue_holds_and_late_settlement_still_bills(db:
     await assert_invariants(db, after_sweep=True, now=NOW + timedelta(minutes=1))
 
 
+async def test_a_late_settlement_counts_against_the_spending_limit_once(db: Database) -> None:
+    """Billed after its hold expired, the cost still counts in the limit's window (as a limit set afterwards, which
+    rebuilds the slices from the transfers, would count it), once: a replayed late settlement adds nothing."""
+    ledger, t = await funded_tenant(db, 10)
+    await ledger.set_spending_limit(t, SpendingLimit(100 * USD, "daily", "fixed"))
+    overdue = uuid.uuid4()
+    assert (await ledger.hold(overdue, t, 4 * USD, NOW + timedelta(seconds=1), now=NOW)).ok
+    await ledger.expire_due(now=NOW + timedelta(minutes=1))
+    assert await ledger.spending_limit_usage(t, now=NOW + timedelta(minutes=2)) == 0
+    late = await ledger.settle(overdue, 3 * USD, now=NOW + timedelta(minutes=2))
+    assert late["kind"] == "late"
+    assert await ledger.spending_limit_usage(t, now=NOW + timedelta(minutes=3)) == 3 * USD
+    assert (await ledger.settle(overdue, 3 * USD, now=NOW + timedelta(minutes=2)))["excess"]["replay"]
+    assert await ledger.spending_limit_usage(t, now=NOW + timedelta(minutes=3)) == 3 * USD
+    await assert_invariants(db, after_sweep=True, now=NOW + timedelta(minutes=1))
+
+
 async def test_check_constraint_refuses_overdraft_even_outside_the_functions(db: Database) -> None:
     _, t = await funded_tenant(db, 1)
     with pytest.raises(asyncpg.CheckViolationError):

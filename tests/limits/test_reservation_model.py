@@ -204,7 +204,7 @@ class Model:
                     alerts += 1
         if r.held is not None:
             self._settle_hold(r.held, r.estimate, actual, late)
-            if r.held == 0 and not late and actual > 0:  # a post counts against the limit, its excess too
+            if r.held == 0 and actual > 0:  # a post counts against the limit, its excess too, and a late one
                 self.posted.append((now, actual))
         return {"ok": True, "reason": None, "late": late, "alerts": alerts}
 
