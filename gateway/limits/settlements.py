@@ -101,13 +101,19 @@ class Settlements:
             if time.monotonic() >= end - deadline_s / 2:
                 break
             await asyncio.sleep(0.05)
-        for reservation_id, actual in list(self.open.items()):
-            await self.settle(reservation_id, _safe(actual))
+        # all at once, so that they go in batches (one after the other, each was a batch of one), within the deadline
+        opened = [asyncio.create_task(self.settle(reservation_id, _safe(actual)))
+                  for reservation_id, actual in list(self.open.items())]
+        unfinished: set[asyncio.Task[None]] = set()
+        if opened:
+            _, unfinished = await asyncio.wait(opened, timeout=max(0.0, end - time.monotonic()))
+            for task in unfinished:
+                task.cancel()
         while self.waiting and time.monotonic() < end:
             await self.retry_waiting()
             if self.waiting:
                 await asyncio.sleep(0.2)
-        left = len(self.open) + len(self.waiting)
+        left = len(self.open) + len(self.waiting) + len(unfinished)
         if left:
             log.error("%d reservations left unsettled at shutdown; the sweeper will expire them", left)
         return left
