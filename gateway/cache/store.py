@@ -5,7 +5,9 @@ One row per (account, gateway, key), in one of two states:
 - ready: a stored answer (`Entry`), served until `expires_at`;
 - filling: an instance claimed the key (`claim`) and is calling the provider; other instances that miss the same
   key meanwhile see `FILLING` and wait for it (`lookup` again) instead of calling the provider themselves. The
-  claim lasts `lease`: an instance that died while filling holds the key no longer than that.
+  claim lasts `lease`, and the filling instance renews it every third of a lease while the answer is still
+  coming (`renew`: a long stream keeps its claim): an instance that died while filling holds the key no longer
+  than a lease.
 
 `fill` stores the answer in the row its own claim made, and nothing when the claim was lost (purged, or expired and
 claimed by another instance), then evicts the gateway's oldest entries past its size bound (one round trip).
@@ -83,6 +85,15 @@ class CacheStore:
             "SELECT cache.fill($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", account, gateway, key, fill_id,
             entry.status, entry.headers_json(), entry.body, entry.cost_nano, float(ttl_s), max_bytes)
         return None if evicted < 0 else int(evicted)
+
+    async def renew(self, account: str, gateway: str, key: bytes, fill_id: uuid.UUID) -> bool:
+        """Extend this claim by a lease from now (the answer is still coming: a long stream); False when it was
+        lost (purged, or expired and claimed by another instance)."""
+        status = await self.db.pool.execute(
+            "UPDATE cache.entries SET expires_at = now() + make_interval(secs => $5) WHERE account_id = $1 "
+            "AND gateway_id = $2 AND key = $3 AND fill_id = $4 AND NOT ready",
+            account, gateway, key, fill_id, self.lease.total_seconds())
+        return rows_affected(status) == 1
 
     async def abandon(self, account: str, gateway: str, key: bytes, fill_id: uuid.UUID) -> None:
         await self.db.pool.execute(

@@ -214,12 +214,16 @@ class ResponseCache:
             capture.see(message)
             await send(message)
 
+        renewing = None if fill is None else asyncio.get_running_loop().create_task(self._renew(fill))
         try:
             await self.app(scope, receive, sender)
         except BaseException:
             if fill is not None:
                 self._abandon(fill)
             raise
+        finally:
+            if renewing is not None:
+                renewing.cancel()
         if fill is None:
             return None
         entry = capture.entry(ex) if ex.step == step and ex.call is call else None
@@ -236,6 +240,19 @@ class ResponseCache:
             log.info("cache of %s/%s over %d MB: %d oldest entries evicted", fill.account, fill.gateway,
                      fill.max_bytes // (1024 * 1024), evicted)
         return entry if evicted is not None else None
+
+    async def _renew(self, fill: _Fill) -> None:
+        """Keep the claim while the answer is coming (a stream longer than a lease), every third of a lease, until
+        the call ends (cancelled then) or the claim is lost."""
+        every = self.store.lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if not await self.store.renew(fill.account, fill.gateway, fill.key, fill.fill_id):
+                    return
+            except Exception as exc:  # the lease then ends the claim, as if this instance had died
+                log.warning("could not renew a cache claim: %s", exc)
+                return
 
     def _abandon(self, fill: _Fill) -> None:
         """Give the claim up in the background (also when this request was cancelled); if that fails, the claim's

@@ -122,6 +122,37 @@ def test_two_instances_sharing_the_database_make_one_upstream_call_too(cache_sta
     assert cache_stack.calls() == 1
 
 
+async def test_a_fill_longer_than_the_lease_keeps_its_claim_and_is_stored(cache_stack: CacheStack,
+                                                                          db: Database) -> None:
+    """The claim lasts a lease (0.6 s here) and the filling instance renews it while the answer is coming: a
+    stream of 1.5 s still holds the key when a lease has passed (no other instance may claim it and call the
+    provider again), and its answer is stored."""
+    account, base = cache_stack.new_gateway(cache_ttl=300)
+    stores = [server.app.state.services.running.cache for server in (cache_stack.a, cache_stack.b)]
+    for store in stores:
+        store.lease = timedelta(seconds=0.6)
+    try:
+        body = chat(unique(), stream=True)
+        headers = {**KEY, "x-fake-chunk-delay-ms": "300"}
+        answer = asyncio.create_task(asyncio.to_thread(httpx.post, base + CHAT, json=body, headers=headers,
+                                                       timeout=30))
+        await asyncio.sleep(1.2)
+        assert not answer.done()  # still streaming, two leases after the claim
+        claim = await db.pool.fetchrow("SELECT ready, expires_at > now() AS live FROM cache.entries "
+                                       "WHERE account_id = $1", account)
+        assert claim is not None and not claim["ready"] and claim["live"]
+        first = await answer
+        assert first.status_code == 200 and status(first) == "MISS"
+        await eventually(lambda: db.pool.fetchval("SELECT ready FROM cache.entries WHERE account_id = $1", account),
+                         until=lambda ready: ready is True, what="the answer stored under the renewed claim")
+        again = await asyncio.to_thread(httpx.post, base + CHAT, json=body, headers=headers, timeout=30)
+        assert status(again) == "HIT" and again.content == first.content
+        assert cache_stack.calls() == 1
+    finally:
+        for store in stores:
+            store.lease = timedelta(seconds=60)
+
+
 def test_when_the_leader_fails_the_waiting_requests_are_served_on_their_own(cache_stack: CacheStack) -> None:
     _, base = cache_stack.new_gateway(cache_ttl=300)
     body = chat(unique())
