@@ -222,6 +222,8 @@ def _gateway(args: argparse.Namespace, a: str, action: str) -> Call:
     match action:
         case "show":
             return "GET", path, None, None
+        case "rate-limits":
+            return "GET", f"{path}/rate-limits", None, None
         case "create":
             settings = _json_object(args.json) if args.json is not None else {}
             return "POST", f"/accounts/{a}/gateways", {**settings, "id": args.gateway}, None
@@ -383,6 +385,21 @@ def _rules(rows: list[dict[str, Any]]) -> str:
         ("REMAINING USD", field("remaining_usd"))])
 
 
+def _rate_limits(result: dict[str, Any]) -> str:
+    rows = result.get("rate_limits") or []
+    if not rows:
+        return "no rate limits"
+    rules = table(rows, [("NAME", field("name")), ("LIMIT", field("limit")), ("UNIT", field("unit")),
+                         ("INTERVAL", lambda r: f"{r.get('interval_s')} s {r.get('technique')}"),
+                         ("SCOPE", lambda r: r.get("scope") or None)])
+    buckets = [{"rule": r.get("name"), **b} for r in rows for b in r.get("buckets") or []]
+    if not buckets:
+        return rules + "\n\nnothing counted in the current intervals"
+    return rules + "\n\nbuckets (now):\n" + table(buckets, [
+        ("RULE", field("rule")), ("BUCKET", field("key")), ("COUNTED", field("counted")),
+        ("PENDING", field("pending")), ("REMAINING", field("remaining")), ("FREES AT", field("frees_at"))])
+
+
 def _table(*columns: Column) -> Callable[[Any], str]:
     return lambda rows: table(rows, columns)
 
@@ -412,6 +429,7 @@ VIEWS: dict[tuple[str, str], Callable[[Any], str]] = {
     ("billing", "spending-limit"): lambda r: record(r) if r else "no spending limit",
     ("gateways", "list"): _table(("ID", field("id")), ("SETTINGS", _gateway_settings), CREATED),
     ("gateways", "show"): record,
+    ("gateways", "rate-limits"): _rate_limits,
     ("limits", "list"): _rules,
     ("limits", "show"): lambda r: _rules([r]),
     ("policies", "list"): _table(("ID", field("id")), ("GROUP", field("group")),
@@ -492,6 +510,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     gateways = group("gateways", "an account's gateways and their settings")
     gateways.add_parser("list", parents=listing, help="the account's gateways").add_argument("account")
     gateway_args(gateways.add_parser("show", parents=reading, help="one gateway's settings"))
+    gateway_args(gateways.add_parser("rate-limits", parents=reading,
+                                     help="the gateway's rate limits and what each bucket counts now"))
     for name, what in (("create", "a new gateway; --json sets some settings"),
                        ("update", "change some settings; the others are kept")):
         p = gateway_args(gateways.add_parser(name, parents=[quiet], help=what, description=what,

@@ -31,7 +31,9 @@ from gateway.gateways import (
     GatewaySettings,
     valid_id,
 )
-from gateway.limits.rate_rules import MAX_INTERVAL_S, MAX_LIMIT, MAX_RATE_LIMITS, TECHNIQUES, UNITS
+from gateway.limits.buckets import rate_status
+from gateway.limits.rate_rules import MAX_INTERVAL_S, MAX_LIMIT, MAX_RATE_LIMITS, TECHNIQUES, UNITS, rules_of
+from gateway.limits.rules import json_safe
 
 TAG = "gateways and providers"  # the OpenAPI tag of this module's endpoints and of the gateway's configuration
 router = AdminRouter(TAG)
@@ -117,6 +119,24 @@ async def delete_gateway(request: Request, services: AdminServices, account: str
     await ensure_gateway(services, account, gateway)
     await services.gateways.delete(account, gateway)
     return {"id": gateway, "deleted": True}
+
+
+@router.route("GET", "/accounts/{account}/gateways/{gateway}/rate-limits",
+              "The gateway's rate limits, with what each bucket counts now")
+async def get_rate_limits(request: Request, services: AdminServices, account: str, gateway: str) -> dict[str, Any]:
+    """Each rule of the `rate_limits` setting as stored, with `buckets`: `[{"key", "window_start", "counted",
+    "pending", "remaining", "frees_at"}]` — in the rule's unit (requests or tokens), for the buckets that count
+    something now (a sliding interval: `window_start` is where counting starts now)."""
+    record = await ensure_gateway(services, account, gateway)
+    now = services.clock()
+    rules = []
+    for rule in rules_of(account, gateway, record.settings.rate_limits or []):
+        buckets = await rate_status(services.db, rule, now)
+        rules.append({**rule.raw, "buckets": [
+            {"key": json_safe(b["key"]), "window_start": b["window_start"].isoformat(), "counted": b["counted"],
+             "pending": b["pending"], "remaining": b["remaining"], "frees_at": b["frees_at"].isoformat()}
+            for b in buckets]})
+    return {"rate_limits": rules}
 
 
 @router.route("DELETE", "/accounts/{account}/gateways/{gateway}/cache",

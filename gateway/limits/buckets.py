@@ -43,6 +43,32 @@ async def bucket_status(db: Database, rule: Rule, now: datetime) -> list[dict[st
     return [_bucket(rule, r["key"], since, r["spent"], r["pending"]) for r in rows if r["spent"] or r["pending"]]
 
 
+async def rate_status(db: Database, rule: RateRule, now: datetime) -> list[dict[str, Any]]:
+    """A rate limit's buckets now: what each counts in its interval (requests or tokens), what requests in flight
+    hold, what is left of the limit, and when some of it frees (a fixed interval's end; a sliding one's oldest
+    slice leaving). Only buckets that count something."""
+    interval = rule.interval
+    rule_uuid = uuid.UUID(rule.id)
+    since = interval.counted_since(now)
+    if not interval.sliding:
+        rows = await db.pool.fetch(
+            "SELECT key, spent, pending FROM limits.buckets WHERE rule_id = $1 AND window_start = $2 ORDER BY key",
+            rule_uuid, since)
+    else:
+        rows = await db.pool.fetch(
+            """
+            SELECT key,
+                   coalesce(sum(spent) FILTER (WHERE window_start >= $2), 0)::bigint AS spent,
+                   coalesce(sum(pending) FILTER (WHERE window_start = '-infinity'), 0)::bigint AS pending
+              FROM limits.buckets WHERE rule_id = $1 GROUP BY key ORDER BY key
+            """,
+            rule_uuid, since)
+    frees_at = interval.frees_at(now)
+    return [{"key": json.loads(r["key"]), "window_start": since, "counted": r["spent"], "pending": r["pending"],
+             "remaining": max(0, rule.limit - r["spent"] - r["pending"]), "frees_at": frees_at}
+            for r in rows if r["spent"] or r["pending"]]
+
+
 def _bucket(rule: Rule, key: str, start: datetime, spent: int, pending: int) -> dict[str, Any]:
     return {"key": json.loads(key), "window_start": start, "spent_nano": spent, "pending_nano": pending,
             "remaining_nano": rule.budget_nano - spent - pending}

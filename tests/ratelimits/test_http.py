@@ -4,8 +4,12 @@ providers: windows, scopes, units, headers, the 429, cache hits, refusals logged
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -252,3 +256,40 @@ def test_rule_ids_depend_on_what_is_counted() -> None:
         {}, {"unit": "tokens"}, {"interval_s": 61}, {"technique": "sliding"}, {"name": "m"})}
     assert len(others) == 5 and rate_rule_id("b", base) != rate_rule_id("a", base)
     assert isinstance(rate_rule_id("a", base), uuid.UUID)
+
+
+def test_the_admin_api_shows_what_each_rate_limit_counts(spend_stack: SpendStack, clock: Clock,
+                                                         database_url: str) -> None:
+    account, base = new_gateway(
+        spend_stack,
+        {"name": "per-user", "limit": 5, "interval_s": 60, "scope": {"metadata.user": {"split": True}}},
+        {"name": "tokens", "limit": 10_000, "interval_s": 60, "technique": "sliding", "unit": "tokens"})
+    clock.advance(seconds=20)
+    for user in ("a", "a", "b"):
+        answer = chat(base, max_tokens=100, output=40, headers={"cf-aig-metadata": json.dumps({"user": user})})
+        assert answer.status_code == 200
+        spend_stack.settled()
+    with spend_stack.operator.admin() as admin:
+        shown = admin.get(f"/accounts/{account}/gateways/g/rate-limits")
+    assert shown.status_code == 200, shown.text
+    per_user, tokens = shown.json()["result"]["rate_limits"]
+    assert (per_user["name"], per_user["limit"], per_user["unit"], per_user["technique"]) == (
+        "per-user", 5, "requests", "fixed")
+    assert [(b["key"], b["counted"], b["pending"], b["remaining"]) for b in per_user["buckets"]] == [
+        ({"metadata.user": "a"}, 2, 0, 3), ({"metadata.user": "b"}, 1, 0, 4)]
+    minute = clock.now.replace(second=0, microsecond=0)
+    assert {b["window_start"] for b in per_user["buckets"]} == {minute.isoformat()}
+    assert {b["frees_at"] for b in per_user["buckets"]} == {(minute + timedelta(minutes=1)).isoformat()}
+    [counted] = tokens["buckets"]
+    assert (counted["key"], counted["counted"], counted["remaining"]) == ({}, 3 * (7 + 40), 10_000 - 3 * 47)
+    # a gateway without rate limits, and an unknown one
+    with spend_stack.operator.admin() as admin:
+        assert admin.get(f"/accounts/{account}/gateways/default/rate-limits").json()["result"] == {"rate_limits": []}
+        assert admin.get(f"/accounts/{account}/gateways/nope/rate-limits").status_code == 404
+        assert "/admin/accounts/{account}/gateways/{gateway}/rate-limits" in admin.get("/openapi.json").json()["paths"]
+    # the operator's command (its clock is the real one: the stack's is days ahead, so it counts nothing yet)
+    command = [str(Path(sys.executable).parent / "spendgate"), "gateways", "rate-limits", account, "g"]
+    done = subprocess.run(command, env={**os.environ, "DATABASE_URL": database_url}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "per-user" in done.stdout and "tokens" in done.stdout and "10000" in done.stdout
