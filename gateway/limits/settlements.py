@@ -102,18 +102,19 @@ class Settlements:
                 break
             await asyncio.sleep(0.05)
         # all at once, so that they go in batches (one after the other, each was a batch of one), within the deadline
-        opened = [asyncio.create_task(self.settle(reservation_id, _safe(actual)))
-                  for reservation_id, actual in list(self.open.items())]
-        unfinished: set[asyncio.Task[None]] = set()
+        opened = {asyncio.create_task(self.settle(reservation_id, _safe(actual))): reservation_id
+                  for reservation_id, actual in list(self.open.items())}
+        cut_off: set[uuid.UUID] = set()
         if opened:
             _, unfinished = await asyncio.wait(opened, timeout=max(0.0, end - time.monotonic()))
             for task in unfinished:
                 task.cancel()
+                cut_off.add(opened[task])
         while self.waiting and time.monotonic() < end:
             await self.retry_waiting()
             if self.waiting:
                 await asyncio.sleep(0.2)
-        left = len(self.open) + len(self.waiting) + len(unfinished)
+        left = len(cut_off | self.open.keys() | self.waiting.keys())
         if left:
             log.error("%d reservations left unsettled at shutdown; the sweeper will expire them", left)
         return left

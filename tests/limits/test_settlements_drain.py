@@ -36,3 +36,20 @@ async def test_drain_settles_every_open_reservation_in_batches(db: Database) -> 
         rid: (n * 1000, "settled") for n, rid in enumerate(ids)}
     assert settlements.unsettled == 0
     await assert_all_invariants(db)
+
+
+async def test_drain_past_its_deadline_counts_each_unsettled_reservation_once(db: Database) -> None:
+    rule = parse_rule(str(uuid.uuid4()), {"name": "r", "budget_usd": "1000", "window": "daily",
+                                          "window_type": "fixed"})
+    now = datetime.now(UTC)
+    limits = Limits(db)
+    settlements = Settlements(limits)
+    ids = []
+    for _ in range(5):
+        outcome = await limits.reserve(bucket_lines([rule], {}, now), USD, now=now, ttl=timedelta(hours=1))
+        settlements.opened(outcome.reservation_id, lambda: 0)
+        ids.append(outcome.reservation_id)
+    assert await settlements.drain(deadline_s=0) == 5  # no time at all: every one is left to the sweeper, once
+    for rid in ids:  # what the sweeper would do, so that nothing stays open in the shared database
+        await limits.settle(rid, 0, now=now, outcome="expired")
+    await assert_all_invariants(db)
