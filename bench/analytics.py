@@ -3,13 +3,16 @@ analytics queries over the last 30 days, the storage of the log and of the rollu
 the log writer, and the forecast's error on generated traffic with a trend and a weekly cycle.
 
     TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres python -m bench.analytics \
-        [--rows 10000000] [--days 60] [--users 500] [--runs 20]
+        [--rows 10000000] [--days 60] [--users 500] [--runs 20] [--keep]
+    TEST_DATABASE_URL=... python -m bench.analytics --database URL --now ISO [--runs 20]
 
 The rows are generated in Postgres (generate_series), a quarter of a day per statement, in time order as a log
 fills; the rollups are kept by migration 0025's statement-level trigger as they are written (each statement is one
 batch). For speed the log's own indexes are dropped while it fills and built again after (the same definitions).
 The trigger's cost is measured apart, through the gateway's log writer, with the trigger on and off in the same
-run. The database is dropped at the end, also on failure or Ctrl-C.
+run. The database is dropped at the end, also on failure or Ctrl-C; with `--keep` it is kept (the writer's cost is
+not measured, so the log stays as generated) and its URL and `now` printed, for `--database URL --now ISO` to time
+the queries again on the same rows (no generation, nothing dropped) or to EXPLAIN them.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
 
 from gateway.analytics.forecast import fit
 from gateway.analytics.queries import AnalyticsQuery, _columns, run
@@ -95,8 +101,8 @@ async def generate(db: Database, rows: int, days: int, users: int, now: datetime
         await conn.execute("ALTER TABLE request_logs ADD CONSTRAINT pk_request_logs PRIMARY KEY (id)", timeout=3600)
         for index in indexes:
             await conn.execute(index["indexdef"], timeout=3600)
-        for table in ("request_logs", "analytics.hourly", "analytics.daily", "analytics.hourly_metadata",
-                      "analytics.daily_metadata"):
+        for table in ("request_logs", "analytics.hourly", "analytics.daily", "analytics.weekly",
+                      "analytics.hourly_metadata", "analytics.daily_metadata"):
             await conn.execute(f"VACUUM ANALYZE {table}", timeout=3600)
         print(f"  indexes built and tables vacuumed in {time.perf_counter() - started:.0f} s", flush=True)
 
@@ -113,6 +119,8 @@ CASES: list[tuple[str, str | None, dict[str, Any], int]] = [
     ("model", None, {}, 1),
     ("model,cf.user_id", None, {}, 1),
     ("model,cf.user_id", "day", {}, 1),
+    ("model,cf.user_id", "week", {}, 1),
+    ("cf.user_id", "hour", {}, 1),
     ("model", "day", {}, 1),
     ("cf.user_id", "week", {}, 1),
     ("cf.user.groups,model", None, {}, 1),
@@ -251,24 +259,53 @@ def forecast_error(seed: int = 7, trials: int = 200) -> None:
           f"flat 7-day average {100 * statistics.mean(flat):.1f} % (p90 {100 * sorted(flat)[int(0.9 * trials)]:.1f} %)")
 
 
-async def measure(url: str, rows: int, days: int, users: int, runs: int) -> None:
+async def measure(url: str, rows: int, days: int, users: int, runs: int, keep: bool = False) -> None:
     now = datetime.now(UTC)
     db = await Database.connect(url, min_size=1, max_size=4)
     try:
         print(f"generating {rows:,} log rows over {days} days, {users} users ...", flush=True)
         await generate(db, rows, days, users, now)
+        if keep:
+            print(f"kept: --database {url} --now {now.isoformat()}", flush=True)
         await storage(db)
         await timings(db, now, runs)
-        await writer_cost(db, now)
+        if not keep:
+            await writer_cost(db, now)
     finally:
         await db.close()
 
 
-def main(rows: int, days: int, users: int, runs: int) -> None:
+async def remeasure(url: str, now: datetime, runs: int) -> None:
+    db = await Database.connect(url, min_size=1, max_size=4)
+    try:
+        await storage(db)
+        await timings(db, now, runs)
+    finally:
+        await db.close()
+
+
+async def kept_database(url: str) -> str:
+    """A new database beside `url`'s, not dropped: its URL."""
+    name = f"spendgate_bench_analytics_kept_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def main(rows: int, days: int, users: int, runs: int, keep: bool = False) -> None:
     url = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
     if not url:
         raise SystemExit("set TEST_DATABASE_URL (a Postgres server where a throwaway database may be created)")
     forecast_error()
+    if keep:
+        bench_url = asyncio.run(kept_database(url))
+        migrate(bench_url)
+        asyncio.run(measure(bench_url, rows, days, users, runs, keep=True))
+        return
     with database_beside(url, "spendgate_bench_analytics") as bench_url:
         migrate(bench_url)
         asyncio.run(measure(bench_url, rows, days, users, runs))
@@ -280,5 +317,13 @@ if __name__ == "__main__":
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--keep", action="store_true", help="keep the database (its URL printed)")
+    parser.add_argument("--database", help="a database kept by --keep: time the queries on it only")
+    parser.add_argument("--now", help="with --database: the `now` --keep printed (ISO 8601)")
     args = parser.parse_args()
-    main(args.rows, args.days, args.users, args.runs)
+    if args.database:
+        if not args.now:
+            parser.error("--database needs --now")
+        asyncio.run(remeasure(args.database, datetime.fromisoformat(args.now), args.runs))
+    else:
+        main(args.rows, args.days, args.users, args.runs, args.keep)

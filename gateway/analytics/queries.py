@@ -241,23 +241,22 @@ def build(q: AnalyticsQuery) -> tuple[str, list[Any], list[str]]:
     args: list[Any] = []
     columns, metadata_key = _columns(q)
     source_sql = source(q.account, q.start, q.end, q.filters, columns, metadata_key, args,
-                        daily=q.interval != "hour", weekly=q.interval in (None, "week"))
+                        daily=q.interval != "hour", weekly=q.interval in (None, "week"), interval=q.interval)
     dims = [_dimension_sql(name, columns, args) for name in q.group_by]
     lateral = ""
     if "cf.user.groups" in q.group_by:
         # each group of the request once (the names are distinct); a request without groups in the null group
         lateral = "CROSS JOIN LATERAL unnest(coalesce(s.groups, ARRAY[NULL]::text[])) AS grp(name)"
     aliases = [f"d{i}" for i in range(len(dims))]
-    bucket = "NULL::timestamptz"
-    if q.interval:
-        args.append(q.interval)
-        bucket = f"date_trunc(${len(args)}::text, s.at, 'UTC')"
+    bucket = "s.at" if q.interval else "NULL::timestamptz"  # with an interval, the source's `at` is the bucket
     args.append(q.limit)
     limit = f"${len(args)}"
     dim_select = "".join(f"{sql} AS {alias}, " for sql, alias in zip(dims, aliases, strict=True))
     dim_list = "".join(f"{alias}, " for alias in aliases)
     partition = f"PARTITION BY {', '.join(aliases)}" if aliases else ""
     kept = "".join(f"CASE WHEN rank <= {limit}::bigint THEN {alias} END AS {alias}, " for alias in aliases)
+    if unsummed(q):
+        return _series_sql(source_sql, dims, bucket, lateral, aliases, limit, _null_keys(q)), args, aliases
     sql = f"""
 WITH s AS ({source_sql}),
 base AS (
@@ -281,6 +280,61 @@ SELECT least(rank, {limit}::bigint + 1) AS slot, {kept}bucket, {SUM_SQL}
     return sql, args, aliases
 
 
+def unsummed(q: AnalyticsQuery) -> bool:
+    """Whether a series is ranked and summed from its rows as read (`_series_sql`) rather than summed per group and
+    bucket first: when a group's bucket holds about one rollup row, which is when the grouping fixes the user and
+    the model (nearly the rollups' whole key: a user's gateway, provider and billing mode seldom vary) or the user
+    and the hour. Summing those per group and bucket first keeps as many sums as rows, and ranking them sorts as
+    many rows (bench/README.md, Analytics); for the other groupings it makes the rows fewer, and is faster."""
+    per_user = "cf.user_id" in q.group_by or "cf.user.email" in q.group_by
+    return q.interval is not None and per_user and ("model" in q.group_by or q.interval == "hour")
+
+
+def _null_keys(q: AnalyticsQuery) -> list[str]:
+    """Each dimension's stand-in for NULL, of its type, in the join of a series' rows to their group's rank."""
+    return ["0" if name == "status_code" else "'null'::jsonb" if name.startswith("metadata.") else "''"
+            for name in q.group_by]
+
+
+def _series_sql(source_sql: str, dims: list[str], bucket: str, lateral: str, aliases: list[str], limit: str,
+                null_keys: list[str]) -> str:
+    """A series (see `unsummed`), the same rows as `build`'s other statement: each group's rank from its sums over
+    the whole range (one row per group), then the rows read summed per slot and bucket (the groups past `limit` in
+    the one slot after it). The groups are not summed per bucket, so the big aggregation keeps few sums (at most
+    limit + 1 slots times the buckets) and only the groups are sorted, to rank them. A row finds its group's rank by
+    a hash join on the dimensions (each as `IS NULL` and its value or a stand-in: NULL matches NULL, as in GROUP
+    BY). The rows are read once (materialized) for both."""
+    select = "".join(f"{sql} AS {alias}, " for sql, alias in zip(dims, aliases, strict=True))
+    on = " AND ".join(f"(r.{a} IS NULL) = (x.{a} IS NULL) AND coalesce(r.{a}, {n}) = coalesce(x.{a}, {n})"
+                      for a, n in zip(aliases, null_keys, strict=True))
+    ranked = f"""totals AS (
+    SELECT {", ".join(aliases)}, sum(cost_nano) AS cost, sum(requests) AS requests
+      FROM x
+     GROUP BY {", ".join(aliases)}
+    HAVING {NONZERO}
+), ranks AS (
+    SELECT {", ".join(aliases)},
+           dense_rank() OVER (ORDER BY cost DESC, requests DESC, {", ".join(aliases)}) AS rank
+      FROM totals
+), slots AS (
+    SELECT least(r.rank, {limit}::bigint + 1) AS slot, x.bucket, {SUM_SQL}
+      FROM x JOIN ranks r ON {on}
+     GROUP BY 1, 2
+    HAVING {NONZERO}
+)"""
+    kept = "".join(f"r.{alias}, " for alias in aliases)
+    return f"""
+WITH s AS ({source_sql}),
+x AS MATERIALIZED (
+    SELECT {select}{bucket} AS bucket, {", ".join(f"s.{f}" for f in SUMMED)}
+      FROM s {lateral}
+), {ranked}
+SELECT a.slot, {kept}a.bucket, {", ".join(f"a.{f}" for f in SUMMED)}
+  FROM slots a LEFT JOIN ranks r ON r.rank = a.slot AND r.rank <= {limit}::bigint
+ ORDER BY a.slot, a.bucket
+"""
+
+
 async def run(db: Database, q: AnalyticsQuery) -> Result:
     q.check()
     sql, args, aliases = build(q)
@@ -289,6 +343,10 @@ async def run(db: Database, q: AnalyticsQuery) -> Result:
         # the default work_mem (4 MB) spills their sorts to disk: both halve the time of a 30-day query grouped by
         # model and user (bench/README.md). One snapshot for the groups and the totals.
         await conn.execute(f"SET LOCAL jit = off; SET LOCAL work_mem = '{WORK_MEM}'")
+        if unsummed(q):
+            # such a series joins its rows to their groups' ranks: the planner, misjudging how many groups there are,
+            # prefers a merge join, which sorts every row by its dimensions (more than half the time); hashed instead
+            await conn.execute("SET LOCAL enable_mergejoin = off")
         rows = await conn.fetch(sql, *args)
         total = None
         if "cf.user.groups" in q.group_by:  # a request in two groups counts in both: the totals are summed apart

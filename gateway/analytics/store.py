@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 Table = Literal["weekly", "daily", "hourly", "raw"]
@@ -246,19 +246,38 @@ def _metadata_match(key: str, value: str, p: _Args) -> str:
     return f"({contains}) AND metadata->>{p.add(key)}::text = {p.add(value)}"
 
 
+_STEPS = {"hour": HOUR, "day": DAY, "week": WEEK}
+_TABLE_STEPS: dict[Table, timedelta] = {"hourly": HOUR, "daily": DAY, "weekly": WEEK}
+
+
 def source(account: str, start: datetime, end: datetime, filters: Filters, columns: list[str],
-           metadata_key: str | None, args: list[Any], *, daily: bool = True, weekly: bool = False) -> str:
+           metadata_key: str | None, args: list[Any], *, daily: bool = True, weekly: bool = False,
+           interval: Literal["hour", "day", "week"] | None = None) -> str:
     """The rows of [start, end) kept by `filters`, as one UNION ALL with the columns `at`, `columns` (narrow
     dimension names, and "meta": the value of `metadata_key`, JSON null as none) and the sums SUM_COLUMNS (some
     rows subtracted: their sums negative). `daily=False`: no piece coarser than an hour; `weekly=False`: none
-    coarser than a day. The placeholders are appended to `args`."""
+    coarser than a day. With `interval`, `at` is the start of the UTC hour, day or ISO week the row falls in
+    (`date_trunc(interval, at, 'UTC')`), computed per row only where needed: a rollup of that interval's own
+    buckets has it as `start`, and a piece inside one bucket (the partial hours or days at the edges) has it as a
+    constant. The placeholders are appended to `args`."""
     p = _Args(args)
     path = path_for(filters, columns, metadata_key)
     parts = []
 
+    def at(table: Table, lo: datetime, hi: datetime, column: str) -> str:
+        if interval is None:
+            return column
+        step = _STEPS[interval]
+        if table != "raw" and _TABLE_STEPS[table] == step:
+            return column
+        first = _floor(lo.astimezone(UTC), step)
+        if hi <= first + step:
+            return f"{p.add(first)}::timestamptz"
+        return f"date_trunc({p.add(interval)}::text, {column}, 'UTC')"
+
     def raw(lo: datetime, hi: datetime) -> str:
         where = _where("raw", filters, p, account, metadata_key)
-        select = ["created_at AS at"]
+        select = [f"{at('raw', lo, hi, 'created_at')} AS at"]
         for c in columns:
             if c == "meta":
                 select.append(f"nullif(metadata -> {p.add(metadata_key)}::text, 'null'::jsonb) AS meta")
@@ -276,9 +295,10 @@ def source(account: str, start: datetime, end: datetime, filters: Filters, colum
             continue
         plus, minus = ("", "-") if seg.sign > 0 else ("-", "")
         lo, hi = p.add(seg.start), p.add(seg.end)
+        bucket = at(seg.table, seg.start, seg.end, "start")
         if path == "narrow":
             where = _where("rollup", filters, p, account, metadata_key)
-            select = ", ".join(["start AS at", *columns, *(f"{plus}{s}" for s in SUM_COLUMNS)])
+            select = ", ".join([f"{bucket} AS at", *columns, *(f"{plus}{s}" for s in SUM_COLUMNS)])
             parts.append(f"SELECT {select} FROM analytics.{seg.table} WHERE {where} "
                          f"AND start >= {lo} AND start < {hi}")
             continue
@@ -286,8 +306,8 @@ def source(account: str, start: datetime, end: datetime, filters: Filters, colum
         key = metadata_key if metadata_key is not None else filters.metadata[0][0]
         where = _where("metadata", filters, p, account, key)
 
-        def pick(meta: str, sign: str) -> str:
-            return ", ".join(["start AS at", *(f"{meta} AS meta" if c == "meta" else c for c in columns),
+        def pick(meta: str, sign: str, bucket: str = bucket) -> str:
+            return ", ".join([f"{bucket} AS at", *(f"{meta} AS meta" if c == "meta" else c for c in columns),
                               *(f"{sign}{s}" for s in SUM_COLUMNS)])
 
         parts.append(f"SELECT {pick('value', plus)} FROM analytics.{seg.table}_metadata "

@@ -58,8 +58,8 @@ def figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "tokens_cache_read": 0, "tokens_cache_write": 0, "cost_usd": cost}
 
 
-def expected(rows: list[dict[str, Any]], start: datetime, end: datetime, group_by: list[str],
-             gateway: str | None) -> tuple[dict[str, Any], dict[tuple[Any, ...], dict[str, Any]]]:
+def grouped(rows: list[dict[str, Any]], start: datetime, end: datetime, group_by: list[str],
+            gateway: str | None) -> tuple[list[dict[str, Any]], dict[tuple[Any, ...], list[dict[str, Any]]]]:
     inside = [r for r in rows if start <= r["created_at"] < end and gateway in (None, r["gateway_id"])]
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for row in inside:
@@ -68,7 +68,29 @@ def expected(rows: list[dict[str, Any]], start: datetime, end: datetime, group_b
             keys = [(*k, v) for k in keys for v in dimension(row, name)]
         for key in keys:
             groups[key].append(row)
+    return inside, groups
+
+
+def expected(rows: list[dict[str, Any]], start: datetime, end: datetime, group_by: list[str],
+             gateway: str | None) -> tuple[dict[str, Any], dict[tuple[Any, ...], dict[str, Any]]]:
+    inside, groups = grouped(rows, start, end, group_by, gateway)
     return figures(inside), {k: figures(v) for k, v in groups.items()}
+
+
+def bucket(at: datetime, interval: str) -> datetime:
+    at = at.astimezone(UTC)
+    if interval == "hour":
+        return at.replace(minute=0, second=0, microsecond=0)
+    day = at.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day if interval == "day" else day - timedelta(days=day.weekday())
+
+
+def points(rows: list[dict[str, Any]], interval: str) -> dict[str, dict[str, Any]]:
+    """Each bucket's figures, by the bucket's start as the API writes it."""
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        out[bucket(row["created_at"], interval).isoformat().replace("+00:00", "Z")].append(row)
+    return {at: figures(v) for at, v in out.items()}
 
 
 def same(answer: dict[str, Any], wanted: dict[str, Any]) -> bool:
@@ -83,6 +105,10 @@ CASES = [
     (["cf.user.groups", "model"], 2, "week", 0, 3),
     (["metadata.team", "status_code", "billing_mode"], 4, "hour", 0, 0),
     (["gateway", "provider", "cf.service_token", "cf.user.email"], None, "day", 29, 59),
+    # series by user and model or by user and hour: ranked and summed from the rows as read (queries.unsummed)
+    (["cf.user_id", "status_code", "metadata.team", "model"], 5, "day", 0, 0),
+    (["cf.user_id"], 2, "hour", 0, 0),
+    (["cf.user.groups", "cf.user.email", "model"], 4, "week", 7, 1),
 ]
 
 
@@ -103,6 +129,7 @@ async def check(admin: httpx.AsyncClient, account: str, rows: list[dict[str, Any
         assert answer.status_code == 200, answer.text
         result = answer.json()["result"]
         totals, groups = expected(rows, start, end, group_by, gateway)
+        _, group_rows = grouped(rows, start, end, group_by, gateway)
         assert same(result["totals"], totals), (params, result["totals"], totals)
         ranked = sorted(groups.items(), key=lambda kv: (-kv[1]["cost_usd"], -kv[1]["requests"]))
         kept = ranked[:limit] if limit else ranked[:50]
@@ -120,12 +147,20 @@ async def check(admin: httpx.AsyncClient, account: str, rows: list[dict[str, Any
         if "cf.user.groups" not in group_by:  # every request counts once: the groups add up to the totals
             assert same(result["totals"], {f: sum((Decimal(g[f]) if f == "cost_usd" else g[f])
                                                   for g in result["groups"]) for f in FIGURES})
-        for group in result["groups"]:
+        for i, group in enumerate(result["groups"]):
             if interval:  # each group's series adds up to the group, over every step of the range
                 series = group["series"]
                 assert [p["start"] for p in series] == sorted(p["start"] for p in series)
                 assert sum(p["requests"] for p in series) == group["requests"]
                 assert sum(Decimal(p["cost_usd"]) for p in series) == Decimal(group["cost_usd"])
+                # and each point is the sum of the group's log rows in its hour, day or week
+                mine = (group_rows[kept[i][0]] if i < len(kept) else
+                        [r for key, _ in ranked[len(kept):] for r in group_rows[key]])
+                wanted_points = points(mine, interval)
+                zero = figures([])
+                assert set(wanted_points) <= {p["start"] for p in series}
+                for point in series:
+                    assert same(point, wanted_points.get(point["start"], zero)), (params, group["key"], point)
             else:
                 assert "series" not in group
 

@@ -17,7 +17,7 @@ from gateway.analytics.queries import AnalyticsQuery, _columns
 from gateway.analytics.store import Filters, path_for
 from gateway.db import Database
 from tests.analytics.conftest import NOW, log_row, write
-from tests.analytics.test_analytics_api import FIGURES, dimension, figures, same
+from tests.analytics.test_analytics_api import FIGURES, dimension, figures, points, same
 
 
 def traffic(account: str, seed: int, count: int = 700) -> list[dict[str, Any]]:
@@ -123,6 +123,10 @@ async def check(admin: httpx.AsyncClient, account: str, rows: list[dict[str, Any
         if interval:
             assert sum(p["requests"] for p in got[key]["series"]) == len(members)
             assert sum(Decimal(p["cost_usd"]) for p in got[key]["series"]) == figures(members)["cost_usd"]
+            wanted = points(members, interval)  # each point: the group's log rows in its hour, day or week
+            assert set(wanted) <= {p["start"] for p in got[key]["series"]}
+            for point in got[key]["series"]:
+                assert same(point, wanted.get(point["start"], figures([]))), (params, key, point)
 
 
 async def test_filters_keep_exactly_the_rows_they_name(admin: httpx.AsyncClient, account: str,
