@@ -88,16 +88,20 @@ def _until(window: Window, now: datetime) -> datetime:
 
 
 def bucket_forecast(rule: Rule, history: dict[date, int], remaining_nano: int, now: datetime) -> Forecast:
-    """One bucket's forecast: a fixed window until it resets; a rolling one for one window length, the spend of
-    one window ago ageing out day by day meanwhile."""
+    return window_forecast(rule.window, history, remaining_nano, now)
+
+
+def window_forecast(window: Window, history: dict[date, int], remaining_nano: int, now: datetime) -> Forecast:
+    """What is left in a window, walked: a fixed window until it resets; a rolling one for one window length, the
+    spend of one window ago ageing out day by day meanwhile."""
     leaving = None
-    if rule.window.type == "rolling":
-        back = ROLLING_LENGTH[rule.window.name]
+    if window.type == "rolling":
+        back = ROLLING_LENGTH[window.name]
 
         def leaving(day: date) -> float:
             return float(history.get(day - back, 0))
 
-    return forecast(history, now, remaining_nano, _until(rule.window, now), leaving)
+    return forecast(history, now, remaining_nano, _until(window, now), leaving)
 
 
 async def rule_forecasts(db: Database, account: str, gateway: str, rule: Rule, buckets: list[dict[str, Any]],
@@ -146,15 +150,7 @@ async def spending_limit_forecast(db: Database, account: str, duration: str, str
          GROUP BY 1
         """,
         account, history_start(now, window))
-    history = {r["day"]: r["spent"] for r in rows}
-    leaving = None
-    if window.type == "rolling":
-        back = ROLLING_LENGTH[window.name]
-
-        def leaving(day: date) -> float:
-            return float(history.get(day - back, 0))
-
-    return forecast(history, now, remaining_nano, _until(window, now), leaving)
+    return window_forecast(window, {r["day"]: r["spent"] for r in rows}, remaining_nano, now)
 
 
 # -- the "forecast" alert --------------------------------------------------------------------------------------

@@ -21,26 +21,28 @@ from gateway.limits.rules import Rule
 
 async def bucket_status(db: Database, rule: Rule, now: datetime) -> list[dict[str, Any]]:
     """The rule's buckets in the current window: spent, pending and remaining (nano-USD), for the admin API."""
-    window = rule.window
-    rule_uuid = uuid.UUID(rule.id)
-    if window.type == "fixed":
-        rows = await db.pool.fetch(
+    rolling = rule.window.type == "rolling"
+    since = rule.window.counted_since(now)  # a fixed window's start
+    rows = await _counted(db, rule.id, since, rolling)
+    return [_bucket(rule, r["key"], since, r["spent"], r["pending"]) for r in rows
+            if not rolling or r["spent"] or r["pending"]]
+
+
+async def _counted(db: Database, rule_id: str, since: datetime, rolling: bool) -> list[Any]:
+    """(key, spent, pending) of each of a rule's buckets: a fixed window's row at `since`; a rolling (sliding)
+    one's slices from `since` on and its head row's pending. In key order."""
+    if not rolling:
+        return await db.pool.fetch(  # type: ignore[no-any-return]
             "SELECT key, spent, pending FROM limits.buckets WHERE rule_id = $1 AND window_start = $2 ORDER BY key",
-            rule_uuid, window.start(now),
-        )
-        start = window.start(now)
-        return [_bucket(rule, r["key"], start, r["spent"], r["pending"]) for r in rows]
-    since = window.counted_since(now)
-    rows = await db.pool.fetch(
+            uuid.UUID(rule_id), since)
+    return await db.pool.fetch(  # type: ignore[no-any-return]
         """
         SELECT key,
                coalesce(sum(spent) FILTER (WHERE window_start >= $2), 0)::bigint AS spent,
                coalesce(sum(pending) FILTER (WHERE window_start = '-infinity'), 0)::bigint AS pending
           FROM limits.buckets WHERE rule_id = $1 GROUP BY key ORDER BY key
         """,
-        rule_uuid, since,
-    )
-    return [_bucket(rule, r["key"], since, r["spent"], r["pending"]) for r in rows if r["spent"] or r["pending"]]
+        uuid.UUID(rule_id), since)
 
 
 async def rate_status(db: Database, rule: RateRule, now: datetime) -> list[dict[str, Any]]:
@@ -48,21 +50,8 @@ async def rate_status(db: Database, rule: RateRule, now: datetime) -> list[dict[
     hold, what is left of the limit, and when some of it frees (a fixed interval's end; a sliding one's oldest
     slice leaving). Only buckets that count something."""
     interval = rule.interval
-    rule_uuid = uuid.UUID(rule.id)
     since = interval.counted_since(now)
-    if not interval.sliding:
-        rows = await db.pool.fetch(
-            "SELECT key, spent, pending FROM limits.buckets WHERE rule_id = $1 AND window_start = $2 ORDER BY key",
-            rule_uuid, since)
-    else:
-        rows = await db.pool.fetch(
-            """
-            SELECT key,
-                   coalesce(sum(spent) FILTER (WHERE window_start >= $2), 0)::bigint AS spent,
-                   coalesce(sum(pending) FILTER (WHERE window_start = '-infinity'), 0)::bigint AS pending
-              FROM limits.buckets WHERE rule_id = $1 GROUP BY key ORDER BY key
-            """,
-            rule_uuid, since)
+    rows = await _counted(db, rule.id, since, interval.sliding)
     frees_at = interval.frees_at(now)
     return [{"key": json.loads(r["key"]), "window_start": since, "counted": r["spent"], "pending": r["pending"],
              "remaining": max(0, rule.limit - r["spent"] - r["pending"]), "frees_at": frees_at}
