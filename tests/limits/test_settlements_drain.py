@@ -13,21 +13,27 @@ from gateway.limits.rules import parse_rule
 from gateway.limits.settlements import Settlements
 
 USD = 1_000_000_000
+NOW = datetime.now(UTC)
 
 
-async def test_drain_settles_every_open_reservation_in_batches(db: Database) -> None:
+async def opened(db: Database, count: int) -> tuple[Limits, Settlements, list[uuid.UUID]]:
+    """`count` reservations open in a fresh instance's Settlements, the nth costing n * 1000 nano-USD so far."""
     rule = parse_rule(str(uuid.uuid4()), {"name": "r", "budget_usd": "1000", "window": "daily",
                                           "window_type": "fixed"})
-    now = datetime.now(UTC)
     limits = Limits(db)
     settlements = Settlements(limits)
-    lines = bucket_lines([rule], {}, now)
+    lines = bucket_lines([rule], {}, NOW)
     ids = []
-    for n in range(40):
-        outcome = await limits.reserve(lines, USD, now=now, ttl=timedelta(hours=1))
+    for n in range(count):
+        outcome = await limits.reserve(lines, USD, now=NOW, ttl=timedelta(hours=1))
         assert outcome.ok
         settlements.opened(outcome.reservation_id, lambda n=n: n * 1000)
         ids.append(outcome.reservation_id)
+    return limits, settlements, ids
+
+
+async def test_drain_settles_every_open_reservation_in_batches(db: Database) -> None:
+    limits, settlements, ids = await opened(db, 40)
     calls = limits._settles.calls
     assert await settlements.drain(deadline_s=1.0) == 0
     assert limits._settles.calls - calls < 10  # 40 settlements in a few batches
@@ -39,17 +45,8 @@ async def test_drain_settles_every_open_reservation_in_batches(db: Database) -> 
 
 
 async def test_drain_past_its_deadline_counts_each_unsettled_reservation_once(db: Database) -> None:
-    rule = parse_rule(str(uuid.uuid4()), {"name": "r", "budget_usd": "1000", "window": "daily",
-                                          "window_type": "fixed"})
-    now = datetime.now(UTC)
-    limits = Limits(db)
-    settlements = Settlements(limits)
-    ids = []
-    for _ in range(5):
-        outcome = await limits.reserve(bucket_lines([rule], {}, now), USD, now=now, ttl=timedelta(hours=1))
-        settlements.opened(outcome.reservation_id, lambda: 0)
-        ids.append(outcome.reservation_id)
+    limits, settlements, ids = await opened(db, 5)
     assert await settlements.drain(deadline_s=0) == 5  # no time at all: every one is left to the sweeper, once
     for rid in ids:  # what the sweeper would do, so that nothing stays open in the shared database
-        await limits.settle(rid, 0, now=now, outcome="expired")
+        await limits.settle(rid, 0, now=NOW, outcome="expired")
     await assert_all_invariants(db)
