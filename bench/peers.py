@@ -19,7 +19,10 @@ connection count gets a warm-up (--warmup) and a timed window (--seconds), and i
              (the client's own key passed through, no rules) and "unified+5rules" (the gateway's own key
              from SPENDGATE_KEY_OPENAI, credits topped up, a hold and a settlement per request, 5 spend-limit
              rules matching every request, created through the admin API as bench/limits.py does); request
-             logging on, as shipped
+             logging on, as shipped. "unified+5rules-nodb" (only when asked for in --setups): the same unified
+             setup on a second `spendgate serve` whose reservations and settlements are answered in memory
+             (a `sitecustomize` of this bench replaces `Limits._call`; nothing else changes, the request log
+             still goes to Postgres): the bound of what any change to the database path could reach
   litellm    `litellm --config config.yaml --num_workers 1`, no database: one model_list entry
              (`openai/gpt-4o-mini`, api_base the fake, a fixed upstream key), a master key the client sends
   portkey    `node build/start-server.js --headless`, the client sends `x-portkey-provider: openai`,
@@ -37,7 +40,8 @@ Postgres processes: the backends connected to its database plus the server's own
 checkpointer...); backends of other databases (other work on a shared server) are reported apart in
 `pg_other_dbs_cpu_ms`. `machine_busy_cores` and `unattributed_cpu_ms` say how much else ran during the window.
 A last line, {"bench":"peers","summary":true,...}, repeats req/s and serving CPU per request (gateway + its
-Postgres) per mode/connections, and Spendgate's unified-billing req/s over its BYOK req/s (`unified_over_byok`).
+Postgres) per mode/connections, and Spendgate's unified-billing req/s over its BYOK req/s (`unified_over_byok`;
+with the bound measured, `unified_nodb_over_byok` too).
 A gateway that cannot be installed, started or verified gets a line with "skipped": true and the reason; the
 others still run. Every process started here is stopped at the end, also on Ctrl-C, SIGTERM and errors.
 """
@@ -175,12 +179,12 @@ class Proc:
 
 
 class Running:
-    """Everything this run started, stopped in reverse order; also the scratch database to drop."""
+    """Everything this run started, stopped in reverse order; also the scratch databases to drop."""
 
     def __init__(self) -> None:
         self.procs: list[Proc] = []
         self.workdir = Path(tempfile.mkdtemp(prefix="bench-peers-"))
-        self.database: tuple[str, str] | None = None  # (server URL, name)
+        self.databases: list[tuple[str, str]] = []  # (server URL, name)
 
     def start(self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> Proc:
         proc = Proc(name, argv, env, cwd or self.workdir, self.workdir / f"{name}.log")
@@ -195,9 +199,8 @@ class Running:
     def stop_all(self) -> None:
         while self.procs:
             self.procs.pop().stop(grace=5)
-        if self.database is not None:
-            server, name = self.database
-            self.database = None
+        while self.databases:
+            server, name = self.databases.pop()
             with contextlib.suppress(Exception):
                 asyncio.run(admin_sql(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -540,17 +543,49 @@ def source_tree(running: Running, rev: str | None, source: Path | None = None) -
     return target, git("rev-parse", "--short", rev)
 
 
+# "unified+5rules-nodb": loaded by the second gateway process through PYTHONPATH before anything else. Every
+# batch of reservations is granted and every settlement accepted without a round trip; the rest of the request
+# path (planning, rule lines, the batcher, settlements, headers, logging) runs as shipped.
+NODB = """
+import gateway.limits.reservations as reservations
+
+
+async def _in_memory(self, sql, items):
+    if sql == reservations.RESERVE:
+        return [{"id": item.id, "ok": True, "replay": False, "exceeded": [], "credit": None,
+                 "state": [{"spent": 0, "pending": 0} for _ in item.lines or ()]} for item in items]
+    return [{"id": item.id, "ok": True, "reason": None, "late": False, "alerts": 0, "hold": None} for item in items]
+
+
+reservations.Limits._call = _in_memory
+"""
+
+
 async def spendgate(running: Running, upstream_url: str, upstream: Proc, args: argparse.Namespace) -> None:
+    """The BYOK and unified setups on one process; the no-database bound, when asked for, on another."""
+    if {"byok", "unified+5rules"} & set(args.setups):
+        await spendgate_process(running, upstream_url, upstream, args, nodb=False)
+    if "unified+5rules-nodb" in args.setups:
+        await spendgate_process(running, upstream_url, upstream, args, nodb=True)
+
+
+async def spendgate_process(running: Running, upstream_url: str, upstream: Proc, args: argparse.Namespace, *,
+                            nodb: bool) -> None:
     server = await postgres_server()
     name = f"bench_peers_{uuid.uuid4().hex[:10]}"
     await admin_sql(server, f'CREATE DATABASE "{name}"')
-    running.database = (server, name)
+    running.databases.append((server, name))
     port = free_port()
     env = clean_env(DATABASE_URL=_with_database(server, name), SPENDGATE_ADMIN_TOKEN=ADMIN,
                     SPENDGATE_UPSTREAM_OPENAI=upstream_url, SPENDGATE_KEY_OPENAI="sk-spendgate-own-key",
                     SPENDGATE_DATA_DIR=str(running.workdir / "spendgate-data"), PYTHONPATH=str(args.source))
-    proc = running.start("spendgate", [PY, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                         env)
+    if nodb:
+        patch = running.workdir / "nodb"
+        patch.mkdir(exist_ok=True)
+        (patch / "sitecustomize.py").write_text(NODB)
+        env["PYTHONPATH"] = f"{patch}{os.pathsep}{args.source}"
+    proc = running.start("spendgate-nodb" if nodb else "spendgate",
+                         [PY, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port)], env)
     try:
         base = f"http://127.0.0.1:{port}"
         await wait_up(f"{base}/readyz", proc)
@@ -572,7 +607,7 @@ async def spendgate(running: Running, upstream_url: str, upstream: Proc, args: a
         setups = [
             ("byok", byok, {"Authorization": "Bearer sk-client-own-key", **metadata}),
             ("unified+5rules", unified, metadata),  # no client key: the gateway's own, billed to credits
-        ]
+        ] if not nodb else [("unified+5rules-nodb", unified, metadata)]
         for setup, account, headers in setups:
             if setup not in args.setups:
                 continue
@@ -671,6 +706,9 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if rates.get("spendgate byok") and "spendgate unified+5rules" in rates:
             out.setdefault("unified_over_byok", {})[key] = round(
                 rates["spendgate unified+5rules"] / rates["spendgate byok"], 3)
+        if rates.get("spendgate byok") and "spendgate unified+5rules-nodb" in rates:
+            out.setdefault("unified_nodb_over_byok", {})[key] = round(
+                rates["spendgate unified+5rules-nodb"] / rates["spendgate byok"], 3)
     return out
 
 
@@ -691,8 +729,10 @@ def main() -> None:
                         default=["direct", "spendgate", "litellm", "portkey"])
     parser.add_argument("--modes", type=csv(str, {"json", "sse"}), default=["json", "sse"])
     parser.add_argument("--connections", type=csv(int), default=[1, 32])
-    parser.add_argument("--setups", type=csv(str, {"byok", "unified+5rules"}), default=["byok", "unified+5rules"],
-                        help="Spendgate's setups to measure")
+    parser.add_argument("--setups", type=csv(str, {"byok", "unified+5rules", "unified+5rules-nodb"}),
+                        default=["byok", "unified+5rules"],
+                        help="Spendgate's setups to measure (unified+5rules-nodb: the bound with no database work "
+                        "for reservations, on a second process)")
     parser.add_argument("--peers-dir", type=Path, default=ROOT / "bench" / ".peers",
                         help="where the peers are installed and reused")
     parser.add_argument("--rev", help="run Spendgate and the fake upstream from this git revision (exported to the "
