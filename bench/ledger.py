@@ -19,6 +19,14 @@ holds the row's lock until its commit is flushed). A second line says it and how
 
 where ledger_commits_per_s is the ledger's holds + settlements per second (2 x requests_per_s) of the first mode
 run (batched, by default).
+
+`--batch-sizes 1,4,8,16,32` instead measures what one request costs Postgres against the size of its batch: for
+each size, rounds of one `limits.reserve` call carrying that many unified-billing requests (5 spend rules matching
+each, as bench/peers.py's unified setup, and a credit hold) and one `limits.settle` call settling them, one after
+the other on one connection; the CPU time of that connection's backend (/proc/<pid>/stat; the server must be on
+this machine) and of this process, per request:
+
+    {"bench":"ledger_batch_cost","batch":8,"postgres_reserve_ms":x,"postgres_settle_ms":y,"client_ms":z,...}
 """
 
 from __future__ import annotations
@@ -37,7 +45,18 @@ from _common import emit, fresh_database, percentile
 from gateway.db import Database
 from gateway.ledger import Ledger
 from gateway.ledger.invariants import check_invariants
-from gateway.limits.reservations import HoldRequest, Limits
+from gateway.limits.reservations import (
+    RESERVE,
+    SETTLE,
+    HoldRequest,
+    Limits,
+    _reserve_item,
+    _settle_item,
+    bucket_lines,
+    reservation_args,
+    settlement_args,
+)
+from gateway.limits.rules import parse_rule
 
 USD = 1_000_000_000
 
@@ -109,6 +128,65 @@ async def run(url: str, seconds: float, workers: int, mode: str, max_inflight: i
     }
 
 
+async def batch_cost(url: str, sizes: list[int], rounds: int) -> list[dict[str, object]]:
+    """Postgres CPU per request against batch size: the fixed cost of a call (its statements' start-up, the
+    commit) shared by the requests of the batch."""
+    db = await Database.connect(url, min_size=1, max_size=1)
+    tenant = "bench-batch-cost"
+    await db.pool.execute("INSERT INTO accounts (id) VALUES ($1)", tenant)
+    await Ledger(db).open_tenant(tenant)
+    await Ledger(db).top_up(tenant, 10_000_000 * USD, "bench-batch-cost-seed")
+    rules = [parse_rule(str(uuid.uuid4()), {"name": f"r{i}", "budget_usd": "1000000", "window": window,
+                                             "window_type": kind, **({"scope": scope} if scope else {})})
+             for i, (window, kind, scope) in enumerate([
+                 ("daily", "fixed", None), ("daily", "rolling", None),
+                 ("daily", "fixed", {"metadata.user": {"split": True}}),
+                 ("monthly", "fixed", {"model": {"equals": "openai/gpt-4o-mini"}}), ("weekly", "fixed", None)])]
+    records: list[dict[str, object]] = []
+    try:
+        async with db.pool.acquire() as conn:
+            backend = await conn.fetchval("SELECT pg_backend_pid()")
+            for size in sizes:
+                totals = [0.0, 0.0, 0.0]  # reserve, settle (backend), client
+                for n in range(rounds + 10):  # the first 10 rounds warm up
+                    now = datetime.now(UTC)
+                    lines = bucket_lines(rules, {"metadata.user": "hot", "model": "openai/gpt-4o-mini"}, now)
+                    items = [_reserve_item(uuid.uuid4(), lines, 50_000_000, now, now + timedelta(minutes=5),
+                                           HoldRequest(tenant, 50_000_000, "bench")) for _ in range(size)]
+                    c0, b0 = time.process_time(), _cpu_s(backend)
+                    granted = await conn.fetch(RESERVE, *reservation_args(items))
+                    b1 = _cpu_s(backend)
+                    settlements = [_settle_item(item.id, random.randint(1, 50_000_000), "settled", now)
+                                   for item in items]
+                    await conn.fetch(SETTLE, *settlement_args(settlements))
+                    c1, b2 = time.process_time(), _cpu_s(backend)
+                    if not all(row["ok"] for row in granted):
+                        raise SystemExit("a reservation was refused: the bench's budgets are too small")
+                    if n >= 10:
+                        totals[0] += b1 - b0
+                        totals[1] += b2 - b1
+                        totals[2] += c1 - c0
+                requests = rounds * size
+                records.append({"bench": "ledger_batch_cost", "batch": size, "rounds": rounds,
+                                "postgres_reserve_ms": round(1000 * totals[0] / requests, 3),
+                                "postgres_settle_ms": round(1000 * totals[1] / requests, 3),
+                                "postgres_ms": round(1000 * (totals[0] + totals[1]) / requests, 3),
+                                "client_ms": round(1000 * totals[2] / requests, 3), "rules": len(rules)})
+        violations = await check_invariants(db)
+        if violations:
+            raise SystemExit(f"ledger invariants violated: {violations}")
+    finally:
+        await db.close()
+    return records
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a local process (a Postgres backend)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def commit_rate(url: str, seconds: float, workers: int, ledger_rps: float) -> dict[str, object]:
     """Single-row durable commits per second on this server, and the ledger's holds + settlements against it."""
     pool = await asyncpg.create_pool(url, min_size=workers, max_size=workers,
@@ -162,8 +240,16 @@ def main() -> None:
     parser.add_argument("--stall-after", type=float, default=Limits.STALL_AFTER,
                         help="seconds a batch runs before the next may go beside it (0: at once; the gateway's "
                              "default: %(default)s)")
+    parser.add_argument("--batch-sizes", type=lambda text: [int(x) for x in text.split(",") if x.strip()],
+                        help="instead: Postgres CPU per request against batch size (e.g. 1,4,8,16,32)")
+    parser.add_argument("--rounds", type=int, default=200, help="--batch-sizes: rounds per size")
     args = parser.parse_args()
     modes = ["batched", "single"] if args.mode == "both" else [args.mode]
+    if args.batch_sizes:
+        with fresh_database() as url:
+            for record in asyncio.run(batch_cost(url, args.batch_sizes, args.rounds)):
+                emit(record)
+        return
     with fresh_database() as url:
         records = [asyncio.run(run(url, args.seconds, args.workers, mode, args.max_inflight, args.stall_after))
                    for mode in modes]
