@@ -23,14 +23,18 @@ import math
 import os
 import random
 import statistics
+import sys
 import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench/analytics.py` works as `-m` does
 
 from gateway.analytics.forecast import fit
 from gateway.analytics.queries import AnalyticsQuery, _columns, run
