@@ -262,23 +262,24 @@ def searches_per_call(body: dict[str, Any], model: str | None) -> int:
     return 1 if "web_search_options" in body or (model is not None and "search-preview" in model) else 0
 
 
-def image_output_asked(body: dict[str, Any]) -> bool:
+def _names(value: Any) -> set[str]:
+    """The modality names of a list, in upper case: Gemini reads its enum values in any case ("Image", "image")."""
+    return {m.upper() for m in value if isinstance(m, str)} if isinstance(value, list) else set()
+
+
+def _response_modalities(body: dict[str, Any]) -> set[str]:
     config = body.get("generationConfig") or body.get("generation_config")
     if isinstance(config, dict):
-        wanted = config.get("responseModalities") or config.get("response_modalities")
-        return isinstance(wanted, list) and "IMAGE" in wanted
-    return False
+        return _names(config.get("responseModalities") or config.get("response_modalities"))
+    return set()
+
+
+def image_output_asked(body: dict[str, Any]) -> bool:
+    return "IMAGE" in _response_modalities(body)
 
 
 def audio_output_asked(body: dict[str, Any]) -> bool:
-    modalities = body.get("modalities")
-    if isinstance(modalities, list) and "audio" in modalities:
-        return True
-    config = body.get("generationConfig") or body.get("generation_config")
-    if isinstance(config, dict):
-        wanted = config.get("responseModalities") or config.get("response_modalities")
-        return isinstance(wanted, list) and "AUDIO" in wanted
-    return False
+    return "AUDIO" in _names(body.get("modalities")) or "AUDIO" in _response_modalities(body)
 
 
 def parse_call(*, method: str, provider: str, path: str, query: str, body: Any, raw_body: bytes,

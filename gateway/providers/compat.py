@@ -102,6 +102,10 @@ def _image(url: str, where: str) -> dict[str, Any]:
         media, _, encoding = header.partition(";")
         if encoding != "base64" or not data:
             raise CompatError(f"{where}: data URLs must be base64", where)
+        if media and not media.lower().startswith("image/"):
+            # a PDF, audio or video would reach the provider as inline data it bills by page or second, while the
+            # worst case was reserved for one image: refused, as an https URL to one is
+            raise CompatError(f"{where}: only images are translated (this data URL is {media})", where)
         return {"type": "image", "media_type": media or "image/png", "data": data}
     if url.startswith(("https://", "http://")):
         return {"type": "image", "url": url}

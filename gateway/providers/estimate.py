@@ -3,9 +3,13 @@
 Input: a byte-level BPE token is at least one byte of UTF-8, so the number of input tokens is at most the number
 of bytes of text the provider turns into tokens. We count every string *and every key* of the JSON body (tool
 schemas reach the model as text, keys included), numbers by their decimal length, plus a per-message allowance
-for the role markers providers add (`MESSAGE_OVERHEAD`) and a fixed `BASE_OVERHEAD`. An image counts
+for the role markers providers add (`MESSAGE_OVERHEAD`) and a fixed `BASE_OVERHEAD`. An image part counts
 `IMAGE_TOKENS` (above what OpenAI, Anthropic and Gemini charge for one image at their maximum size) instead of
-the bytes of its URL or base64 data. The bound is loose for text, which is the point: it is never below.
+its inline data (a `data:` URL, Anthropic's base64 `source.data`, Gemini's `inlineData.data` of an `image/*`
+type); everything else in the part — its other keys, a URL, whatever a client put beside the image — is counted
+like text. Inside free-form JSON the provider reads as text (tool parameter schemas, response schemas, a tool
+call's input or arguments, a function's response, metadata) nothing is taken for an image: a key named
+`image_url` there is text. The bound is loose for text, which is the point: it is never below.
 
 Output: the call's resolved output limit times its choices (gateway/providers/output_limit.py, the one rule
 that reads every limit field); without a limit, the gateway's `default_max_output_tokens`. Only a request without
@@ -23,21 +27,39 @@ IMAGE_TOKENS = 6_000
 MESSAGE_OVERHEAD = 16
 BASE_OVERHEAD = 64
 _IMAGE_TYPES = ("image", "image_url", "input_image")
+# values the provider reads as text whatever they contain: JSON schemas, a tool call's input or arguments, a
+# function's response, metadata. Under these keys no dict is an image part (its bytes all count).
+_FREE_FORM = frozenset({
+    "parameters", "input_schema", "schema", "json_schema", "properties", "response_format", "format",
+    "responseSchema", "response_schema", "responseJsonSchema", "response_json_schema", "parametersJsonSchema",
+    "parameters_json_schema", "args", "arguments", "response", "metadata", "output",
+})
+_TOOL_CALLS = ("tool_use", "server_tool_use", "mcp_tool_use")  # Anthropic blocks whose `input` is free-form
 
 
-def _is_image(node: dict[str, Any]) -> bool:
+def _image_data(node: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+    """Where an image part keeps its inline data (the one string not counted as text), or None when `node` is not
+    an image part. `(node, "")`: an image part without inline data (a URL, a file id: all of it counts)."""
     kind = node.get("type")
-    if kind is not None and kind in _IMAGE_TYPES:
-        return True
-    if "image_url" in node or "input_image" in node:
-        return True
+    url = node.get("image_url")
+    if kind in _IMAGE_TYPES or url is not None or "input_image" in node:
+        if type(url) is str and url.startswith("data:"):
+            return node, "image_url"  # Responses: "image_url": "data:…"
+        if type(url) is dict and type(url.get("url")) is str and url["url"].startswith("data:"):
+            return url, "url"  # Chat Completions: "image_url": {"url": "data:…"}
+        source = node.get("source")
+        if kind == "image" and type(source) is dict and type(source.get("data")) is str:
+            return source, "data"  # Anthropic: "source": {"type": "base64", "data": …}
+        return node, ""
     # Gemini parts: only images have a fixed token count; audio and video count by their length, so their bytes
     # (far more than their tokens) are walked like text
-    inline = node.get("inlineData") or node.get("inline_data") or node.get("fileData") or node.get("file_data")
-    if isinstance(inline, dict):
-        mime = inline.get("mimeType") or inline.get("mime_type")
-        return isinstance(mime, str) and mime.startswith("image/")
-    return False
+    for key in ("inlineData", "inline_data", "fileData", "file_data"):
+        inline = node.get(key)
+        if type(inline) is dict:
+            mime = inline.get("mimeType") or inline.get("mime_type")
+            if type(mime) is str and mime.startswith("image/"):
+                return (inline, "data") if type(inline.get("data")) is str else (node, "")
+    return None
 
 
 def _scalar(value: Any) -> int:
@@ -54,28 +76,45 @@ def input_token_bound(body: Any, max_depth: int | None = None) -> int:
     With `max_depth`, a body nested deeper raises NestedTooDeep."""
     total = BASE_OVERHEAD
     limit = max_depth if max_depth is not None else 1 << 62
-    stack: list[tuple[Any, int]] = [(body, 1)]
+    # (node, depth, inside free-form JSON, the key of `node` whose string is an image's inline data)
+    stack: list[tuple[Any, int, bool, str]] = [(body, 1, False, "")]
     pop, push = stack.pop, stack.append
     while stack:
-        node, depth = pop()
+        node, depth, free, skip = pop()
         if depth > limit:
             raise NestedTooDeep(limit)
         if type(node) is dict:
-            if _is_image(node):
-                total += IMAGE_TOKENS
-                continue
+            if not free:
+                image = _image_data(node)
+                if image is not None:
+                    total += IMAGE_TOKENS
+                    holder, key = image
+                    if holder is not node:
+                        # the data sits one level down: walk that dict without its data string
+                        skip = ""
+                        for child_key, child in node.items():
+                            total += len(child_key) if child_key.isascii() else len(child_key.encode())
+                            if child is holder:
+                                push((child, depth + 1, free, key))
+                            elif type(child) is dict or type(child) is list:
+                                push((child, depth + 1, free, ""))
+                            else:
+                                total += _scalar(child)
+                        continue
+                    skip = key
             if "role" in node:
                 total += MESSAGE_OVERHEAD
+            tool_call = node.get("type") in _TOOL_CALLS
             for key, value in node.items():
                 total += len(key) if key.isascii() else len(key.encode())
                 if type(value) is dict or type(value) is list:
-                    push((value, depth + 1))
-                else:
+                    push((value, depth + 1, free or key in _FREE_FORM or (tool_call and key == "input"), ""))
+                elif key != skip or type(value) is not str:
                     total += _scalar(value)
         elif type(node) is list:
             for value in node:
                 if type(value) is dict or type(value) is list:
-                    push((value, depth + 1))
+                    push((value, depth + 1, free, ""))
                 else:
                     total += _scalar(value)
         else:

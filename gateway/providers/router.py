@@ -380,18 +380,22 @@ class ProviderRouter:
         first = bytes(head[:CAPTURE])
         tail = bytes(head[-CAPTURE:])
         size = len(head)
+        scan = BodyScan()
+        scan.feed(bytes(head))
         await send({"type": "http.response.body", "body": bytes(head), "more_body": True})
         del head
         try:
             async for chunk in stream:
                 size += len(chunk)
                 tail = (tail + chunk)[-CAPTURE:]
+                scan.feed(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except httpx.HTTPError as exc:
             ex.error = f"{target.provider} stream broke: {type(exc).__name__}"
         ex.response_size = size
         await send({"type": "http.response.body", "body": b""})
-        usage = usage_from_fragments(target, first, tail)
+        usage = usage_from_fragments(target, first, tail, scan,
+                                     asked_tier=ex.call.service_tier if ex.call is not None else None)
         if not reported(usage):
             count_delivered(ex, (first + tail).decode("utf-8", "replace"))
         self.record_cost(ex, target, usage, complete=reported(usage) and ex.error is None)
@@ -519,8 +523,51 @@ def reported(usage: Usage) -> bool:
     return usage.input_tokens is not None or usage.output_tokens is not None
 
 
-def usage_from_fragments(target: Target, head: bytes, tail: bytes) -> Usage:
-    """Usage of a JSON body too large to buffer: the usage object from its tail (OpenAI, Gemini) or head."""
+# dearer tiers rank higher; a tier not named here ranks with the standard ones
+_TIER_RANK = {"flex": 0, "batch": 0, "priority": 2, "fast": 2}
+
+
+class BodyScan:
+    """What an answer too large to buffer says about its price, read from every byte as it passes (not only from
+    the windows kept at its ends): each `"service_tier": "…"` it names and its `"web_search_call"` items. A client
+    controls part of such a body (the Responses API echoes its tools, schemas and metadata), so a planted tier can
+    only make the price dearer (the dearest named is billed) and a planted item only adds a search."""
+
+    _KEEP = 64  # bytes kept between chunks: longer than a whole match, so one split by a chunk is still found
+
+    def __init__(self) -> None:
+        self.tiers: set[str] = set()
+        self.searches = 0
+        self._carry = b""
+
+    def feed(self, chunk: bytes) -> None:
+        window = self._carry + chunk
+        start = len(self._carry)  # a match ending inside the carry was counted with the chunk before
+        for match in _TIER_RE.finditer(window):
+            if match.end() > start:
+                self.tiers.add(match.group(1).decode())
+        self.searches += sum(1 for m in _SEARCH_RE.finditer(window) if m.end() > start)
+        self._carry = window[-self._KEEP:]
+
+    def tier(self, asked: str | None) -> str | None:
+        """The dearest tier the body names; none named: the request's, when it asked for a dearer one."""
+        if not self.tiers:
+            return asked if _TIER_RANK.get(asked or "", 1) > 1 else None
+        return max(sorted(self.tiers), key=lambda tier: _TIER_RANK.get(tier, 1))
+
+
+_SEARCH_RE = re.compile(rb'"web_search_call"')
+
+
+def usage_from_fragments(target: Target, head: bytes, tail: bytes, scan: BodyScan | None = None, *,
+                         asked_tier: str | None = None) -> Usage:
+    """Usage of a JSON body too large to buffer: the usage object from its tail (OpenAI, Gemini) or head; its
+    tier and searches from `scan`, which saw the whole body."""
+    if scan is None:
+        scan = BodyScan()
+        scan.feed(head)
+        if tail is not head:
+            scan.feed(tail)
     for fragment in (tail, head):
         for match in reversed(list(_USAGE_RE.finditer(fragment))):
             try:
@@ -529,8 +576,6 @@ def usage_from_fragments(target: Target, head: bytes, tail: bytes) -> Usage:
                 continue
             usage = target.adapter.usage_from_json(target.path, {match.group(1).decode(): value})
             if usage.input_tokens is not None or usage.output_tokens is not None:
-                tier = _TIER_RE.search(head) or _TIER_RE.search(tail)
-                searches = head.count(b'"web_search_call"') + tail.count(b'"web_search_call"')
-                return replace(usage, service_tier=tier.group(1).decode() if tier else usage.service_tier,
-                               web_searches=searches or usage.web_searches)
+                return replace(usage, service_tier=scan.tier(asked_tier) or usage.service_tier,
+                               web_searches=scan.searches or usage.web_searches)
     return Usage()

@@ -49,3 +49,40 @@ def test_tool_schemas_count_keys_and_values() -> None:
         "type": "object", "properties": {"location": {"type": "string"}}}}}]
     bare = input_token_bound({"messages": []})
     assert input_token_bound({"messages": [], "tools": tools}) - bare >= len(json.dumps(tools)) // 2
+
+
+def test_an_image_part_skips_only_its_inline_data() -> None:
+    data = "A" * 100_000
+    note = "n" * 50_000
+    chat = {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}", "detail": note}}]}]}
+    assert IMAGE_TOKENS + len(note) <= input_token_bound(chat) < IMAGE_TOKENS + len(note) + 300
+    beside = {"messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}, "extra": note}]}]}
+    assert input_token_bound(beside) >= IMAGE_TOKENS + len(note)
+    url = "https://example.com/" + "p" * 50_000  # a URL is counted: only inline data is an image's
+    assert input_token_bound({"messages": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": url}]}]}) >= IMAGE_TOKENS + len(url)
+    gemini = {"contents": [{"parts": [{"inlineData": {"mimeType": "image/png", "data": data}, "note": note}]}]}
+    assert IMAGE_TOKENS + len(note) <= input_token_bound(gemini) < IMAGE_TOKENS + len(note) + 300
+
+
+@pytest.mark.parametrize("where", [
+    lambda x: {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "image_url": {"type": "string"}, "notes": {"type": "string", "description": x}}}}}]},
+    lambda x: {"messages": [{"role": "assistant", "content": [
+        {"type": "tool_use", "id": "t", "name": "f", "input": {"image_url": "https://e/p.png", "notes": x}}]}]},
+    lambda x: {"contents": [{"parts": [{"functionResponse": {"name": "f", "response": {
+        "image_url": "https://e/p.png", "description": x}}}]}]},
+    lambda x: {"contents": [{"parts": [{"functionCall": {"name": "f", "args": {
+        "type": "image", "source": {"type": "base64", "data": x}}}}]}]},
+    lambda x: {"response_format": {"type": "json_schema", "json_schema": {"schema": {
+        "type": "image_url", "image_url": {"url": "data:image/png;base64," + x}}}}},
+    lambda x: {"metadata": {"inlineData": {"mimeType": "image/png", "data": x}}},
+])
+def test_nothing_is_an_image_inside_free_form_json(where: object) -> None:
+    """Tool schemas, a tool call's input or arguments, a function's response, response schemas and metadata reach
+    the model as text: a key that looks like an image's there must not hide the text beside or inside it."""
+    text = "lorem " * 10_000
+    assert callable(where)
+    assert input_token_bound(where(text)) >= len(text)
