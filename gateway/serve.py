@@ -106,10 +106,31 @@ def database(settings: Settings, signals: StopSignals) -> Iterator[tuple[str, st
             release_embedded(server)
 
 
+# the server answered, but this URL cannot log in: no such database, no such role, a wrong password
+_REFUSED_LOGIN = {"3D000", "28000", "28P01"}
+
+
+def _refused_login(exc: BaseException) -> BaseException | None:
+    """The server's own refusal inside `exc` (Alembic's SQLAlchemy wraps asyncpg's), if it is one of those."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if getattr(seen, "sqlstate", None) in _REFUSED_LOGIN:
+            return seen
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
+
+
 def unreachable(exc: Exception, described: str) -> bool:
-    """Say so in one line (not a traceback) when the database cannot be reached at start."""
+    """Say so in one line (not a traceback) when the database cannot be reached at start, or refuses the login."""
     from gateway.db import unavailable
 
+    refused = _refused_login(exc)
+    if refused is not None:
+        print(f"spendgate: the database refused the connection ({described}): {refused} (create the database or "
+              "the role first, e.g. `createdb`; migrate creates tables, not databases)", file=sys.stderr, flush=True)
+        return True
     if not unavailable(exc):
         return False
     print(f"spendgate: cannot reach the database ({described}): {type(exc).__name__}: {exc}", file=sys.stderr,

@@ -727,7 +727,9 @@ def _print(args: argparse.Namespace, method: str, status: int, payload: dict[str
     if (args.command, args.action) == ("tokens", "create") and not args.raw:
         if not getattr(args, "quiet", False):
             print(f"token {result['name']!r} created (id {result['id']}). Its secret, shown this once: store it now "
-                  "and send it as `cf-aig-authorization: Bearer <secret>`:", file=sys.stderr, flush=True)
+                  "and send it as `cf-aig-authorization: Bearer <secret>`, or where the provider key goes "
+                  "(`Authorization: Bearer <secret>`, the SDK's api_key) when the call carries no key of its own:",
+                  file=sys.stderr, flush=True)
         print(result["token"])
     elif view is None or getattr(args, "raw", False):
         print(pretty_json(result))

@@ -151,3 +151,19 @@ def test_spendgate_data_dir_in_the_environment_pins_the_project(tmp_path: Path) 
     relative = Settings.from_env({"SPENDGATE_DATA_DIR": "../srv/.spendgate"}, cwd=cwd)
     assert relative.data_dir == project / ".spendgate"  # relative to the working directory
     assert Settings.from_env({}, cwd=cwd, dotenv=None).port == 8787
+
+
+@pytest.mark.slow
+def test_migrate_against_a_database_or_role_that_does_not_exist_says_so_in_one_line(tmp_path: Path) -> None:
+    with empty_database() as url:
+        parts = urlsplit(url)
+        missing_db = urlunsplit((parts.scheme, parts.netloc, "/spendgate_no_such_db", parts.query, ""))
+        netloc = f"spendgate_no_such_role@{parts.hostname}:{parts.port or 5432}"
+        missing_role = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+        for bad, said in ((missing_db, 'database "spendgate_no_such_db" does not exist'),
+                          (missing_role, 'role "spendgate_no_such_role" does not exist')):
+            done = spendgate("migrate", env=clean_env(DATABASE_URL=bad), cwd=tmp_path)
+            assert done.returncode == 1
+            lines = done.stderr.splitlines()
+            assert "Traceback" not in done.stderr and len(lines) == 2, done.stderr
+            assert lines[1].startswith("spendgate: the database refused the connection (") and said in lines[1]
