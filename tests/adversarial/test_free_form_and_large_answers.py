@@ -34,9 +34,16 @@ def reserved_input_tokens(answer: httpx.Response, budget: Decimal) -> Decimal:
 
 BIG = "lorem " * 30000  # 180,000 bytes of text: at least ~30,000 tokens on any tokenizer
 
+# the prompt inside a tool call's input, beside a key that looks like an image's
+SNEAKY = {"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [
+    {"role": "user", "content": "find it"},
+    {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "lookup",
+                                       "input": {"image_url": "https://example.com/p.png", "notes": BIG}}]},
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]}]}
+
 
 @pytest.mark.parametrize("key", ["image_url", "picture"])
-async def test_openai_tool_schema_with_image_url_property(hostile: HostileStack, key: str) -> None:
+async def test_text_beside_an_image_url_property_in_a_tool_schema_is_reserved(hostile: HostileStack, key: str) -> None:
     _, base = gateway_with_input_price(hostile, ("gpt-4o-mini",), "1000")
     hostile.clear()
     tools = [{"type": "function", "function": {"name": "f", "parameters": {
@@ -52,7 +59,8 @@ async def test_openai_tool_schema_with_image_url_property(hostile: HostileStack,
     print(key, "reserved input tokens:", reserved, "schema bytes:", len(BIG))
     assert reserved >= len(BIG)  # the documented invariant: the bound is never below the bytes of text
 
-async def test_gemini_function_response_with_image_url_field(hostile: HostileStack) -> None:
+
+async def test_text_beside_an_image_url_in_a_function_response_is_reserved(hostile: HostileStack) -> None:
     _, base = gateway_with_input_price(hostile, ("gemini-2.5-flash",), "1000")
     hostile.clear()
     body = {"contents": [
@@ -70,24 +78,19 @@ async def test_gemini_function_response_with_image_url_field(hostile: HostileSta
     print("gemini reserved input tokens:", reserved)
     assert reserved >= len(BIG)
 
-async def test_budget_passed_by_image_url_key(hostile: HostileStack) -> None:
-    """$20 daily budget, $0.001 per input token. A 180 KB prompt is refused; the same prompt inside a tool-result
-    object that also has an `image_url` field is reserved at ~6,000 tokens ($6) and goes through; the provider
-    then reports (and bills) the 30,000+ tokens it read: $30+ spent on a $20 budget."""
+
+async def test_an_image_url_key_does_not_let_text_past_a_budget(hostile: HostileStack) -> None:
+    """$20 daily budget, $0.001 per input token. A 180 KB prompt is refused, and so is the same prompt inside a tool
+    call's input beside an `image_url` key (it was reserved as one image, ~6,000 tokens, and let $30 through)."""
     _, base = gateway_with_input_price(hostile, ("claude-haiku-4-5",), "20")
     hostile.clear()
     usage = {"input_tokens": 30010, "output_tokens": 5}
     plain = {"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [
         {"role": "user", "content": BIG}]}
-    sneaky = {"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [
-        {"role": "user", "content": "find it"},
-        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "lookup",
-                                           "input": {"image_url": "https://example.com/p.png", "notes": BIG}}]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]}]}
     async with httpx.AsyncClient(timeout=30) as client:
         refused = await client.post(f"{base}/anthropic/v1/messages", json=plain,
                                     headers={"x-fake-raw-usage": json.dumps(usage)})
-        passed = await client.post(f"{base}/anthropic/v1/messages", json=sneaky,
+        passed = await client.post(f"{base}/anthropic/v1/messages", json=SNEAKY,
                                    headers={"x-fake-raw-usage": json.dumps(usage)})
     print("plain:", refused.status_code, "sneaky:", passed.status_code, passed.headers.get("cf-aig-cost"),
           passed.headers.get("cf-aig-budget-remaining"))
@@ -95,17 +98,13 @@ async def test_budget_passed_by_image_url_key(hostile: HostileStack) -> None:
     assert passed.status_code == 429, "the same prompt passed the budget because its dict has an image_url key"
     assert not hostile.recorder("anthropic").requests
 
-async def test_timed_out_attempt_billed_from_the_image_short_circuited_bound(hostile: HostileStack, db: Any) -> None:
+
+async def test_a_timed_out_attempt_is_billed_the_text_beside_an_image_key(hostile: HostileStack, db: Any) -> None:
     """An attempt that timed out after the provider had the prompt is billed its input bound (docs/refusals.md):
-    with an `image_url` key next to the text, that bound is ~6,500 tokens for a 180 KB prompt."""
+    with an `image_url` key next to the text, that bound must still cover the text (it was ~6,500 tokens)."""
     account, base = gateway_with_input_price(hostile, ("claude-haiku-4-5",), "1000")
-    sneaky = {"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [
-        {"role": "user", "content": "find it"},
-        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "lookup",
-                                           "input": {"image_url": "https://example.com/p.png", "notes": BIG}}]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]}]}
     async with httpx.AsyncClient(timeout=30) as client:
-        answer = await client.post(f"{base}/anthropic/v1/messages", json=sneaky,
+        answer = await client.post(f"{base}/anthropic/v1/messages", json=SNEAKY,
                                    headers={"cf-aig-request-timeout": "50", "x-fake-delay-ms": "400"})
     assert answer.status_code == 504
     [row] = await log_rows(db, account, 1)
@@ -113,7 +112,7 @@ async def test_timed_out_attempt_billed_from_the_image_short_circuited_bound(hos
     assert row["tokens_in"] >= 30000, "billed fewer input tokens than the prompt the provider read"
 
 @pytest.mark.parametrize("media", ["application/pdf", "video/mp4", "audio/mpeg"])
-async def test_compat_data_url_with_non_image_media_type_reaches_gemini(hostile: HostileStack, media: str) -> None:
+async def test_compat_refuses_a_data_url_that_is_not_an_image(hostile: HostileStack, media: str) -> None:
     """compat refuses an image_url that points at a PDF (test_compat_refuses_what_it_cannot_translate_faithfully),
     but a data: URL's media type is never checked: Gemini gets inlineData with that mimeType (billed per page /
     per second), while the estimate counted the part as one image (6,000 tokens) and skipped its bytes."""
@@ -133,9 +132,9 @@ async def test_compat_data_url_with_non_image_media_type_reaches_gemini(hostile:
     assert answer.status_code == 400, "a non-image data: URL should be refused like a non-image https URL"
 
 @pytest.mark.parametrize("modalities", [["IMAGE"], ["Image"], ["image"]])
-async def test_gemini_image_modality_spelling(hostile: HostileStack, modalities: list[str]) -> None:
-    """The reservation for image output is made only when responseModalities contains exactly "IMAGE"; Gemini
-    reads enum names case-insensitively (google-genai's own examples send ["Text", "Image"] verbatim)."""
+async def test_gemini_image_modality_in_any_case(hostile: HostileStack, modalities: list[str]) -> None:
+    """Image output is reserved at the image rate however responseModalities spells it: Gemini reads enum names in
+    any case (google-genai's own examples send ["Text", "Image"] verbatim); "IMAGE" alone was recognised."""
     account, base = hostile.new_gateway(credits_usd="50", models=())
     hostile.rule(account, name="b", budget_usd="1", window="daily")
     hostile.clear()
@@ -153,7 +152,8 @@ async def test_gemini_image_modality_spelling(hostile: HostileStack, modalities:
     print(modalities, "reserved $", reserved, "sent", sent, "cost", answer.headers.get("cf-aig-cost"))
     assert reserved >= Decimal("0.3"), "10,000 image tokens at $30/M should reserve $0.30"
 
-async def test_large_responses_answer_tier_read_from_echoed_tool_schema(hostile: HostileStack) -> None:
+
+async def test_large_answer_a_tier_planted_in_echoed_tools_cannot_lower_the_price(hostile: HostileStack) -> None:
     """An answer over 2 MiB is priced from regex matches in its first and last 64 KiB. The Responses API echoes
     the request's `tools` (and `text.format` schema, `metadata`) as raw JSON, so a client can plant
     `"service_tier": "flex"` there; the first match in the tail wins over the provider's own `service_tier`."""
@@ -173,7 +173,8 @@ async def test_large_responses_answer_tier_read_from_echoed_tool_schema(hostile:
     print("billed", spent, "priority price", priority)
     assert spent == priority
 
-async def test_large_responses_answer_searches_outside_the_windows(hostile: HostileStack) -> None:
+
+async def test_large_answer_searches_past_the_end_windows_are_billed(hostile: HostileStack) -> None:
     """Searches of an answer over 2 MiB are counted only in its first and last 64 KiB; the provider's `output`
     comes before the echoed `tools`, so 64 KiB of tool schemas push every web_search_call out of the tail."""
     account, base = hostile.new_gateway(credits_usd="50", models=())
