@@ -318,6 +318,11 @@ async def test_reporting_role_reads_views_only(db: Database) -> None:
             assert row["balance_usd"] == Decimal(7) and row["available_usd"] == Decimal(7)
             statement = await conn.fetch("SELECT * FROM reporting.statement WHERE account = $1", t)
             assert len(statement) == 1
+            # amounts as an analyst reads them in psql: no trailing zeros (the views trim the scale)
+            shown = await conn.fetchrow("SELECT balance_usd::text AS balance, pending_usd::text AS pending, "
+                                        "(SELECT amount_usd::text FROM reporting.topups WHERE account = $1) AS topup "
+                                        "FROM reporting.balances WHERE account = $1", t)
+            assert dict(shown) == {"balance": "7", "pending": "0", "topup": "7"}
         for table in ("ledger.accounts", "ledger.transfers", "admin_tokens", "gateways"):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 async with conn.transaction():
