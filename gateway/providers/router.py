@@ -381,9 +381,11 @@ class ProviderRouter:
         tail = bytes(head[-CAPTURE:])
         size = len(head)
         scan = BodyScan()
-        scan.feed(bytes(head))
-        await send({"type": "http.response.body", "body": bytes(head), "more_body": True})
+        body = bytes(head)
         del head
+        scan.feed(body)
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        del body
         try:
             async for chunk in stream:
                 size += len(chunk)
