@@ -47,9 +47,16 @@ class AnthropicStreamUsage:
     usage: Usage = field(default_factory=Usage)
     model: str | None = None
     final: bool = False  # message_delta came: the output count is final
+    # every content block so far has stopped: what is left may be only `message_delta`, whose output count (hidden
+    # and redacted thinking, server tools included) is what the provider bills
+    finished: bool = False
 
     def on_event(self, event: Event) -> bool:
-        if event.event == "message_start":
+        if event.event == "content_block_stop":
+            self.finished = True
+        elif event.event == "content_block_start":
+            self.finished = False
+        elif event.event == "message_start":
             data = event.json()
             message = data.get("message") if isinstance(data, dict) else None
             if isinstance(message, dict):

@@ -86,10 +86,20 @@ class OpenAIStreamUsage:
     usage: Usage = field(default_factory=Usage)
     model: str | None = None
     final: bool = False  # the provider sent its final usage
-    finished: bool = False  # a choice finished: the usage chunk is all that is left
+    finished: bool = False  # a choice finished, or a Responses output item: what is left may be only the usage
+    failed: bool = False  # a Responses stream that ended in `response.failed` (billed, never cached)
 
     def on_event(self, event: Event) -> bool:
-        if not self.finished and '"finish_reason"' in event.data and not _NO_FINISH.search(event.data):
+        if event.event.startswith("response."):
+            # Responses: between an item's `.done` and the next item's `.added` the answer may be complete, and only
+            # `response.completed` (with the usage, hidden reasoning and searches included) may be left
+            if event.event == "response.output_item.done":
+                self.finished = True
+            elif event.event == "response.output_item.added":
+                self.finished = False
+            elif event.event == "response.failed":
+                self.failed = True
+        elif not self.finished and '"finish_reason"' in event.data and not _NO_FINISH.search(event.data):
             self.finished = True  # the answer is complete: only its usage (reasoning included) is still to come
         if not event.data or event.data == "[DONE]" or "usage" not in event.data:
             if self.model is None and event.data.startswith("{") and '"model"' in event.data[:400]:

@@ -469,6 +469,8 @@ class ProviderRouter:
             ex.error = f"{target.provider} stream broke: {type(exc).__name__}"
         finally:
             ex.response_size = size
+            if getattr(reader, "failed", False) and ex.error is None:
+                ex.error = f"{target.provider} ended the stream with response.failed"  # billed; never cached
             self.record_cost(ex, target, reader.usage, complete=reader.final)
         await send({"type": "http.response.body", "body": b""})
 

@@ -42,30 +42,30 @@ def test_the_four_documented_sdk_set_ups(stack: Stack) -> None:
         app.state.recorder.clear()
 
     # OpenAI SDK on the OpenAI route: apiKey = the gateway token
-    chat = openai.OpenAI(base_url=base + "/openai", api_key=token)
-    answer = chat.chat.completions.with_raw_response.create(model="gpt-4o-mini",
-                                                            messages=[{"role": "user", "content": "hi"}])
+    with openai.OpenAI(base_url=base + "/openai", api_key=token) as chat:  # closed: no socket left to the GC
+        answer = chat.chat.completions.with_raw_response.create(model="gpt-4o-mini",
+                                                                messages=[{"role": "user", "content": "hi"}])
     assert answer.parse().choices[0].message.content.startswith("Hello")
     assert stack.recorder("openai").last.key == GATEWAY_KEYS["openai"]
 
     # OpenAI SDK on the compat endpoint, to Anthropic
-    compat = openai.OpenAI(base_url=base + "/compat", api_key=token)
-    translated = compat.chat.completions.create(model="anthropic/claude-haiku-4-5", max_tokens=20,
-                                                messages=[{"role": "user", "content": "hi"}])
+    with openai.OpenAI(base_url=base + "/compat", api_key=token) as compat:
+        translated = compat.chat.completions.create(model="anthropic/claude-haiku-4-5", max_tokens=20,
+                                                    messages=[{"role": "user", "content": "hi"}])
     assert translated.choices[0].message.content
     assert stack.recorder("anthropic").last.key == GATEWAY_KEYS["anthropic"]
 
     # Anthropic SDK with Authorization: Bearer <gateway token>
-    claude = anthropic.Anthropic(base_url=base + "/anthropic", auth_token=token)
-    message = claude.messages.create(model="claude-haiku-4-5", max_tokens=20,
-                                     messages=[{"role": "user", "content": "hi"}])
+    with anthropic.Anthropic(base_url=base + "/anthropic", auth_token=token) as claude:
+        message = claude.messages.create(model="claude-haiku-4-5", max_tokens=20,
+                                         messages=[{"role": "user", "content": "hi"}])
     assert message.content[0].text.startswith("Hello")
     assert stack.recorder("anthropic").last.key == GATEWAY_KEYS["anthropic"]
 
     # google-genai with api_key = the gateway token
-    gemini = genai.Client(api_key=token, http_options=genai_types.HttpOptions(
-        base_url=base + "/google-ai-studio", api_version="v1beta"))
-    result = gemini.models.generate_content(model="gemini-2.5-flash", contents="hi there")
+    with genai.Client(api_key=token, http_options=genai_types.HttpOptions(
+            base_url=base + "/google-ai-studio", api_version="v1beta")) as gemini:
+        result = gemini.models.generate_content(model="gemini-2.5-flash", contents="hi there")
     assert result.text.startswith("Hello")
     assert stack.recorder("google-ai-studio").last.key == GATEWAY_KEYS["google-ai-studio"]
 
