@@ -144,6 +144,7 @@ class Call:
     image_output: bool = False  # it asks for images (Gemini responseModalities IMAGE: the image rate)
     searches_per_call: int = 0  # searches the model runs on every call without reporting them (search models)
     service_tier: str | None = None  # the tier it asks for (priority costs more: reserved at its price)
+    referenced: str | None = None  # input the provider loads by reference, named (input_bound: the whole window)
 
     @property
     def output_bound(self) -> int:

@@ -199,6 +199,27 @@ def catalogue_unit_prices(provider: str, model: str, tier: str | None = None) ->
                       None if drawn is None else (drawn - inp) / big)
 
 
+# input tokens a call loading input by reference may use when the catalogue does not know the model's window: more
+# than any model's window today
+UNKNOWN_CONTEXT_WINDOW = 2_000_000
+
+
+@lru_cache(maxsize=4096)
+def context_window(provider: str, model: str | None) -> int:
+    """The most input tokens the model takes (the catalogue's context window), or `UNKNOWN_CONTEXT_WINDOW`."""
+    from genai_prices.data_snapshot import get_snapshot
+
+    provider_id = GENAI_PROVIDER.get(provider)
+    if provider_id is None or model is None:
+        return UNKNOWN_CONTEXT_WINDOW
+    try:
+        _, found = get_snapshot().find_provider_model(model, None, provider_id, None)
+    except (LookupError, ValueError):
+        return UNKNOWN_CONTEXT_WINDOW
+    window = getattr(found, "context_window", None)
+    return window if isinstance(window, int) and window > 0 else UNKNOWN_CONTEXT_WINDOW
+
+
 def cost_of(
     provider: str, model: str | None, usage: Usage, *, at: datetime | None = None,
     override: PriceOverride | None = None, custom: CustomCost | None = None,

@@ -34,8 +34,9 @@ from starlette.types import Receive
 
 from gateway.errors import BodyTooLarge, InvalidRequest, RequestRefused, UnsupportedEncoding
 from gateway.exchange import Call, Endpoint, Exchange
+from gateway.pricing import context_window
 from gateway.providers import output_limit
-from gateway.providers.estimate import input_token_bound
+from gateway.providers.estimate import input_token_bound, referenced_input
 from gateway.providers.output_limit import LimitFields
 
 MAX_DEPTH = 64
@@ -313,12 +314,18 @@ def parse_call(*, method: str, provider: str, path: str, query: str, body: Any, 
     limit = output_limit.resolve(fields, body, default_output)
     searches = max(web_searches_asked(body), searches_per_call(body, model))
     audio_out = audio_output_asked(body)
+    # input loaded by reference (a stored conversation, a file by id or URL) is not in the body: bounded by the
+    # model's whole context window
+    referenced = referenced_input(body)
+    bound = input_bound + MODEL_SLACK
+    if referenced is not None:
+        bound = max(bound, context_window(provider, model))
     # Anthropic requires max_tokens (natively and through compat): the reserved number is always written there
     include = limit.given or inject_limit or endpoint is MESSAGES
     body = output_limit.write(fields, body, limit, include=include)
     return Call(method, provider, path, query, endpoint, model, stream, limit.choices, limit.tokens, limit.given,
-                limit.field if include else None, body, raw_body, compat, input_bound + MODEL_SLACK, searches,
-                audio_out, image_output_asked(body), searches_per_call(body, model), _tier(body))
+                limit.field if include else None, body, raw_body, compat, bound, searches,
+                audio_out, image_output_asked(body), searches_per_call(body, model), _tier(body), referenced)
 
 
 def _tier(body: dict[str, Any]) -> str | None:

@@ -11,6 +11,12 @@ like text. Inside free-form JSON the provider reads as text (tool parameter sche
 call's input or arguments, a function's response, metadata) nothing is taken for an image: a key named
 `image_url` there is text. The bound is loose for text, which is the point: it is never below.
 
+Input the provider loads by reference is not in the body: a stored response or conversation to continue
+(`previous_response_id`, `conversation`), a stored prompt (`prompt.id`), a file by id or URL (`file_id`,
+`file_url`, Anthropic's `url` and `file` document sources, Gemini's `fileData` that is not an image), Gemini's
+`cachedContent`. `referenced_input` names the first one a body has; such a call's input bound is the model's whole
+context window (gateway/providers/call.py), and the gateway's own keys refuse it (gateway/providers/target.py).
+
 Output: the call's resolved output limit times its choices (gateway/providers/output_limit.py, the one rule
 that reads every limit field); without a limit, the gateway's `default_max_output_tokens`. Only a request without
 a limit can cost more than reserved (the gateway setting `inject_max_tokens` closes that gap). Embeddings
@@ -120,3 +126,42 @@ def input_token_bound(body: Any, max_depth: int | None = None) -> int:
         else:
             total += _scalar(node)
     return total
+
+
+_STORED_STATE = ("previous_response_id", "conversation", "cachedContent", "cached_content")
+
+
+def referenced_input(body: Any) -> str | None:
+    """The first input `body` makes the provider load by reference (not in the body), named; None: all of its
+    input is in it. Free-form JSON (schemas, tool inputs, metadata) is not looked into."""
+    if type(body) is not dict:
+        return None
+    for key in _STORED_STATE:
+        if body.get(key) not in (None, "", {}):
+            return key
+    prompt = body.get("prompt")
+    if type(prompt) is dict and prompt.get("id") is not None:
+        return "prompt.id (a stored prompt)"
+    stack: list[Any] = [body]
+    while stack:
+        node = stack.pop()
+        if type(node) is dict:
+            if _image_data(node) is None:  # an image by id or URL is one image, bounded as one
+                if node.get("type") == "item_reference":
+                    return "a stored item (item_reference)"
+                if node.get("file_id") is not None:
+                    return "a file by id (file_id)"
+                if node.get("file_url") is not None:
+                    return "a file by URL (file_url)"
+                source = node.get("source")
+                if type(source) is dict and source.get("type") in ("url", "file"):
+                    return f"a document by {source['type']} (source.type {source['type']!r})"
+                for key in ("fileData", "file_data"):
+                    if type(node.get(key)) is dict:
+                        return "a file by URI (fileData)"
+            for key, value in node.items():
+                if (type(value) is dict or type(value) is list) and key not in _FREE_FORM:
+                    stack.append(value)
+        elif type(node) is list:
+            stack.extend(value for value in node if type(value) is dict or type(value) is list)
+    return None

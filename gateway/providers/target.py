@@ -167,6 +167,12 @@ def _check_gateway_key_call(call: Call, options: RequestOptions) -> None:
     if body.get("background") is True:
         raise InvalidRequest("background responses are not served on the gateway's keys: their output is "
                              "generated after the call ends, where the gateway cannot bill it")
+    if call.referenced is not None:
+        # its size is unknown before the call, and on the gateway's keys it would read what is stored in the
+        # gateway's own provider account (another tenant's responses, files, caches)
+        raise BillingRefused(call.provider, f"the request loads input by reference ({call.referenced}), which the "
+                                            "gateway does not serve on its keys: send the content in the request, or "
+                                            "your own key")
     fee = fee_tool(body.get("tools"))
     if fee is not None:
         raise BillingRefused(call.provider, f"tool {fee!r} carries fees the gateway does not price: send your own key "
