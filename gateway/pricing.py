@@ -220,6 +220,31 @@ def context_window(provider: str, model: str | None) -> int:
     return window if isinstance(window, int) and window > 0 else UNKNOWN_CONTEXT_WINDOW
 
 
+@lru_cache(maxsize=4096)
+def canonical_model(provider: str, model: str) -> str:
+    """The model as rules compare it: the catalogue's id for what the catalogue knows (a dated snapshot or another
+    spelling it matches to the same model and price: `gpt-4o-2024-08-06`, `GPT-4o` -> `gpt-4o`), else the name in
+    lower case. So a rule scoped to a model, or split by model, is not dodged by spelling the model another way."""
+    from genai_prices.data_snapshot import get_snapshot
+
+    provider_id = GENAI_PROVIDER.get(provider)
+    if provider_id is not None:
+        try:
+            _, found = get_snapshot().find_provider_model(model, None, provider_id, None)
+        except (LookupError, ValueError):
+            pass
+        else:
+            if isinstance(found.id, str) and found.id:
+                return found.id.lower()
+    return model.lower()
+
+
+def canonical_model_ref(ref: str) -> str:
+    """`provider/model` with the model canonical (`canonical_model`); anything else in lower case."""
+    provider, slash, model = ref.partition("/")
+    return f"{provider}/{canonical_model(provider, model)}" if slash and model else ref.lower()
+
+
 def cost_of(
     provider: str, model: str | None, usage: Usage, *, at: datetime | None = None,
     override: PriceOverride | None = None, custom: CustomCost | None = None,

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from gateway.errors import InvalidAmount, RuleError
 from gateway.money import parse_usd, to_nano
+from gateway.pricing import canonical_model_ref
 from gateway.windows import WINDOW_TYPES, WINDOWS, Window
 
 MAX_RULES_PER_GATEWAY = 20
@@ -169,6 +170,8 @@ def _parse_scope(scope: Any) -> tuple[Dimension, ...]:
             value = spec["equals"]
             if not isinstance(value, str | int | float | bool):
                 raise RuleError(where, "equals takes a string, number or boolean")
+            if name == "model" and isinstance(value, str):
+                value = canonical_model_ref(value)  # as requests' models are read: any spelling of the same model
             dims.append(Dimension(name, False, value))
     return tuple(dims)
 

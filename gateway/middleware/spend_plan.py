@@ -36,7 +36,7 @@ from gateway.errors import EstimateTooLarge, RequestRefused
 from gateway.exchange import Call, Exchange
 from gateway.limits.plan import Plan
 from gateway.money import from_nano, to_nano
-from gateway.pricing import unit_prices
+from gateway.pricing import canonical_model, unit_prices
 from gateway.providers.router import ProviderRouter
 from gateway.providers.target import Target
 
@@ -59,7 +59,8 @@ def attributes_of(exchange: Exchange, target: Target | None = None) -> dict[str,
         attributes[key if key.startswith("cf.") else f"metadata.{key}"] = value
     if target is not None:
         attributes["provider"] = target.provider
-        attributes["model"] = f"{target.provider}/{target.model}"
+        # as the price catalogue identifies it (rules' `model` values are read the same way: gateway/limits/rules.py)
+        attributes["model"] = f"{target.provider}/{canonical_model(target.provider, target.model or '')}"
     return attributes
 
 
