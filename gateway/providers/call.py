@@ -46,7 +46,7 @@ MODEL_SLACK = 300
 OFF_LOOP_BYTES = 256 * 1024  # bodies larger than this are parsed and encoded in a worker thread
 _LARGE_PARSE = threading.Lock()
 _MODEL = re.compile(r"[\x21-\x7e]{1,256}")
-_GEMINI = re.compile(r"(v1beta|v1)/models/([A-Za-z0-9][A-Za-z0-9._-]{0,127}):"
+_GEMINI = re.compile(r"(v1beta|v1alpha|v1)/models/([A-Za-z0-9][A-Za-z0-9._-]{0,127}):"
                      r"(generateContent|streamGenerateContent|countTokens|embedContent|batchEmbedContents)")
 
 CHAT = Endpoint("chat/completions", generates=True)

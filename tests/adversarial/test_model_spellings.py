@@ -41,3 +41,21 @@ def test_a_split_by_model_counts_every_spelling_in_one_bucket() -> None:
     assert canonical_model("openai", "gpt-4o-2024-05-13") == "gpt-4o-2024-05-13"
     assert canonical_model("custom-lab", "MyModel") == "mymodel"
     assert bucket_keys(rule.dimensions, {"model": "custom-lab/mymodel"}) == ['{"model":"custom-lab/mymodel"}']
+
+
+async def test_gemini_v1alpha_is_a_call_the_gateway_understands(hostile: HostileStack) -> None:
+    """Google serves generateContent under v1alpha too: it is read, limited and billed like v1beta (it passed on a
+    client's key as an endpoint the gateway did not know, past rate limits)."""
+    account, base = hostile.new_gateway(models=())
+    with hostile.admin() as admin:
+        r = admin.patch(f"/accounts/{account}/gateways/g", json={"rate_limits": [
+            {"name": "one", "limit": 1, "interval_s": 3600, "unit": "requests"}]})
+        assert r.status_code == 200, r.text
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}], "generationConfig": {"maxOutputTokens": 8}}
+    statuses = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        for _ in range(3):
+            answer = await client.post(f"{base}/google-ai-studio/v1alpha/models/gemini-2.5-flash:generateContent",
+                                       json=body, headers={"x-goog-api-key": "client-own-key"})
+            statuses.append(answer.status_code)
+    assert statuses[1:] == [429, 429], statuses
