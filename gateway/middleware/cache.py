@@ -19,6 +19,9 @@ Concurrent misses of the same key make one upstream call. Within the instance th
 Those that waited are served as hits; when the leader's answer could not be stored, each is served on its own.
 The header is absent when the cache is off for the request.
 
+A caller whose groups may not use the model (the gateway's identity policies) is never served a stored answer of
+it: the cache does not apply, and SpendLimits refuses the request (403) as it refuses any.
+
 A hit still counts as a request in the gateway's rate limits counting requests (not in those counting tokens):
 `rates` reserves 1 in each before the hit is served, through the same reservation functions, and a full bucket
 answers 429 instead (gateway/middleware/rate_limits.py).
@@ -43,6 +46,7 @@ from gateway.cache.store import CacheStore, Entry
 from gateway.errors import HeaderError, RequestRefused, to_response
 from gateway.exchange import Exchange
 from gateway.ledger import Ledger
+from gateway.limits.policies import Policy, allowed
 from gateway.middleware.rate_limits import HitCounter
 from gateway.money import to_nano
 from gateway.providers.call import off_loop
@@ -58,6 +62,7 @@ HIT = [(b"cf-aig-cache-status", b"HIT")]
 MISS = (b"cf-aig-cache-status", b"MISS")
 
 Prepare = Callable[[Scope, Receive], Awaitable["Target"]]
+Policies = Callable[[str, str], Awaitable[list[Policy]]]  # a gateway's identity policies (LimitStore.policies)
 
 
 class ResponseCache:
@@ -66,9 +71,11 @@ class ResponseCache:
     again (doubling up to 8x)."""
 
     def __init__(self, app: ASGIApp, *, prepare: Prepare, store: CacheStore, ledger: Ledger,
-                 flight: SingleFlight | None = None, poll_s: float = 0.02, rates: HitCounter | None = None) -> None:
+                 flight: SingleFlight | None = None, poll_s: float = 0.02, rates: HitCounter | None = None,
+                 policies: Policies | None = None) -> None:
         self.app = app
         self.rates = rates
+        self.policies = policies
         self.prepare = prepare
         self.store = store
         self.ledger = ledger
@@ -110,6 +117,13 @@ class ResponseCache:
         call, gateway = ex.call, ex.gateway
         if call is None or call.endpoint is None or call.method != "POST" or gateway is None:
             return None
+        if self.policies is not None:
+            # a caller whose groups may not use this model gets no stored answer of it either: the request goes on
+            # to SpendLimits, which refuses it (403) as it refuses a miss
+            groups = list(ex.identity.groups) if ex.identity else []
+            if not allowed(await self.policies(gateway.account_id, gateway.id), groups,
+                           f"{target.provider}/{target.model}"):
+                return None
         identity = None
         if gateway.settings.cache_scope == "identity":
             identity = _identity_of(ex)

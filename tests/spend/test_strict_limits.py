@@ -185,12 +185,30 @@ def test_policies_by_group_are_403(spend_stack: SpendStack) -> None:
     denied = chat(base, headers={**byok, "cf-access-jwt-assertion": intern})
     assert denied.status_code == 403 and denied.json() == {"success": False,
                                                            "error": {"message": "Access denied by policy"}}
-    assert spend_stack.recorder("openai").requests[-1].headers.get("cf-access-jwt-assertion") != intern
+    assert all(r.headers.get("cf-access-jwt-assertion") != intern for r in spend_stack.recorder("openai").requests)
     allowed = compat(base, "groq/llama-3.3-70b-versatile",
                      headers={**byok, "cf-access-jwt-assertion": intern})
     assert allowed.status_code == 200
     # a member of a group without a policy is unrestricted
     assert chat(base, headers={**byok, "cf-access-jwt-assertion": both}).status_code == 200
+
+
+def test_policies_hold_for_cached_answers_too(spend_stack: SpendStack) -> None:
+    """A stored answer of a model a caller's group may not use is not served to that caller (the cache sits before
+    the policy check; found by an adversarial review): 403 as on a miss, and nothing of the answer."""
+    account, base = spend_stack.new_gateway(cache_ttl=300)
+    with spend_stack.admin() as admin:
+        admin.post(f"/accounts/{account}/gateways/g/policies", json={"group": "interns", "models": ["groq/*"]})
+    byok = {"Authorization": "Bearer sk-client"}
+    staff = spend_stack.idp.token(groups=["staff"])
+    intern = spend_stack.idp.token(groups=["interns"])
+    first = chat(base, headers={**byok, "cf-access-jwt-assertion": staff})
+    assert first.status_code == 200 and first.headers["cf-aig-cache-status"] == "MISS"
+    again = chat(base, headers={**byok, "cf-access-jwt-assertion": staff})
+    assert again.status_code == 200 and again.headers["cf-aig-cache-status"] == "HIT"
+    denied = chat(base, headers={**byok, "cf-access-jwt-assertion": intern})
+    assert denied.status_code == 403 and denied.json()["error"]["message"] == "Access denied by policy"
+    assert "cf-aig-cache-status" not in denied.headers
 
 
 def test_per_group_budget_is_a_rule_on_groups(spend_stack: SpendStack, clock: Clock) -> None:
