@@ -104,6 +104,12 @@ def cache_key(call: Call, headers: list[tuple[bytes, bytes]], scope: list[str], 
                          if name.decode("latin-1").lower() in ANSWER_HEADERS)
         material += ["call", call.provider, call.compat, call.method, call.path, call.query, call.model,
                      call.stream, shaping, call.body]
+    # the price the caller set (where the gateway allows it) is the stored answer's cost, which a hit's
+    # `cache_hit_charge` is a fraction of: answers priced differently are different entries (keys without it are
+    # unchanged)
+    priced = [value.decode("latin-1") for name, value in headers if name.lower() == b"cf-aig-custom-cost"]
+    if priced:
+        material += ["custom-cost", priced]
     try:
         encoded = orjson.dumps(material, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # an integer past 64 bits: orjson cannot encode it, the standard library can

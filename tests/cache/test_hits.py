@@ -150,3 +150,18 @@ def test_settings_are_validated_and_read_back(cache_stack: CacheStack) -> None:
                             ("cache_hit_charge", "1e-30"), ("cache_max_mb", 0), ("cache_max_mb", True)):
             answer = admin.patch(path, json={name: value})
             assert answer.status_code == 422 and answer.json()["error"]["field"] == name, (name, value)
+
+
+def test_a_caller_set_price_is_part_of_the_key() -> None:
+    """An answer stored at a price the caller set (`cf-aig-custom-cost`, where the gateway allows it) is not served
+    to callers without that price: a hit's charge is a fraction of the stored cost."""
+    from gateway.cache.keys import cache_key
+    from gateway.exchange import Call
+
+    call = Call("POST", "openai", "chat/completions", "", None, "gpt-4o-mini", False, 1, 16, True, "max_tokens",
+                {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    plain = cache_key(call, [], [], None)
+    free = cache_key(call, [(b"cf-aig-custom-cost", b'{"per_token_in":0,"per_token_out":0}')], [], None)
+    dear = cache_key(call, [(b"Cf-Aig-Custom-Cost", b'{"per_token_in":1,"per_token_out":1}')], [], None)
+    assert len({plain, free, dear}) == 3
+    assert cache_key(call, [(b"x-other", b"1")], [], None) == plain  # keys without it are unchanged
