@@ -228,7 +228,7 @@ def canonical_model(provider: str, model: str) -> str:
     from genai_prices.data_snapshot import get_snapshot
 
     provider_id = GENAI_PROVIDER.get(provider)
-    if provider_id is not None:
+    if provider_id is not None and model:
         try:
             _, found = get_snapshot().find_provider_model(model, None, provider_id, None)
         except (LookupError, ValueError):

@@ -77,7 +77,17 @@ class RouterPlanner:
         except RequestRefused:
             return None
         call = exchange.call
-        if call is None or call.endpoint is None or target.model is None or exchange.account_id is None:
+        if call is None or exchange.account_id is None:
+            return None
+        if call.endpoint is None:
+            # an endpoint the gateway does not understand, on the client's own key (the gateway's keys refuse it):
+            # nothing to price, but the gateway's rate limits counting requests and its identity policies apply to
+            # it like to any call (its model: the body's, when it names one)
+            named = call.body.get("model") if isinstance(call.body, dict) else None
+            model = named if isinstance(named, str) else ""
+            return Plan(target.provider, f"{target.provider}/{model}", target.billing_mode, exchange.account_id,
+                        None, attributes_of(exchange, replace(target, model=model)), 0)
+        if target.model is None:
             return None
         estimate = self._estimate_nano(target, call)
         if estimate is not None and estimate > MAX_ESTIMATE_NANO:

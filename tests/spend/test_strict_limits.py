@@ -211,6 +211,26 @@ def test_policies_hold_for_cached_answers_too(spend_stack: SpendStack) -> None:
     assert "cf-aig-cache-status" not in denied.headers
 
 
+def test_rate_limits_and_policies_apply_to_endpoints_the_gateway_does_not_price(spend_stack: SpendStack) -> None:
+    """On the client's own key an endpoint the gateway does not understand passes (logged, no cost), but a rate
+    limit counting requests still counts it and identity policies still apply (found by an adversarial review:
+    legacy completions and a trailing slash went past a 1-per-hour limit)."""
+    account, base = spend_stack.new_gateway(
+        rate_limits=[{"name": "one", "limit": 1, "interval_s": 3600, "unit": "requests"}])
+    with spend_stack.admin() as admin:
+        admin.post(f"/accounts/{account}/gateways/g/policies", json={"group": "interns", "models": ["groq/*"]})
+    byok = {"Authorization": "Bearer sk-client"}
+    body = {"model": "gpt-3.5-turbo-instruct", "prompt": "hi", "max_tokens": 5}
+    intern = spend_stack.idp.token(groups=["interns"])
+    with httpx.Client(timeout=30) as client:
+        denied = client.post(f"{base}/openai/completions", json=body,
+                             headers={**byok, "cf-access-jwt-assertion": intern})
+        statuses = [client.post(f"{base}/openai/{path}", json=body, headers=byok).status_code
+                    for path in ("completions", "completions", "chat/completions/")]
+    assert denied.status_code == 403
+    assert statuses[0] != 429 and statuses[1:] == [429, 429], statuses
+
+
 def test_per_group_budget_is_a_rule_on_groups(spend_stack: SpendStack, clock: Clock) -> None:
     account, base = spend_stack.new_gateway()
     spend_stack.rule(account, name="per-group", budget_usd="0.10", window="daily",
