@@ -193,6 +193,7 @@ class Exchange:
     usage: Usage = field(default_factory=Usage)
     usage_estimated: bool = False  # the provider sent no usage (the client left): estimated, see docs/refusals.md
     upstream_sent: bool = False  # the call was handed to the provider (it may bill us from here on)
+    timed_out_attempts: int = 0  # attempts before the answer that had the prompt and timed out (each billed input)
     answer_finished: bool = False  # the stream's answer is complete (only its usage may still be to come)
     delivered_events: int = 0  # stream events with generated text relayed to the client
     delivered_text: int = 0  # bytes of generated text in them (for a client that leaves mid-stream)

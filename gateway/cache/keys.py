@@ -19,6 +19,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -79,9 +80,11 @@ def cache_options(headers: list[tuple[bytes, bytes]]) -> CacheOptions:
     return CacheOptions(ttl, skip, key)
 
 
-def scope_parts(headers: list[tuple[bytes, bytes]], *, identity: str | None, passthrough: bool) -> list[str]:
+def scope_parts(headers: list[tuple[bytes, bytes]], *, identity: str | None, passthrough: bool,
+                query: str = "") -> list[str]:
     """What narrows an entry's scope below its gateway: the caller's identity (cache_scope "identity") and the
-    client's own provider key (hashed; it is never stored)."""
+    client's own provider key (hashed; it is never stored), wherever it came: a key header, or Gemini's `?key=`
+    (which a custom cache key would otherwise leave out of the key)."""
     parts = []
     if identity is not None:
         parts.append(f"identity:{identity}")
@@ -90,6 +93,8 @@ def scope_parts(headers: list[tuple[bytes, bytes]], *, identity: str | None, pas
         for raw_name, raw_value in headers:
             if raw_name.decode("latin-1").lower() in KEY_HEADERS:
                 digest.update(raw_name.lower() + b"\x00" + raw_value + b"\x00")
+        for value in parse_qs(query, keep_blank_values=True).get("key", ()):
+            digest.update(b"?key\x00" + value.encode("utf-8", "surrogateescape") + b"\x00")
         parts.append(f"key:{digest.hexdigest()}")
     return parts
 

@@ -129,7 +129,7 @@ class ResponseCache:
             identity = _identity_of(ex)
             if identity is None:
                 return None
-        parts = scope_parts(scope["headers"], identity=identity, passthrough=target.passthrough)
+        parts = scope_parts(scope["headers"], identity=identity, passthrough=target.passthrough, query=call.query)
         return await off_loop(len(ex.decoded_body or b""),  # type: ignore[no-any-return]
                               lambda: cache_key(call, scope["headers"], parts, options.key))
 

@@ -90,6 +90,7 @@ class RouterPlanner:
         if target.model is None:
             return None
         estimate = self._estimate_nano(target, call)
+        attempts = target.options.max_attempts  # each attempt that times out after sending is billed its input
         if estimate is not None and estimate > MAX_ESTIMATE_NANO:
             exchange.refusal = EstimateTooLarge(
                 estimate, MAX_ESTIMATE_NANO, f"the worst-case cost of this request (${from_nano(estimate)}) is past "
@@ -97,15 +98,18 @@ class RouterPlanner:
             exchange.target = None
             return None
         return Plan(target.provider, f"{target.provider}/{target.model}", target.billing_mode, exchange.account_id,
-                    estimate, attributes_of(exchange, target), call.input_bound + call.output_bound)
+                    estimate, attributes_of(exchange, target), call.input_bound * attempts + call.output_bound)
 
     @staticmethod
     def _estimate_nano(target: Target, call: Call) -> int | None:
-        """The worst case: the input bound at the dearest input rate, the output bound at the output rate (the
-        audio rate when spoken output is asked for), the searches its tools may run, at the asked service tier."""
+        """The worst case: the input bound at the dearest input rate, once per attempt the request allows
+        (`cf-aig-max-attempts`: an attempt that times out after sending is billed its input, and the last may still
+        answer), the output bound at the output rate (the audio rate when spoken output is asked for), the searches
+        its tools may run, at the asked service tier."""
         custom = target.options.custom_cost
+        inputs = call.input_bound * target.options.max_attempts
         if custom is not None:
-            usd = call.input_bound * custom.per_token_in + call.output_bound * custom.per_token_out
+            usd = inputs * custom.per_token_in + call.output_bound * custom.per_token_out
             return to_nano(usd, round_up=True)
         prices = unit_prices(target.provider, target.model, target.price, call.service_tier)
         if prices is None:
@@ -115,7 +119,7 @@ class RouterPlanner:
             output = max(output, prices.output_audio or output)
         if call.image_output:
             output = max(output, prices.output_image or output)
-        worst: Decimal = (call.input_bound * prices.input + call.output_bound * output
+        worst: Decimal = (inputs * prices.input + call.output_bound * output
                           + call.web_searches * (prices.search or 0))
         return to_nano(worst, round_up=True)
 

@@ -64,15 +64,18 @@ def response_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
     raw = [(name.lower(), value) for name, value in response.headers.raw]
     # a header the upstream named in its Connection header is hop-by-hop too
     named = {token.strip().lower() for name, value in raw if name == b"connection" for token in value.split(b",")}
+    # `cf-aig-*` answers are the gateway's own (cost, log id, cache status, provider): an upstream's (another AI
+    # gateway behind a custom provider) would stand beside or instead of them, so none is relayed
     return [(name, value) for name, value in raw
-            if name.decode("latin-1") not in NOT_RELAYED and not name.startswith(b"proxy-") and name not in named]
+            if name.decode("latin-1") not in NOT_RELAYED and not name.startswith((b"proxy-", b"cf-aig-"))
+            and name not in named]
 
 
 async def send_with_retries(
     attempt_once: Callable[[], Awaitable[httpx.Response]], options: RequestOptions, provider: str,
 ) -> tuple[httpx.Response, int]:
-    """(response with its body unread, attempts made). `attempt_once` sends the call once
-    (gateway/providers/upstream.py `send`)."""
+    """(response with its body unread, attempts before it that reached the provider and timed out: each had the
+    prompt, and is billed its input). `attempt_once` sends the call once (gateway/providers/upstream.py `send`)."""
     timeout = options.timeout_ms / 1000 if options.timeout_ms else DEFAULT_FIRST_BYTE_TIMEOUT_S
     failure: UpstreamFailure | None = None
     sent = 0
@@ -94,7 +97,7 @@ async def send_with_retries(
             sent += not isinstance(exc, httpx.ConnectError)
         else:
             if response.status_code not in RETRYABLE_STATUS or attempt == options.max_attempts:
-                return response, attempt
+                return response, sent
             await response.aclose()
             failure = None
         if attempt < options.max_attempts:

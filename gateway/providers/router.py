@@ -240,7 +240,7 @@ class ProviderRouter:
         method = ex.call.method if ex.call is not None else scope["method"]
         attempt = upstream.prepare(self.client, method, target.base_url, url, headers, content)
         ex.upstream_sent = True  # from here on the provider may have the prompt, and may bill for it
-        response, _attempts = await send_with_retries(attempt, target.options, target.provider)
+        response, ex.timed_out_attempts = await send_with_retries(attempt, target.options, target.provider)
         ex.ttfb_ms = (time.perf_counter() - ex.started) * 1000
         ex.status_code = response.status_code
         return response
@@ -315,7 +315,9 @@ class ProviderRouter:
         that is an error (4xx/5xx from the provider) costs nothing; a free endpoint (token counting) costs 0."""
         ex.usage = usage
         status = ex.status_code
+        earlier = ex.timed_out_attempts  # attempts before this answer that had the prompt and timed out
         if status is None or (status >= 400 and status != 499):
+            self.bill_unanswered(ex, target, earlier)
             return
         call = ex.call
         if call is not None and call.endpoint is not None and call.endpoint.free:
@@ -331,6 +333,9 @@ class ProviderRouter:
                 ex.usage = replace(ex.usage, service_tier=call.service_tier)
             if call.searches_per_call and (ex.usage.web_searches or 0) < call.searches_per_call:
                 ex.usage = replace(ex.usage, web_searches=call.searches_per_call)
+            if earlier and call.endpoint is not None:
+                ex.usage = replace(ex.usage, input_tokens=(ex.usage.input_tokens or 0) + call.input_bound * earlier)
+                ex.usage_estimated = True
         ex.cost_usd = self.price(ex, target)
 
     async def _relay(self, send: Send, ex: Exchange, target: Target, response: httpx.Response) -> None:
