@@ -111,6 +111,14 @@ class Guardrails:
             return None
         found: dict[str, int] = {}
         redacted = await off_loop(size, lambda: redact_json(body, side.rules(stop=False), found))
+        where = locate(scope)
+        raw_forwarded = where is not None and where.provider != "compat" and \
+            recognise(where.provider, scope["method"], where.rest)[0] is None
+        if raw_forwarded:
+            # an endpoint the gateway does not understand is forwarded as bytes: the bytes must be what was checked
+            # (a key sent twice is one value to the parser and another to the provider), so they are the parsed
+            # body, encoded again
+            ex.decoded_body = await off_loop(size, lambda: encode_json(redacted))
         if not found:
             return None
         ex.guardrails.prompt = side.applied(found)
@@ -123,11 +131,15 @@ class Guardrails:
         if redacted is not body:
             ex.json_body = redacted
             ex.input_bound = await off_loop(size, lambda: input_token_bound(redacted, MAX_DEPTH))
-            where = locate(scope)
-            if where is not None and where.provider != "compat" and \
-                    recognise(where.provider, scope["method"], where.rest)[0] is None:
-                ex.decoded_body = orjson.dumps(redacted)  # forwarded as bytes: the bytes are the redacted body
         return None
+
+
+def encode_json(value: Any) -> bytes:
+    """Compact JSON; the standard library for an integer past 64 bits, which orjson cannot encode."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class _AnswerGuard:

@@ -28,19 +28,12 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.errors import NestedTooDeep
+from gateway.shapes import FREE_FORM, TOOL_CALLS
 
 IMAGE_TOKENS = 6_000
 MESSAGE_OVERHEAD = 16
 BASE_OVERHEAD = 64
 _IMAGE_TYPES = ("image", "image_url", "input_image")
-# values the provider reads as text whatever they contain: JSON schemas, a tool call's input or arguments, a
-# function's response, metadata. Under these keys no dict is an image part (its bytes all count).
-_FREE_FORM = frozenset({
-    "parameters", "input_schema", "schema", "json_schema", "properties", "response_format", "format",
-    "responseSchema", "response_schema", "responseJsonSchema", "response_json_schema", "parametersJsonSchema",
-    "parameters_json_schema", "args", "arguments", "response", "metadata", "output",
-})
-_TOOL_CALLS = ("tool_use", "server_tool_use", "mcp_tool_use")  # Anthropic blocks whose `input` is free-form
 
 
 def _image_data(node: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
@@ -110,11 +103,11 @@ def input_token_bound(body: Any, max_depth: int | None = None) -> int:
                     skip = key
             if "role" in node:
                 total += MESSAGE_OVERHEAD
-            tool_call = node.get("type") in _TOOL_CALLS
+            tool_call = node.get("type") in TOOL_CALLS
             for key, value in node.items():
                 total += len(key) if key.isascii() else len(key.encode())
                 if type(value) is dict or type(value) is list:
-                    push((value, depth + 1, free or key in _FREE_FORM or (tool_call and key == "input"), ""))
+                    push((value, depth + 1, free or key in FREE_FORM or (tool_call and key == "input"), ""))
                 elif key != skip or type(value) is not str:
                     total += _scalar(value)
         elif type(node) is list:
@@ -160,7 +153,7 @@ def referenced_input(body: Any) -> str | None:
                     if type(node.get(key)) is dict:
                         return "a file by URI (fileData)"
             for key, value in node.items():
-                if (type(value) is dict or type(value) is list) and key not in _FREE_FORM:
+                if (type(value) is dict or type(value) is list) and key not in FREE_FORM:
                     stack.append(value)
         elif type(node) is list:
             stack.extend(value for value in node if type(value) is dict or type(value) is list)
