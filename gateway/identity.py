@@ -9,9 +9,11 @@ verify raises IdentityRejected with the reason (expired, wrong audience, unknown
   per 30 s (so a flood of made-up kids cannot hammer the IdP). Keys weaker than RSA-2048, EC keys on curves
   other than P-256/P-384, and entries that are not a loadable public key are left out of the set, so a token
   they signed is an unknown key. A key-set document that is not `{"keys": [...]}` counts as unavailable.
-- Algorithms: RS256 and ES256 only — never `none`, never HS* (an HMAC "signed" with the public key is refused
-  before any key is touched). `aud` must contain a configured audience (`SPENDGATE_JWT_AUDIENCE`, a list is
-  allowed); `exp`/`nbf` with 30 s leeway; `iss` must match exactly.
+- Algorithms: RS256, ES256 and ES384 (P-384 keys) only — never `none`, never HS* (an HMAC "signed" with the public
+  key is refused before any key is touched). `aud` must contain a configured audience (`SPENDGATE_JWT_AUDIENCE`, a
+  list is allowed); `exp`/`nbf` with 30 s leeway; `iss` must name a configured issuer (a trailing slash aside:
+  Auth0 writes one). An issuer discovered through its OpenID configuration is looked up once at a time, and a
+  failed lookup is not tried again for 30 s either.
 - Identity: `sub`, `email`, groups from `SPENDGATE_JWT_GROUPS_CLAIM` (default `groups`); an Access service token
   (empty `sub`) is identified by its `common_name`. A signed token whose claims have the wrong shape (`sub` not a
   string, groups not a string or a list of strings, text with control characters, more than MAX_GROUPS groups)
@@ -33,7 +35,7 @@ from gateway.exchange import Identity
 from gateway.settings import Settings
 from gateway.text import text_problem
 
-ALGORITHMS = ["RS256", "ES256"]
+ALGORITHMS = ["RS256", "ES256", "ES384"]
 LEEWAY = 30
 REFRESH_INTERVAL = 30.0
 MIN_RSA_BITS = 2048
@@ -106,6 +108,8 @@ class JWTVerifier:
         self.audience = audience
         self.groups_claim = groups_claim
         self._jwks: dict[str, JWKSCache] = {}
+        self._locks: dict[str, asyncio.Lock] = {}  # one discovery at a time per issuer
+        self._failed_at: dict[str, float] = {}  # an issuer's last failed discovery: not tried again for 30 s
 
     @classmethod
     def from_settings(cls, settings: Settings, client: httpx.AsyncClient) -> JWTVerifier | None:
@@ -120,17 +124,35 @@ class JWTVerifier:
         return cls(client, issuers=issuers, audience=settings.jwt_audience, groups_claim=settings.jwt_groups_claim)
 
     async def _cache(self, issuer: str) -> JWKSCache:
-        if issuer not in self._jwks:
+        """The issuer's key cache. Anyone can send a token naming a configured issuer before any signature is checked,
+        so its discovery runs once at a time (concurrent first tokens share it) and, failed, waits 30 s."""
+        cache = self._jwks.get(issuer)
+        if cache is not None:
+            return cache
+        async with self._locks.setdefault(issuer, asyncio.Lock()):
+            cache = self._jwks.get(issuer)
+            if cache is not None:
+                return cache
+            if time.monotonic() - self._failed_at.get(issuer, float("-inf")) < REFRESH_INTERVAL:
+                raise ValueError("the OpenID configuration was unavailable moments ago")
             url = self.issuers[issuer]
             if url is None:
-                response = await self.client.get(f"{issuer}/.well-known/openid-configuration", timeout=5)
-                response.raise_for_status()
-                document = response.json()
-                url = document.get("jwks_uri") if isinstance(document, dict) else None
-                if not isinstance(url, str) or not url.startswith(("https://", "http://")):
-                    raise ValueError("the OpenID configuration has no jwks_uri")
-            self._jwks[issuer] = JWKSCache(url, self.client)
-        return self._jwks[issuer]
+                try:
+                    url = await self._discover(issuer)
+                except (httpx.HTTPError, ValueError):
+                    self._failed_at[issuer] = time.monotonic()
+                    raise
+            cache = self._jwks[issuer] = JWKSCache(url, self.client)
+            return cache
+
+    async def _discover(self, issuer: str) -> str:
+        response = await self.client.get(f"{issuer}/.well-known/openid-configuration", timeout=5)
+        response.raise_for_status()
+        document = response.json()
+        url = document.get("jwks_uri") if isinstance(document, dict) else None
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise ValueError("the OpenID configuration has no jwks_uri")
+        return url
 
     async def verify(self, token: str) -> Identity:
         """The identity a token names; IdentityRejected (ClaimError for claims of the wrong shape) says why not."""
@@ -159,7 +181,9 @@ class JWTVerifier:
         if key.algorithm_name != alg:
             raise IdentityRejected("the token's algorithm does not match its key")
         try:
-            claims = jwt.decode(token, key=key, algorithms=[alg], audience=list(self.audience), issuer=issuer,
+            # `iss` as the token spells it: it names a configured issuer (checked above, a trailing slash aside)
+            claims = jwt.decode(token, key=key, algorithms=[alg], audience=list(self.audience),
+                                issuer=str(unverified.get("iss")),
                                 leeway=LEEWAY, options={"require": ["exp", "iss", "aud"]})
         except jwt.ExpiredSignatureError:
             raise IdentityRejected("token expired") from None
