@@ -12,9 +12,10 @@ any model answering replays the last held-back failure (with the route headers o
 the spec is silent, but the client should see which route and element answered), or answers 502 when no model was
 tried at all.
 
-`budget` elements check the named spend-limit rule's bucket for this request (its metadata and identity; a rule
-that splits by provider or model sees no value there): `success` while it has budget left, else `fallback`. A
-budget element naming a rule that does not exist takes `success` (no limit applies).
+`budget` elements check the named spend-limit rule's buckets for this request (its metadata and identity, with
+each model the `success` branch may call, so a rule scoped to or split by a model or provider is read where that
+branch would spend): `success` while every one has budget left, else `fallback`. A budget element naming a rule
+that does not exist, or one that applies to none of those models, takes `success` (no limit applies).
 
 Headers on the answer: `cf-aig-route` (name), `cf-aig-route-version`, `cf-aig-route-element` (the model element
 that served), and the router's `cf-aig-step` (0 = the first model tried, n = the nth fallback), `cf-aig-model`,
@@ -36,6 +37,7 @@ from gateway.limits.buckets import bucket_remaining
 from gateway.limits.store import LimitStore
 from gateway.middleware.spend_plan import attributes_of
 from gateway.paths import locate
+from gateway.pricing import canonical_model
 from gateway.providers.call import read_json
 from gateway.providers.options import MAX_ATTEMPTS
 from gateway.routes.graph import ModelStep, walk
@@ -120,13 +122,21 @@ class DynamicRoutes:
         served = False
         elements = {e["id"]: e for e in graph["elements"]}
 
-        async def budget_ok(rule_name: str) -> bool:
+        async def budget_ok(rule_name: str, models: list[str]) -> bool:
+            """Budget left in every bucket of the rule the success branch would spend in: this request's metadata and
+            identity, with each model the branch may call (a rule scoped to, or split by, a model or provider)."""
             rules = await self.limit_store.rules(ex.account_id or "", ex.gateway_id or "")
             rule = next((r for r in rules if r.name == rule_name), None)
             if rule is None:
                 return True
             now = self.clock()
-            for key in rule.bucket_keys(attributes) or []:
+            keys: set[str] = set()
+            for model in models or [""]:
+                provider, _, name = model.partition("/")
+                keys.update(rule.bucket_keys({**attributes, "provider": provider,
+                                              "model": f"{provider}/{canonical_model(provider, name)}"}
+                                             if name else attributes))
+            for key in sorted(keys):
                 if await bucket_remaining(self.limit_store.db, rule, key, now) <= 0:
                     return False
             return True

@@ -130,7 +130,24 @@ def _refuse_cycles(start: str, elements: dict[str, dict[str, Any]]) -> None:
     visit(start)
 
 
-BudgetCheck = Callable[[str], Awaitable[bool]]
+BudgetCheck = Callable[[str, list[str]], Awaitable[bool]]  # (rule name, the models its success branch may call)
+
+
+def models_from(node: str, elements: dict[str, dict[str, Any]]) -> list[str]:
+    """The models of every model element reachable from `node` (itself included), in the order first found."""
+    seen: set[str] = set()
+    models: list[str] = []
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        element = elements[current]
+        if element["type"] == "model" and element["model"] not in models:
+            models.append(element["model"])
+        stack.extend(reversed(_targets(element)))
+    return models
 Attempt = Callable[[ModelStep], Awaitable[bool]]
 
 
@@ -159,7 +176,7 @@ async def walk(graph: dict[str, Any], attributes: dict[str, Any], budget_ok: Bud
                     node = branch["next"]
                     break
         elif kind == "budget":
-            node = e["success"] if await budget_ok(e["rule"]) else e["fallback"]
+            node = e["success"] if await budget_ok(e["rule"], models_from(e["success"], elements)) else e["fallback"]
         else:
             step = ModelStep(e["id"], e["model"], e.get("timeout_ms"), e.get("retries"))
             node = e["success"] if await attempt(step) else e.get("fallback")

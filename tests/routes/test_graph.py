@@ -26,7 +26,7 @@ async def run(attrs: dict[str, Any], *, budget: bool = True, fail: set[str] = fr
               draw: float = 0.5) -> tuple[list[str], list[ModelStep]]:
     attempts: list[ModelStep] = []
 
-    async def budget_ok(rule: str) -> bool:
+    async def budget_ok(rule: str, models: list[str]) -> bool:
         assert rule == "pro-daily"
         return budget
 
