@@ -4,8 +4,10 @@ refused requests too (400/401/402/403/429 from any inner layer).
 
 Logging follows the gateway's `collect_logs` unless `cf-aig-collect-log: true|false` says otherwise; bodies
 are kept when the gateway's `log_payloads` and `cf-aig-collect-log-payload` allow (up to 1 MiB each). Requests
-for an unknown account or gateway are not logged (there is no tenant to log them under). No header is logged,
-so provider keys, gateway tokens and JWTs never reach a log row.
+for an unknown account or gateway are not logged (there is no tenant to log them under), nor requests a gateway
+with `authentication` refused for want of a valid token or identity: anyone can send those, and written to the
+tenant's log they would fill it and, under `log_retention`, push its real rows out (they are counted in metrics).
+No header is logged, so provider keys, gateway tokens and JWTs never reach a log row.
 """
 
 from __future__ import annotations
@@ -87,11 +89,15 @@ class RequestLog:
         captured = bytearray()
         status = 500
 
+        def stranger() -> bool:
+            """Refused by the gateway's authentication: not the tenant's traffic, and not written to its log."""
+            return gateway is not None and gateway.settings.authentication and not ex.authenticated
+
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if collect:
+                if collect and not stranger():
                     message["headers"] = [*message.get("headers", []), (b"cf-aig-log-id", ex.request_id.encode())]
             elif message["type"] == "http.response.body" and payloads and ex.response_body is None:
                 room = MAX_LOGGED_BODY - len(captured)
@@ -110,7 +116,7 @@ class RequestLog:
                 ex.status_code = status
             if self.observe is not None:
                 self.observe(ex, time.perf_counter() - ex.started)
-            if collect and gateway is not None:
+            if collect and gateway is not None and not stranger():
                 self.writer.submit(self.row(ex, status, bytes(captured) if payloads else None),
                                    gateway.settings.log_retention)
 
