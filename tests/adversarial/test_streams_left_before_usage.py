@@ -6,32 +6,14 @@ with what the fake provider reported."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from decimal import Decimal
-from typing import Any
 
 import httpx
 
 from gateway.db import Database
-from tests.adversarial.conftest import HostileStack, log_rows
-
-M = Decimal(1_000_000)
-
-
-async def settled_balance(stack: HostileStack, account: str) -> Decimal:
-    for _ in range(100):
-        credits = stack.credits(account)
-        if Decimal(credits["pending_usd"]) == 0:
-            return Decimal(credits["balance_usd"])
-        await asyncio.sleep(0.1)
-    raise AssertionError("a hold stayed pending")
-
-
-async def one_row(db: Database, account: str) -> Any:
-    [row] = await log_rows(db, account, 1)
-    return row
-
+from tests.adversarial.conftest import HostileStack
+from tests.adversarial.test_money_leaks import M, one_row, settled_balance
 
 # -- 1. Responses API: leave after the visible answer, before response.completed ----------------------------------
 
