@@ -185,6 +185,7 @@ class Exchange:
     json_body: Any = None  # parsed strictly (gateway/providers/call.py); None when there is none
     json_error: RequestRefused | None = None  # why the body is not JSON (refused where JSON is needed)
     input_bound: int = 0  # the body's worst-case input tokens (gateway/providers/estimate.py), from the one parse
+    input_reference: str | None = None  # input it makes the provider load by reference, named (from that parse)
     # spend limits
     reservation: Any = None
     budget_remaining_usd: Decimal | None = None

@@ -142,8 +142,9 @@ def decode_body(data: bytes, encoding: str | None, limit: int) -> bytes:
     return data
 
 
-def load_json(data: bytes) -> tuple[Any, int]:
-    """Strict JSON and its input bound (gateway/providers/estimate.py), in one pass each: NaN, Infinity, numbers
+def load_json(data: bytes) -> tuple[Any, int, str | None]:
+    """Strict JSON, its input bound and the input it loads by reference (gateway/providers/estimate.py), in one pass
+    each: NaN, Infinity, numbers
     that overflow a double, invalid UTF-8 and lone surrogates are refused (orjson), and so is nesting past
     MAX_DEPTH. Integers past 64 bits are read as floats (a limit field then fails its integer check)."""
     if len(data) <= OFF_LOOP_BYTES:
@@ -161,12 +162,13 @@ def load_json(data: bytes) -> tuple[Any, int]:
                 gc.enable()
 
 
-def _load_json(data: bytes) -> tuple[Any, int]:
+def _load_json(data: bytes) -> tuple[Any, int, str | None]:
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the body is not valid JSON: {str(exc)[:160]}") from None
-    return value, input_token_bound(value, MAX_DEPTH)  # NestedTooDeep past MAX_DEPTH
+    # NestedTooDeep past MAX_DEPTH; both walks here, off the event loop for a large body
+    return value, input_token_bound(value, MAX_DEPTH), referenced_input(value)
 
 
 async def off_loop(size: int, work: Callable[[], Any]) -> Any:
@@ -185,7 +187,8 @@ async def read_json(ex: Exchange, receive: Receive, encoding: str | None, limit:
         decoded = ex.decoded_body
         if decoded:
             try:
-                ex.json_body, ex.input_bound = await off_loop(len(decoded), lambda: load_json(decoded))
+                ex.json_body, ex.input_bound, ex.input_reference = await off_loop(len(decoded),
+                                                                                  lambda: load_json(decoded))
             except RequestRefused as exc:
                 ex.json_error = exc
     return ex.json_body
@@ -285,9 +288,11 @@ def audio_output_asked(body: dict[str, Any]) -> bool:
 
 def parse_call(*, method: str, provider: str, path: str, query: str, body: Any, raw_body: bytes,
                default_output: int, inject_limit: bool, compat: bool = False, model: str | None = None,
-               json_error: RequestRefused | None = None, input_bound: int = 0) -> Call:
+               json_error: RequestRefused | None = None, input_bound: int = 0,
+               reference: tuple[str | None] | None = None) -> Call:
     """Build the canonical call. `body` is the strictly parsed JSON (or None); `model` is given for compat,
-    where the body's `model` names the provider too; `input_bound` was measured when the body was parsed.
+    where the body's `model` names the provider too; `input_bound` and `reference` (the input it loads by
+    reference, in a 1-tuple; None: not measured, look now) were measured when the body was parsed.
     Raises a RequestRefused (InvalidRequest, LimitError...) for what cannot be represented faithfully."""
     endpoint, path_model = recognise(provider, method, path)
     query = canonical_query(query)
@@ -316,7 +321,7 @@ def parse_call(*, method: str, provider: str, path: str, query: str, body: Any, 
     audio_out = audio_output_asked(body)
     # input loaded by reference (a stored conversation, a file by id or URL) is not in the body: bounded by the
     # model's whole context window
-    referenced = referenced_input(body)
+    referenced = reference[0] if reference is not None else referenced_input(body)
     bound = input_bound + MODEL_SLACK
     if referenced is not None:
         bound = max(bound, context_window(provider, model))

@@ -53,7 +53,8 @@ def compat_target(ex: Exchange, gateway: Gateway, settings: Settings, config: Pr
     path, query = compat_endpoint(provider, model, stream)
     ex.call = parse_call(method="POST", provider=provider, path=path, query=query, body=body, raw_body=b"",
                          default_output=limits[0], inject_limit=limits[1], compat=True, model=model,
-                         input_bound=ex.input_bound)
+                         input_bound=ex.input_bound,
+                         reference=(ex.input_reference,) if ex.json_body is not None else None)
     if ex.call.endpoint is None:
         raise InvalidRequest(f"model {model!r} cannot be served by {provider} through the compat endpoint")
     scheme, _, token = headers.get("authorization", "").partition(" ")

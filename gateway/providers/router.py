@@ -143,7 +143,8 @@ class ProviderRouter:
         else:
             ex.call = parse_call(method=scope["method"], provider=where.provider, path=where.rest, query=query,
                                  body=body, raw_body=ex.decoded_body or b"", default_output=limits[0],
-                                 inject_limit=limits[1], json_error=ex.json_error, input_bound=ex.input_bound)
+                                 inject_limit=limits[1], json_error=ex.json_error, input_bound=ex.input_bound,
+                                 reference=(ex.input_reference,) if ex.json_body is not None else None)
             target = resolve(exchange=ex, gateway=gateway, settings=self.settings, config=config, call=ex.call,
                              headers=headers, options=options)
         call = ex.call
