@@ -209,12 +209,14 @@ def test_a_cli_token_and_key_work_on_a_running_gateway_and_its_logs_read_back(
     try:
         url = f"{gateway.url}/v1/{account}/secure/openai/chat/completions"
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+        auth = {"cf-aig-authorization": f"Bearer {token}"}
         with httpx.Client(timeout=30) as client:
-            refused = client.post(url, json=body)
-            answered = client.post(url, json=body, headers={"cf-aig-authorization": f"Bearer {token}"})
+            refused = client.post(url, json=body)  # no token: refused, and not the tenant's to log
+            invalid = client.post(url, json={**body, "max_tokens": -1}, headers=auth)  # refused, and logged
+            answered = client.post(url, json=body, headers=auth)
     finally:
         gateway.stop()
-    assert refused.status_code == 401
+    assert refused.status_code == 401 and invalid.status_code == 400
     assert answered.status_code == 200, answered.text
     assert upstream.app.recorder.last.key == stored_key  # the key stored through stdin reached the provider
 
@@ -222,12 +224,12 @@ def test_a_cli_token_and_key_work_on_a_running_gateway_and_its_logs_read_back(
     assert listed.splitlines()[0].split() == ["TIME", "STATUS", "PROVIDER", "MODEL", "TOKENS", "IN/OUT", "COST",
                                               "USD", "PAID", "BY", "GUARDRAILS", "ID"]
     logs = rows(listed)
-    assert [r[1] for r in logs] == ["200", "401"]  # newest first
+    assert [r[1] for r in logs] == ["200", "400"]  # newest first
     assert logs[0][2:4] == ["openai", "gpt-4o-mini"]
     assert logs[0][6] == "byok"  # the stored key paid
-    assert [r[1] for r in rows(ok(run("logs", "list", account, "secure", "--status", "401")))] == ["401"]
+    assert [r[1] for r in rows(ok(run("logs", "list", account, "secure", "--status", "400")))] == ["400"]
     raw = ok_json(run("logs", "list", account, "secure", "--json", "--provider", "openai"))
-    assert {r["status_code"] for r in raw} == {200, 401}  # type: ignore[union-attr, index]
+    assert {r["status_code"] for r in raw} == {200, 400}  # type: ignore[union-attr, index]
     answered_log = next(r for r in raw if r["status_code"] == 200)  # type: ignore[union-attr, index]
     assert logs[0][4] == f"{answered_log['tokens_in']}/{answered_log['tokens_out']}"
 
