@@ -228,8 +228,8 @@ class ProviderRouter:
             self.record_cost(ex, target, ex.usage, complete=False)
         if not started:
             await self.refuse(send, ex, ClientLeft(target.provider), target)
-        else:
-            ex.error = f"the client went away; the {target.provider} call was stopped"
+        else:  # a reason given already (a guardrail ended the stream, and then the client left) stays the reason
+            ex.error = ex.error or f"the client went away; the {target.provider} call was stopped"
 
     async def open(self, scope: Scope, ex: Exchange, target: Target, content: bytes) -> httpx.Response:
         """Send the call: the URL from the recognised endpoint, the body the gateway understood."""
