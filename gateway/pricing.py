@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
+from typing import Any
 
 from gateway.exchange import Usage
 
@@ -204,19 +205,23 @@ def catalogue_unit_prices(provider: str, model: str, tier: str | None = None) ->
 UNKNOWN_CONTEXT_WINDOW = 2_000_000
 
 
-@lru_cache(maxsize=4096)
-def context_window(provider: str, model: str | None) -> int:
-    """The most input tokens the model takes (the catalogue's context window), or `UNKNOWN_CONTEXT_WINDOW`."""
+def _catalogue_model(provider: str, model: str | None) -> Any:
+    """The catalogue's entry for the model (its id, its context window), or None when it does not know it."""
     from genai_prices.data_snapshot import get_snapshot
 
     provider_id = GENAI_PROVIDER.get(provider)
-    if provider_id is None or model is None:
-        return UNKNOWN_CONTEXT_WINDOW
+    if provider_id is None or not model:
+        return None
     try:
-        _, found = get_snapshot().find_provider_model(model, None, provider_id, None)
+        return get_snapshot().find_provider_model(model, None, provider_id, None)[1]
     except (LookupError, ValueError):
-        return UNKNOWN_CONTEXT_WINDOW
-    window = getattr(found, "context_window", None)
+        return None
+
+
+@lru_cache(maxsize=4096)
+def context_window(provider: str, model: str | None) -> int:
+    """The most input tokens the model takes (the catalogue's context window), or `UNKNOWN_CONTEXT_WINDOW`."""
+    window = getattr(_catalogue_model(provider, model), "context_window", None)
     return window if isinstance(window, int) and window > 0 else UNKNOWN_CONTEXT_WINDOW
 
 
@@ -225,18 +230,8 @@ def canonical_model(provider: str, model: str) -> str:
     """The model as rules compare it: the catalogue's id for what the catalogue knows (a dated snapshot or another
     spelling it matches to the same model and price: `gpt-4o-2024-08-06`, `GPT-4o` -> `gpt-4o`), else the name in
     lower case. So a rule scoped to a model, or split by model, is not dodged by spelling the model another way."""
-    from genai_prices.data_snapshot import get_snapshot
-
-    provider_id = GENAI_PROVIDER.get(provider)
-    if provider_id is not None and model:
-        try:
-            _, found = get_snapshot().find_provider_model(model, None, provider_id, None)
-        except (LookupError, ValueError):
-            pass
-        else:
-            if isinstance(found.id, str) and found.id:
-                return found.id.lower()
-    return model.lower()
+    found = getattr(_catalogue_model(provider, model), "id", None)
+    return found.lower() if isinstance(found, str) and found else model.lower()
 
 
 def canonical_model_ref(ref: str) -> str:

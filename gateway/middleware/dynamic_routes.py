@@ -35,9 +35,8 @@ from gateway.errors import RequestRefused, RouteServedNothing, UnknownDynamicRou
 from gateway.exchange import Exchange, Usage
 from gateway.limits.buckets import bucket_remaining
 from gateway.limits.store import LimitStore
-from gateway.middleware.spend_plan import attributes_of
+from gateway.middleware.spend_plan import attributes_of, model_attributes
 from gateway.paths import locate
-from gateway.pricing import canonical_model
 from gateway.providers.call import read_json
 from gateway.providers.options import MAX_ATTEMPTS
 from gateway.routes.graph import ModelStep, walk
@@ -133,9 +132,8 @@ class DynamicRoutes:
             keys: set[str] = set()
             for model in models or [""]:
                 provider, _, name = model.partition("/")
-                keys.update(rule.bucket_keys({**attributes, "provider": provider,
-                                              "model": f"{provider}/{canonical_model(provider, name)}"}
-                                             if name else attributes))
+                called = {**attributes, **model_attributes(provider, name)} if name else attributes
+                keys.update(rule.bucket_keys(called))
             for key in sorted(keys):
                 if await bucket_remaining(self.limit_store.db, rule, key, now) <= 0:
                     return False

@@ -58,10 +58,14 @@ def attributes_of(exchange: Exchange, target: Target | None = None) -> dict[str,
     for key, value in exchange.metadata.items():
         attributes[key if key.startswith("cf.") else f"metadata.{key}"] = value
     if target is not None:
-        attributes["provider"] = target.provider
-        # as the price catalogue identifies it (rules' `model` values are read the same way: gateway/limits/rules.py)
-        attributes["model"] = f"{target.provider}/{canonical_model(target.provider, target.model or '')}"
+        attributes.update(model_attributes(target.provider, target.model))
     return attributes
+
+
+def model_attributes(provider: str, model: str | None) -> dict[str, str]:
+    """The `provider` and `model` dimensions of a call to `model` of `provider`: the model as the price catalogue
+    identifies it (rules' `model` values are read the same way: gateway/limits/rules.py)."""
+    return {"provider": provider, "model": f"{provider}/{canonical_model(provider, model or '')}"}
 
 
 MAX_ESTIMATE_NANO = 1_000_000 * 1_000_000_000  # one million USD for one call
@@ -86,11 +90,12 @@ class RouterPlanner:
             named = call.body.get("model") if isinstance(call.body, dict) else None
             model = named if isinstance(named, str) else ""
             return Plan(target.provider, f"{target.provider}/{model}", target.billing_mode, exchange.account_id,
-                        None, attributes_of(exchange, replace(target, model=model)), 0)
+                        None, {**attributes_of(exchange), **model_attributes(target.provider, model)}, 0)
         if target.model is None:
             return None
-        estimate = self._estimate_nano(target, call)
-        attempts = target.options.max_attempts  # each attempt that times out after sending is billed its input
+        # each attempt the request allows that times out after sending is billed its input, and the last may answer
+        inputs = call.input_bound * target.options.max_attempts
+        estimate = self._estimate_nano(target, call, inputs)
         if estimate is not None and estimate > MAX_ESTIMATE_NANO:
             exchange.refusal = EstimateTooLarge(
                 estimate, MAX_ESTIMATE_NANO, f"the worst-case cost of this request (${from_nano(estimate)}) is past "
@@ -98,16 +103,14 @@ class RouterPlanner:
             exchange.target = None
             return None
         return Plan(target.provider, f"{target.provider}/{target.model}", target.billing_mode, exchange.account_id,
-                    estimate, attributes_of(exchange, target), call.input_bound * attempts + call.output_bound)
+                    estimate, attributes_of(exchange, target), inputs + call.output_bound)
 
     @staticmethod
-    def _estimate_nano(target: Target, call: Call) -> int | None:
-        """The worst case: the input bound at the dearest input rate, once per attempt the request allows
-        (`cf-aig-max-attempts`: an attempt that times out after sending is billed its input, and the last may still
-        answer), the output bound at the output rate (the audio rate when spoken output is asked for), the searches
-        its tools may run, at the asked service tier."""
+    def _estimate_nano(target: Target, call: Call, inputs: int) -> int | None:
+        """The worst case: `inputs` (the input bound once per attempt the request allows, `cf-aig-max-attempts`)
+        at the dearest input rate, the output bound at the output rate (the audio rate when spoken output is asked
+        for), the searches its tools may run, at the asked service tier."""
         custom = target.options.custom_cost
-        inputs = call.input_bound * target.options.max_attempts
         if custom is not None:
             usd = inputs * custom.per_token_in + call.output_bound * custom.per_token_out
             return to_nano(usd, round_up=True)

@@ -569,15 +569,10 @@ class BodyScan:
 _SEARCH_RE = re.compile(rb'"web_search_call"')
 
 
-def usage_from_fragments(target: Target, head: bytes, tail: bytes, scan: BodyScan | None = None, *,
+def usage_from_fragments(target: Target, head: bytes, tail: bytes, scan: BodyScan, *,
                          asked_tier: str | None = None) -> Usage:
     """Usage of a JSON body too large to buffer: the usage object from its tail (OpenAI, Gemini) or head; its
     tier and searches from `scan`, which saw the whole body."""
-    if scan is None:
-        scan = BodyScan()
-        scan.feed(head)
-        if tail is not head:
-            scan.feed(tail)
     for fragment in (tail, head):
         for match in reversed(list(_USAGE_RE.finditer(fragment))):
             try:
