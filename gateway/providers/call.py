@@ -36,7 +36,7 @@ from gateway.errors import BodyTooLarge, InvalidRequest, RequestRefused, Unsuppo
 from gateway.exchange import Call, Endpoint, Exchange
 from gateway.pricing import context_window
 from gateway.providers import output_limit
-from gateway.providers.estimate import input_token_bound, referenced_input
+from gateway.providers.estimate import measure_input
 from gateway.providers.output_limit import LimitFields
 
 MAX_DEPTH = 64
@@ -167,8 +167,8 @@ def _load_json(data: bytes) -> tuple[Any, int, str | None]:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the body is not valid JSON: {str(exc)[:160]}") from None
-    # NestedTooDeep past MAX_DEPTH; both walks here, off the event loop for a large body
-    return value, input_token_bound(value, MAX_DEPTH), referenced_input(value)
+    # NestedTooDeep past MAX_DEPTH; off the event loop for a large body
+    return value, *measure_input(value, MAX_DEPTH)
 
 
 async def off_loop(size: int, work: Callable[[], Any]) -> Any:
@@ -321,7 +321,7 @@ def parse_call(*, method: str, provider: str, path: str, query: str, body: Any, 
     audio_out = audio_output_asked(body)
     # input loaded by reference (a stored conversation, a file by id or URL) is not in the body: bounded by the
     # model's whole context window
-    referenced = reference[0] if reference is not None else referenced_input(body)
+    referenced = reference[0] if reference is not None else measure_input(body)[1]
     bound = input_bound + MODEL_SLACK
     if referenced is not None:
         bound = max(bound, context_window(provider, model))

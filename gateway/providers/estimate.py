@@ -14,7 +14,7 @@ call's input or arguments, a function's response, metadata) nothing is taken for
 Input the provider loads by reference is not in the body: a stored response or conversation to continue
 (`previous_response_id`, `conversation`), a stored prompt (`prompt.id`), a file by id or URL (`file_id`,
 `file_url`, Anthropic's `url` and `file` document sources, Gemini's `fileData` that is not an image), Gemini's
-`cachedContent`. `referenced_input` names the first one a body has; such a call's input bound is the model's whole
+`cachedContent`. `measure_input` names the first one a body has; such a call's input bound is the model's whole
 context window (gateway/providers/call.py), and the gateway's own keys refuse it (gateway/providers/target.py).
 
 Output: the call's resolved output limit times its choices (gateway/providers/output_limit.py, the one rule
@@ -71,62 +71,73 @@ def _scalar(value: Any) -> int:
 
 
 def input_token_bound(body: Any, max_depth: int | None = None) -> int:
-    """The input bound of a parsed JSON body, in one iterative walk (no recursion, whatever the nesting).
-    With `max_depth`, a body nested deeper raises NestedTooDeep."""
+    """The input bound of a parsed JSON body (`measure_input`'s first half)."""
+    return measure_input(body, max_depth)[0]
+
+
+def measure_input(body: Any, max_depth: int | None = None) -> tuple[int, str | None]:
+    """The input bound of a parsed JSON body, and the first input it makes the provider load by reference, named
+    (None: all of its input is in it), in one iterative walk (no recursion, whatever the nesting). Free-form JSON
+    (schemas, tool inputs, metadata) is text: nothing in it is an image, and nothing under a FREE_FORM key a
+    reference. With `max_depth`, a body nested deeper raises NestedTooDeep."""
     total = BASE_OVERHEAD
+    reference = _stored_state(body)
     limit = max_depth if max_depth is not None else 1 << 62
-    # (node, depth, inside free-form JSON, the key of `node` whose string is an image's inline data)
-    stack: list[tuple[Any, int, bool, str]] = [(body, 1, False, "")]
+    # (node, depth, inside free-form JSON, the key of `node` whose string is an image's inline data, under one of
+    # the FREE_FORM keys: no reference is looked for there; a tool call's input, free-form too, is still looked into)
+    # a body that is not an object is no call the gateway understands: no reference is looked for in it
+    stack: list[tuple[Any, int, bool, str, bool]] = [(body, 1, False, "", type(body) is not dict)]
     pop, push = stack.pop, stack.append
     while stack:
-        node, depth, free, skip = pop()
+        node, depth, free, skip, unreferenced = pop()
         if depth > limit:
             raise NestedTooDeep(limit)
         if type(node) is dict:
-            if not free:
-                image = _image_data(node)
-                if image is not None:
-                    total += IMAGE_TOKENS
-                    holder, key = image
-                    if holder is not node:
-                        # the data sits one level down: walk that dict without its data string
-                        skip = ""
-                        for child_key, child in node.items():
-                            total += len(child_key) if child_key.isascii() else len(child_key.encode())
-                            if child is holder:
-                                push((child, depth + 1, free, key))
-                            elif type(child) is dict or type(child) is list:
-                                push((child, depth + 1, free, ""))
-                            else:
-                                total += _scalar(child)
-                        continue
-                    skip = key
+            image = None if free else _image_data(node)
+            if not unreferenced and reference is None and (image if not free else _image_data(node)) is None:
+                reference = _reference(node)  # an image by id or URL is one image, bounded as one
+            if image is not None:
+                total += IMAGE_TOKENS
+                holder, key = image
+                if holder is not node:
+                    # the data sits one level down: walk that dict without its data string
+                    skip = ""
+                    for child_key, child in node.items():
+                        total += len(child_key) if child_key.isascii() else len(child_key.encode())
+                        if child is holder:
+                            push((child, depth + 1, free, key, unreferenced or child_key in FREE_FORM))
+                        elif type(child) is dict or type(child) is list:
+                            push((child, depth + 1, free, "", unreferenced or child_key in FREE_FORM))
+                        else:
+                            total += _scalar(child)
+                    continue
+                skip = key
             if "role" in node:
                 total += MESSAGE_OVERHEAD
             tool_call = node.get("type") in TOOL_CALLS
             for key, value in node.items():
                 total += len(key) if key.isascii() else len(key.encode())
                 if type(value) is dict or type(value) is list:
-                    push((value, depth + 1, free or key in FREE_FORM or (tool_call and key == "input"), ""))
+                    push((value, depth + 1, free or key in FREE_FORM or (tool_call and key == "input"), "",
+                          unreferenced or key in FREE_FORM))
                 elif key != skip or type(value) is not str:
                     total += _scalar(value)
         elif type(node) is list:
             for value in node:
                 if type(value) is dict or type(value) is list:
-                    push((value, depth + 1, free, ""))
+                    push((value, depth + 1, free, "", unreferenced))
                 else:
                     total += _scalar(value)
         else:
             total += _scalar(node)
-    return total
+    return total, reference
 
 
 _STORED_STATE = ("previous_response_id", "conversation", "cachedContent", "cached_content")
 
 
-def referenced_input(body: Any) -> str | None:
-    """The first input `body` makes the provider load by reference (not in the body), named; None: all of its
-    input is in it. Free-form JSON (schemas, tool inputs, metadata) is not looked into."""
+def _stored_state(body: Any) -> str | None:
+    """A stored response, conversation, cache or prompt the body continues from (its top-level fields), named."""
     if type(body) is not dict:
         return None
     for key in _STORED_STATE:
@@ -135,26 +146,20 @@ def referenced_input(body: Any) -> str | None:
     prompt = body.get("prompt")
     if type(prompt) is dict and prompt.get("id") is not None:
         return "prompt.id (a stored prompt)"
-    stack: list[Any] = [body]
-    while stack:
-        node = stack.pop()
-        if type(node) is dict:
-            if _image_data(node) is None:  # an image by id or URL is one image, bounded as one
-                if node.get("type") == "item_reference":
-                    return "a stored item (item_reference)"
-                if node.get("file_id") is not None:
-                    return "a file by id (file_id)"
-                if node.get("file_url") is not None:
-                    return "a file by URL (file_url)"
-                source = node.get("source")
-                if type(source) is dict and source.get("type") in ("url", "file"):
-                    return f"a document by {source['type']} (source.type {source['type']!r})"
-                for key in ("fileData", "file_data"):
-                    if type(node.get(key)) is dict:
-                        return "a file by URI (fileData)"
-            for key, value in node.items():
-                if (type(value) is dict or type(value) is list) and key not in FREE_FORM:
-                    stack.append(value)
-        elif type(node) is list:
-            stack.extend(value for value in node if type(value) is dict or type(value) is list)
+    return None
+
+
+def _reference(node: dict[str, Any]) -> str | None:
+    """Input a part (that is not an image) makes the provider load by reference, named."""
+    if node.get("type") == "item_reference":
+        return "a stored item (item_reference)"
+    if node.get("file_id") is not None:
+        return "a file by id (file_id)"
+    if node.get("file_url") is not None:
+        return "a file by URL (file_url)"
+    source = node.get("source")
+    if type(source) is dict and source.get("type") in ("url", "file"):
+        return f"a document by {source['type']} (source.type {source['type']!r})"
+    if type(node.get("fileData")) is dict or type(node.get("file_data")) is dict:
+        return "a file by URI (fileData)"
     return None
