@@ -91,24 +91,30 @@ async def test_a_failed_responses_stream_is_not_cached(hostile: HostileStack, db
         "a response.failed stream was stored and replayed to the next client"
 
 
+# gpt-5 with the web_search tool: 3 searches ran ($10 per 1,000) and 5,000 reasoning tokens
+SEARCH_CALL = {"model": "gpt-5", "input": "hi", "stream": True, "max_output_tokens": 8000,
+               "tools": [{"type": "web_search"}]}
+_SEARCH_OUTPUT = [
+    {"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
+     "content": [{"type": "output_text", "text": "answer", "annotations": [], "logprobs": []}]},
+    *({"type": "web_search_call", "id": f"ws_{i}", "status": "completed", "action": {"type": "search", "query": "q"}}
+      for i in range(3))]
+SEARCH_STREAM = {  # what the fake answers: those items, then the usage in response.completed
+    "x-fake-raw-usage": json.dumps({"input_tokens": 100, "input_tokens_details": {"cached_tokens": 0},
+                                    "output_tokens": 5100, "output_tokens_details": {"reasoning_tokens": 5000},
+                                    "total_tokens": 5200}),
+    "x-fake-extra": json.dumps({"output": _SEARCH_OUTPUT})}
+
+
 async def test_responses_client_leaving_after_the_last_item_still_pays_searches(
         hostile: HostileStack, db: Database) -> None:
     """gpt-5 with the web_search tool: 3 searches ran ($10 per 1,000) and 5,000 reasoning tokens; the client read
     every output item (message, then the three web_search_call items) and left before response.completed."""
     account, base = hostile.new_gateway(credits_usd="50", models=())
-    usage = {"input_tokens": 100, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 5100,
-             "output_tokens_details": {"reasoning_tokens": 5000}, "total_tokens": 5200}
-    message = {"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
-               "content": [{"type": "output_text", "text": "answer", "annotations": [], "logprobs": []}]}
-    searches = [{"type": "web_search_call", "id": f"ws_{i}", "status": "completed",
-                 "action": {"type": "search", "query": "q"}} for i in range(3)]
     seen_done = 0
     async with httpx.AsyncClient(timeout=30) as client:
         async with client.stream("POST", f"{base}/openai/responses",
-                                 json={"model": "gpt-5", "input": "hi", "stream": True, "max_output_tokens": 8000,
-                                       "tools": [{"type": "web_search"}]},
-                                 headers={"x-fake-raw-usage": json.dumps(usage), "x-fake-chunk-delay-ms": "50",
-                                          "x-fake-extra": json.dumps({"output": [message, *searches]})}) as r:
+                                 json=SEARCH_CALL, headers={**SEARCH_STREAM, "x-fake-chunk-delay-ms": "50"}) as r:
             assert r.status_code == 200
             async for line in r.aiter_lines():
                 if line.startswith("event: response.output_item.done"):
@@ -126,18 +132,8 @@ async def test_responses_client_leaving_after_the_last_item_still_pays_searches(
 async def test_the_same_search_stream_read_whole_is_billed_the_same(hostile: HostileStack) -> None:
     """Control for the test above: the same stream, read to its end, is billed what the provider billed."""
     account, base = hostile.new_gateway(credits_usd="50", models=())
-    usage = {"input_tokens": 100, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 5100,
-             "output_tokens_details": {"reasoning_tokens": 5000}, "total_tokens": 5200}
-    message = {"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant",
-               "content": [{"type": "output_text", "text": "answer", "annotations": [], "logprobs": []}]}
-    searches = [{"type": "web_search_call", "id": f"ws_{i}", "status": "completed",
-                 "action": {"type": "search", "query": "q"}} for i in range(3)]
     async with httpx.AsyncClient(timeout=30) as client:
-        r = await client.post(f"{base}/openai/responses",
-                              json={"model": "gpt-5", "input": "hi", "stream": True, "max_output_tokens": 8000,
-                                    "tools": [{"type": "web_search"}]},
-                              headers={"x-fake-raw-usage": json.dumps(usage),
-                                       "x-fake-extra": json.dumps({"output": [message, *searches]})})
+        r = await client.post(f"{base}/openai/responses", json=SEARCH_CALL, headers=SEARCH_STREAM)
         assert r.status_code == 200
     spent = Decimal(50) - await settled_balance(hostile, account)
     assert spent == 100 * Decimal("1.25") / M + 5100 * Decimal(10) / M + 3 * Decimal(10) / 1000
